@@ -1,0 +1,84 @@
+"""pytest-llmexp: LLM experiments as pytest tests, every run recorded in message_log.db.
+
+The public names are imported on first use, so that loading the pytest plugin (which
+imports this package) stays cheap in sessions that run no experiment.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bots import SimpleBot, StructuredBot
+    from .collect import experiment
+    from .errors import (
+        BotError,
+        ExperimentError,
+        LLMCallError,
+        LLMExpError,
+        MetricError,
+        PromptError,
+        StoreError,
+        StructuredOutputError,
+    )
+    from .experiment import Experiment
+    from .metrics import metric
+    from .prompts import Message, prompt
+    from .recording import RunContext
+
+__all__ = [
+    "BotError",
+    "Experiment",
+    "ExperimentError",
+    "LLMCallError",
+    "LLMExpError",
+    "Message",
+    "MetricError",
+    "PromptError",
+    "RunContext",
+    "SimpleBot",
+    "StoreError",
+    "StructuredBot",
+    "StructuredOutputError",
+    "experiment",
+    "metric",
+    "prompt",
+]
+
+_WHERE = {
+    "SimpleBot": "bots",
+    "StructuredBot": "bots",
+    "experiment": "collect",
+    "Experiment": "experiment",
+    "metric": "metrics",
+    "Message": "prompts",
+    "prompt": "prompts",
+    "RunContext": "recording",
+    **{
+        name: "errors"
+        for name in (
+            "BotError",
+            "ExperimentError",
+            "LLMCallError",
+            "LLMExpError",
+            "MetricError",
+            "PromptError",
+            "StoreError",
+            "StructuredOutputError",
+        )
+    },
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_llmexp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,350 @@
+"""``SimpleBot`` and ``StructuredBot``: chat completions through the official ``openai`` client.
+
+Bots are stateless: every call sends the system prompt plus the messages it is given, so
+repeated executions of an experiment stay independent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from . import endpoint
+from .errors import BotError, LLMCallError, StructuredOutputError
+from .prompts import Message
+from .recording import record_call, utcnow
+from .records import BotRecord, CallRecord, PromptRecord
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+__all__ = ["SimpleBot", "StructuredBot"]
+
+_RESERVED = ("messages", "model", "stream", "response_format", "n")
+_RETRYABLE_STATUS = (408, 409, 429)
+
+ModelT = TypeVar("ModelT", bound="BaseModel")
+MessageLike = str | Message
+MessageInput = MessageLike | Iterable[MessageLike]
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _to_messages(
+    inputs: tuple[MessageLike | Iterable[MessageLike], ...], bot: str
+) -> list[Message]:
+    messages: list[Message] = []
+    for item in inputs:
+        if isinstance(item, str):
+            messages.append(Message(role="user", content=item))
+        elif isinstance(item, Message):
+            messages.append(item)
+        elif isinstance(item, Iterable):
+            messages.extend(_to_messages(tuple(item), bot))
+        else:
+            raise BotError(
+                f"{bot} takes strings and messages (from @prompt functions), got "
+                f"{type(item).__name__}: {item!r}"
+            )
+    if not inputs:
+        raise BotError(f"{bot} was called with no message; pass a string or a @prompt message")
+    return messages
+
+
+def _retries_of(exc: Exception, max_retries: int) -> int:
+    """How many retries the openai client made before raising ``exc``."""
+    import openai
+
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+        return max_retries
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        return max_retries if status in _RETRYABLE_STATUS or status >= 500 else 0
+    return 0
+
+
+class _Bot:
+    """What both bots share: configuration, recording, and one chat completion call."""
+
+    def __init__(
+        self,
+        system_prompt: MessageLike | None,
+        model_name: str | None,
+        temperature: float | None,
+        completion_kwargs: dict[str, Any],
+    ) -> None:
+        name = type(self).__name__
+        if isinstance(system_prompt, str):
+            system_prompt = Message(role="system", content=system_prompt)
+        elif isinstance(system_prompt, Message):
+            if system_prompt.role != "system":
+                raise BotError(
+                    f"{name}'s system prompt has role {system_prompt.role!r}; make it with "
+                    '@prompt("system"), or pass the message when calling the bot instead'
+                )
+        elif system_prompt is not None:
+            raise BotError(
+                f"{name}'s system prompt must be a string or a @prompt('system') message, got "
+                f"{type(system_prompt).__name__}"
+            )
+        if model_name is not None and (not isinstance(model_name, str) or not model_name):
+            raise BotError(f"{name}: model_name must be a non-empty string, got {model_name!r}")
+        if temperature is not None and (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, int | float)
+            or not 0 <= temperature <= 2
+        ):
+            raise BotError(f"{name}: temperature must be a number from 0 to 2, got {temperature!r}")
+        reserved = sorted(set(completion_kwargs) & set(_RESERVED))
+        if reserved:
+            raise BotError(
+                f"{name} sets {', '.join(reserved)} itself; remove "
+                f"{', '.join(k + '=' for k in reserved)} from its arguments"
+            )
+        try:
+            _canonical(completion_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise BotError(
+                f"{name}: completion arguments must be JSON-serializable to be recorded: {exc}"
+            ) from None
+        self.system_prompt: Message | None = system_prompt
+        self.model_name = model_name
+        self.temperature = None if temperature is None else float(temperature)
+        self.completion_kwargs = dict(completion_kwargs)
+        self._records: dict[tuple[str, str | None, float, int], BotRecord] = {}
+
+    def _response_schema(self) -> dict[str, Any] | None:
+        return None
+
+    def _extra_params(self) -> dict[str, Any]:
+        return {}
+
+    def _model(self) -> str:
+        model = endpoint.settings().model or self.model_name
+        if not model:
+            raise BotError(
+                f"{type(self).__name__} has no model: pass model_name=... or run with "
+                "--llm-model NAME (ini: llm_model)"
+            )
+        return model
+
+    def bot_record(self) -> BotRecord:
+        """This bot's configuration as it is called now (with any ``--llm-model`` override)."""
+        current = endpoint.settings()
+        model = self._model()
+        base_url = endpoint.display_url(endpoint.resolved_base_url(current))
+        key = (model, base_url, current.timeout, current.max_retries)
+        record = self._records.get(key)
+        if record is None:
+            params = {
+                "base_url": base_url,
+                "timeout": current.timeout,
+                "max_retries": current.max_retries,
+                **self._extra_params(),
+                **self.completion_kwargs,
+            }
+            system = self.system_prompt
+            config: dict[str, Any] = {
+                "class_name": type(self).__name__,
+                "model_name": model,
+                "temperature": self.temperature,
+                "system_prompt": system.content if system else None,
+                "response_schema": self._response_schema(),
+                "params": params,
+            }
+            record = BotRecord(
+                hash=hashlib.sha256(_canonical(config).encode()).hexdigest(),
+                system_prompt_hash=system.prompt.hash if system and system.prompt else None,
+                **config,
+            )
+            self._records[key] = record
+        return record
+
+    def _complete(self, conversation: list[Message], **extra: Any) -> str:
+        """Send one chat completion request, record it, and return the reply's text."""
+        import openai
+
+        bot = self.bot_record()
+        messages = [self.system_prompt, *conversation] if self.system_prompt else conversation
+        payload = [m.to_dict() for m in messages]
+        prompts: list[PromptRecord] = [m.prompt for m in messages if m.prompt is not None]
+        request: dict[str, Any] = dict(self.completion_kwargs)
+        if self.temperature is not None:
+            request["temperature"] = self.temperature
+        request.update(extra)
+        client = endpoint.get_client()
+        timestamp = utcnow()
+        started = time.perf_counter()
+
+        def record(**fields: Any) -> None:
+            record_call(
+                bot,
+                prompts,
+                CallRecord(
+                    id=uuid.uuid4().hex,
+                    bot_hash=bot.hash,
+                    timestamp=timestamp,
+                    model_name=bot.model_name,
+                    temperature=self.temperature,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    **fields,
+                ),
+            )
+
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model=bot.model_name,
+                messages=payload,  # type: ignore[arg-type]
+                **request,
+            )
+            completion = raw.parse()
+        except openai.OpenAIError as exc:
+            retries = _retries_of(exc, endpoint.settings().max_retries)
+            message = endpoint.redact(f"{type(exc).__name__}: {exc}")
+            record(
+                messages=payload,
+                response_model=None,
+                prompt_tokens=None,
+                completion_tokens=None,
+                retries=retries,
+                finish_reason=None,
+                error=message,
+            )
+            raise LLMCallError(
+                f"{type(self).__name__} call to model {bot.model_name!r} at "
+                f"{bot.params['base_url']} failed after {retries} retries: {message}",
+                cause_type=type(exc).__name__,
+                retries=retries,
+            ) from None
+        choice = completion.choices[0] if completion.choices else None
+        content = choice.message.content if choice is not None else None
+        usage = completion.usage
+        error = None if content is not None else "the reply has no message content"
+        record(
+            messages=[*payload, {"role": "assistant", "content": content}],
+            response_model=completion.model,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            retries=raw.retries_taken,
+            finish_reason=choice.finish_reason if choice is not None else None,
+            error=error,
+        )
+        if content is None:
+            raise LLMCallError(
+                f"{type(self).__name__}: model {bot.model_name!r} replied with no message "
+                f"content (finish_reason={choice.finish_reason if choice else None!r})",
+                cause_type="EmptyReply",
+            )
+        return content
+
+
+class SimpleBot(_Bot):
+    """A chat bot: ``bot("question")`` returns the assistant's reply as a :class:`Message`."""
+
+    def __init__(
+        self,
+        system_prompt: MessageLike | None = None,
+        model_name: str | None = None,
+        temperature: float | None = None,
+        **completion_kwargs: Any,
+    ) -> None:
+        super().__init__(system_prompt, model_name, temperature, completion_kwargs)
+
+    def __call__(self, *messages: MessageInput) -> Message:
+        conversation = _to_messages(messages, type(self).__name__)
+        return Message(role="assistant", content=self._complete(conversation))
+
+
+def _schema_name(model: type[BaseModel]) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "response"
+
+
+class StructuredBot(_Bot, Generic[ModelT]):
+    """A bot whose replies are instances of ``pydantic_model`` (JSON schema structured output).
+
+    A reply that does not validate is re-asked, with the validation errors, up to
+    ``max_validation_retries`` times; then :class:`StructuredOutputError` carries the last reply.
+    """
+
+    def __init__(
+        self,
+        system_prompt: MessageLike | None = None,
+        *,
+        pydantic_model: type[ModelT],
+        model_name: str | None = None,
+        temperature: float | None = None,
+        max_validation_retries: int = 2,
+        **completion_kwargs: Any,
+    ) -> None:
+        from pydantic import BaseModel
+
+        if not (isinstance(pydantic_model, type) and issubclass(pydantic_model, BaseModel)):
+            raise BotError(
+                f"StructuredBot: pydantic_model must be a pydantic BaseModel subclass, got "
+                f"{pydantic_model!r}"
+            )
+        if (
+            isinstance(max_validation_retries, bool)
+            or not isinstance(max_validation_retries, int)
+            or max_validation_retries < 0
+        ):
+            raise BotError(
+                "StructuredBot: max_validation_retries must be an int >= 0, got "
+                f"{max_validation_retries!r}"
+            )
+        self.pydantic_model = pydantic_model
+        self.max_validation_retries = max_validation_retries
+        self._schema = pydantic_model.model_json_schema()
+        super().__init__(system_prompt, model_name, temperature, completion_kwargs)
+
+    def _response_schema(self) -> dict[str, Any]:
+        return self._schema
+
+    def _extra_params(self) -> dict[str, Any]:
+        return {"max_validation_retries": self.max_validation_retries}
+
+    def __call__(self, *messages: MessageInput) -> ModelT:
+        from pydantic import ValidationError
+
+        conversation = _to_messages(messages, type(self).__name__)
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": _schema_name(self.pydantic_model), "schema": self._schema},
+        }
+        attempts = 1 + self.max_validation_retries
+        for attempt in range(1, attempts + 1):
+            text = self._complete(conversation, response_format=response_format)
+            try:
+                return self.pydantic_model.model_validate_json(text)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"
+                    for e in exc.errors(include_url=False)
+                )
+                if attempt == attempts:
+                    raise StructuredOutputError(
+                        f"StructuredBot: the reply of model {self._model()!r} did not validate "
+                        f"against {self.pydantic_model.__name__} after {attempts} attempt(s): "
+                        f"{problems}. Last reply: {text[:300]!r}",
+                        raw_reply=text,
+                        attempts=attempts,
+                    ) from None
+                conversation = [
+                    *conversation,
+                    Message(role="assistant", content=text),
+                    Message(
+                        role="user",
+                        content=(
+                            f"That reply does not match the JSON schema ({problems}). Reply "
+                            "again with only a JSON object that matches the schema."
+                        ),
+                    ),
+                ]
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,143 @@
+"""``@experiment`` and its marker: one test becomes ``num_executions`` items ``[exec-N]``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pytest
+
+from .errors import ExperimentError
+from .validation import check_experiment_name, check_num_executions
+
+__all__ = [
+    "EXEC_FIXTURE",
+    "ITEM_KEY",
+    "ExperimentItem",
+    "experiment",
+    "generate_executions",
+    "select_experiments",
+]
+
+EXEC_FIXTURE = "_llmexp_execution"
+MARKER_HELP = (
+    "experiment(num_executions=1, name=None): run the test num_executions times as an LLM "
+    "experiment, each execution one recorded run"
+)
+_KNOWN_ARGS = ("num_executions", "name")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentItem:
+    """What the plugin knows about one collected execution."""
+
+    name: str
+    num_executions: int
+    execution_index: int
+
+
+ITEM_KEY = pytest.StashKey[ExperimentItem]()
+
+
+def experiment(
+    num_executions: int | Callable[..., Any] = 1, name: str | None = None, **unknown: Any
+) -> Any:
+    """Run the decorated test ``num_executions`` times as the experiment ``name``.
+
+    The name defaults to the function's name without ``test_``. This is the same as
+    ``@pytest.mark.experiment(num_executions=..., name=...)``; both are checked at collection.
+    """
+    if callable(num_executions) and name is None and not unknown:
+        return pytest.mark.experiment(num_executions)  # bare @experiment
+    kwargs: dict[str, Any] = {"num_executions": num_executions, **unknown}
+    if name is not None:
+        kwargs["name"] = name
+    return pytest.mark.experiment(**kwargs)
+
+
+def _spec(definition: pytest.Item | Any, override: int | None) -> tuple[str, int] | None:
+    """The experiment name and execution count of a test, or ``None`` if it is not one."""
+    mark = definition.get_closest_marker("experiment")
+    if mark is None:
+        return None
+    test = definition.name.split("[")[0]
+    where = f"@experiment on {test}"
+    if len(mark.args) > 1:
+        raise ExperimentError(
+            f"{where}: takes at most one positional argument (num_executions), got {mark.args!r}"
+        )
+    unknown = sorted(set(mark.kwargs) - set(_KNOWN_ARGS))
+    if unknown:
+        raise ExperimentError(
+            f"{where}: unknown argument(s) {', '.join(unknown)}; it takes {', '.join(_KNOWN_ARGS)}"
+        )
+    if mark.args and "num_executions" in mark.kwargs:
+        raise ExperimentError(f"{where}: num_executions is given twice")
+    count = mark.args[0] if mark.args else mark.kwargs.get("num_executions", 1)
+    check_num_executions(count, where)
+    default_name = test.removeprefix("test_") or test
+    name = check_experiment_name(mark.kwargs.get("name") or default_name, where)
+    return name, override if override is not None else count
+
+
+def generate_executions(metafunc: pytest.Metafunc, override: int | None) -> None:
+    """Parametrize an experiment test over its executions, ids ``exec-0`` ... ``exec-N-1``."""
+    try:
+        spec = _spec(metafunc.definition, override)
+    except ExperimentError as exc:
+        raise pytest.Collector.CollectError(str(exc)) from None
+    if spec is None:
+        return
+    _, count = spec
+    if EXEC_FIXTURE not in metafunc.fixturenames:
+        metafunc.fixturenames.append(EXEC_FIXTURE)
+    metafunc.parametrize(
+        EXEC_FIXTURE, range(count), indirect=True, ids=[f"exec-{i}" for i in range(count)]
+    )
+
+
+def select_experiments(
+    config: pytest.Config,
+    items: list[pytest.Item],
+    wanted: tuple[str, ...],
+    override: int | None,
+) -> None:
+    """Tag experiment items, check their names, and keep only the ``wanted`` experiments."""
+    functions: dict[str, set[str]] = {}
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or EXEC_FIXTURE not in callspec.params:
+            continue
+        spec = _spec(item, override)
+        assert spec is not None, item.nodeid
+        name, count = spec
+        item.stash[ITEM_KEY] = ExperimentItem(
+            name=name, num_executions=count, execution_index=int(callspec.params[EXEC_FIXTURE])
+        )
+        functions.setdefault(name, set()).add(item.nodeid.split("[")[0])
+    for name, tests in sorted(functions.items()):
+        if len(tests) > 1:
+            raise pytest.UsageError(
+                f"experiment name {name!r} is used by {' and '.join(sorted(tests))}; give "
+                "each a distinct name with @experiment(name=...)"
+            )
+    if not wanted:
+        return
+    unmatched = [name for name in wanted if name not in functions]
+    if unmatched:
+        known = ", ".join(sorted(functions)) or "none were collected"
+        raise pytest.UsageError(
+            f"--llm-experiment {', '.join(unmatched)}: no such experiment; "
+            f"known experiments: {known}"
+        )
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        info = item.stash.get(ITEM_KEY, None)
+        (keep if info is not None and info.name in wanted else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep

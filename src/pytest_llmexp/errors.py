@@ -1,0 +1,85 @@
+"""Exceptions raised by pytest-llmexp.
+
+Hierarchy::
+
+    LLMExpError                  base of everything raised here; a run that raises one is `error`
+    ├── PromptError              a prompt template that does not render (missing variable, ...)
+    ├── MetricError              a metric that broke the scalar contract or was called twice
+    ├── BotError                 a bot used wrongly (no model, bad messages)
+    ├── LLMCallError             the endpoint failed (timeout, HTTP error, bad body)
+    │   └── StructuredOutputError  the reply never validated against the pydantic model
+    ├── ExperimentError          misuse of an experiment or the current run
+    └── StoreError               message_log.db cannot be opened, migrated or written
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BotError",
+    "ExperimentError",
+    "LLMCallError",
+    "LLMExpError",
+    "MetricError",
+    "PromptError",
+    "StoreError",
+    "StructuredOutputError",
+]
+
+
+class LLMExpError(Exception):
+    """Base class of every error pytest-llmexp raises."""
+
+    #: Stored as ``experiment_runs.error_type``; subclasses may refine it per instance.
+    @property
+    def error_type(self) -> str:
+        return type(self).__name__
+
+
+class PromptError(LLMExpError):
+    """A prompt template could not be rendered."""
+
+    def __init__(self, message: str, *, prompt_name: str) -> None:
+        super().__init__(message)
+        self.prompt_name = prompt_name
+
+
+class MetricError(LLMExpError):
+    """A metric function broke the metric contract."""
+
+    def __init__(self, message: str, *, metric_name: str) -> None:
+        super().__init__(message)
+        self.metric_name = metric_name
+
+
+class BotError(LLMExpError):
+    """A bot was configured or called wrongly."""
+
+
+class LLMCallError(LLMExpError):
+    """The LLM endpoint failed; ``cause_type`` names the underlying client error."""
+
+    def __init__(self, message: str, *, cause_type: str, retries: int = 0) -> None:
+        super().__init__(message)
+        self.cause_type = cause_type
+        self.retries = retries
+
+    @property
+    def error_type(self) -> str:
+        return self.cause_type
+
+
+class StructuredOutputError(LLMCallError):
+    """The reply did not validate against the bot's pydantic model after every re-ask."""
+
+    def __init__(self, message: str, *, raw_reply: str, attempts: int) -> None:
+        super().__init__(message, cause_type="StructuredOutputError")
+        self.raw_reply = raw_reply
+        self.attempts = attempts
+
+
+class ExperimentError(LLMExpError):
+    """An experiment or the current run was used wrongly."""
+
+
+class StoreError(LLMExpError):
+    """message_log.db could not be opened, migrated or written."""

@@ -1,0 +1,121 @@
+"""The schema of message_log.db, as append-only ``sqlite_utils`` migrations.
+
+Never edit a migration once released: add a new ``mNNN_verb_noun`` function instead.
+Migrations import no package code, so an old migration keeps meaning what it meant.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database, Migrations
+
+__all__ = ["MIGRATION_SET", "migrations"]
+
+MIGRATION_SET = "pytest_llmexp"
+migrations = Migrations(MIGRATION_SET)
+
+
+_M001 = """
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            status TEXT NOT NULL,
+            exitstatus INTEGER,
+            argv TEXT,
+            versions TEXT,
+            git_sha TEXT,
+            endpoint TEXT,
+            rootdir TEXT
+        );
+        CREATE TABLE experiments (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL REFERENCES sessions(id),
+            name TEXT NOT NULL,
+            num_executions INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            gate_passed INTEGER,
+            summary TEXT,
+            UNIQUE (session_id, name)
+        );
+        CREATE TABLE experiment_runs (
+            id TEXT PRIMARY KEY,
+            experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+            execution_index INTEGER NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 1,
+            worker TEXT,
+            nodeid TEXT,
+            status TEXT NOT NULL,
+            error_type TEXT,
+            error_message TEXT,
+            started_at TEXT NOT NULL,
+            duration_s REAL,
+            run_data TEXT NOT NULL
+        );
+        CREATE INDEX experiment_runs_experiment ON experiment_runs (experiment_id);
+        CREATE TABLE prompts (
+            id INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL,
+            function_name TEXT NOT NULL,
+            module TEXT NOT NULL,
+            role TEXT NOT NULL,
+            template TEXT NOT NULL,
+            previous_version_id INTEGER REFERENCES prompts(id),
+            created_at TEXT NOT NULL,
+            UNIQUE (module, function_name, hash)
+        );
+        CREATE TABLE bots (
+            id INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL UNIQUE,
+            class_name TEXT NOT NULL,
+            model_name TEXT NOT NULL,
+            temperature REAL,
+            system_prompt TEXT,
+            system_prompt_hash TEXT,
+            response_schema TEXT,
+            params TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE message_log (
+            id TEXT PRIMARY KEY,
+            run_id TEXT REFERENCES experiment_runs(id),
+            bot_id INTEGER NOT NULL REFERENCES bots(id),
+            timestamp TEXT NOT NULL,
+            model_name TEXT NOT NULL,
+            response_model TEXT,
+            temperature REAL,
+            message_log TEXT NOT NULL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_ms REAL,
+            retries INTEGER NOT NULL DEFAULT 0,
+            finish_reason TEXT,
+            error TEXT
+        );
+        CREATE INDEX message_log_run ON message_log (run_id);
+        CREATE TABLE metrics (
+            run_id TEXT NOT NULL REFERENCES experiment_runs(id),
+            name TEXT NOT NULL,
+            value REAL NOT NULL,
+            kind TEXT NOT NULL,
+            PRIMARY KEY (run_id, name)
+        );
+        CREATE TABLE run_prompts (
+            run_id TEXT NOT NULL REFERENCES experiment_runs(id),
+            prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+            PRIMARY KEY (run_id, prompt_id)
+        );
+        CREATE TABLE run_bots (
+            run_id TEXT NOT NULL REFERENCES experiment_runs(id),
+            bot_id INTEGER NOT NULL REFERENCES bots(id),
+            PRIMARY KEY (run_id, bot_id)
+        );
+"""
+
+
+@migrations()
+def m001_create_tables(db: Database) -> None:
+    # One statement at a time: executescript() would commit the migration's transaction.
+    for statement in _M001.split(";"):
+        if statement.strip():
+            db.execute(statement)

@@ -1,0 +1,173 @@
+"""``@prompt``: functions whose docstring is a Jinja2 template, versioned by a content hash."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import PromptError
+from .recording import record_prompt
+from .records import PromptRecord
+
+if TYPE_CHECKING:
+    import jinja2
+
+__all__ = ["ROLES", "Message", "PromptFunction", "prompt"]
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A chat message: ``role`` and ``content``, and the prompt version that made it, if any."""
+
+    role: str
+    content: str
+    prompt: PromptRecord | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, str]:
+        """The message as the chat completions API takes it."""
+        return {"role": self.role, "content": self.content}
+
+    def __str__(self) -> str:
+        return self.content
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    # The sandbox keeps templates away from Python internals; StrictUndefined turns a
+    # misspelled variable into an error instead of an empty string.
+    return ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
+    )
+
+
+def prompt_hash(role: str, template: str) -> str:
+    """The version of a prompt: a sha256 of its role and template."""
+    return hashlib.sha256(f"{role}\n{template}".encode()).hexdigest()
+
+
+class PromptFunction:
+    """A ``@prompt`` function: calling it renders its template into a :class:`Message`."""
+
+    def __init__(self, fn: Callable[..., Any], role: str) -> None:
+        functools.update_wrapper(self, fn)
+        self.__wrapped__ = fn
+        self.role = role
+        self.name: str = fn.__name__
+        self._signature = inspect.signature(fn)
+        if not fn.__doc__ or not fn.__doc__.strip():
+            raise PromptError(
+                f"@prompt function {self.name!r} has no docstring; its docstring is the "
+                'Jinja2 template, e.g. """Summarize {{ text }}."""',
+                prompt_name=self.name,
+            )
+        self.template: str = inspect.cleandoc(fn.__doc__)
+        self.hash = prompt_hash(role, self.template)
+        self.record = PromptRecord(
+            hash=self.hash,
+            function_name=self.name,
+            module=getattr(fn, "__module__", None) or "",
+            role=role,
+            template=self.template,
+        )
+        self._compiled = self._compile()
+
+    @property
+    def version(self) -> str:
+        """A short form of the hash, for display."""
+        return self.hash[:12]
+
+    def _compile(self) -> jinja2.Template:
+        from jinja2 import TemplateSyntaxError, meta
+
+        env = _environment()
+        try:
+            ast = env.parse(self.template)
+        except TemplateSyntaxError as exc:
+            raise PromptError(
+                f"prompt {self.name!r}: the template does not parse at line {exc.lineno}: "
+                f"{exc.message}",
+                prompt_name=self.name,
+            ) from None
+        variables = meta.find_undeclared_variables(ast)
+        params = self._signature.parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        unknown = sorted(v for v in variables if v not in params)
+        if unknown and not takes_any:
+            raise PromptError(
+                f"prompt {self.name!r}: the template uses "
+                f"{', '.join('{{ ' + v + ' }}' for v in unknown)} but the function has no "
+                f"parameter of that name (parameters: {', '.join(params) or 'none'}); "
+                "rename the variable or add the parameter",
+                prompt_name=self.name,
+            )
+        return env.from_string(ast)
+
+    def render(self, *args: Any, **kwargs: Any) -> str:
+        """The rendered template, without recording anything."""
+        from jinja2 import TemplateError, UndefinedError
+
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise PromptError(
+                f"prompt {self.name!r} called with the wrong variables: {exc} "
+                f"(it takes {', '.join(self._signature.parameters) or 'no variables'})",
+                prompt_name=self.name,
+            ) from None
+        bound.apply_defaults()
+        variables = dict(bound.arguments)
+        for param in self._signature.parameters.values():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                variables.update(variables.pop(param.name, {}))
+        try:
+            return self._compiled.render(variables)
+        except UndefinedError as exc:
+            raise PromptError(
+                f"prompt {self.name!r}: {exc.message}; pass it when calling the prompt",
+                prompt_name=self.name,
+            ) from None
+        except TemplateError as exc:
+            raise PromptError(
+                f"prompt {self.name!r} failed to render: {type(exc).__name__}: {exc}",
+                prompt_name=self.name,
+            ) from None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Message:
+        content = self.render(*args, **kwargs)
+        record_prompt(self.record)
+        return Message(role=self.role, content=content, prompt=self.record)
+
+    def __repr__(self) -> str:
+        return f"<prompt {self.name!r} role={self.role!r} version={self.version}>"
+
+
+def prompt(role: str) -> Callable[[Callable[..., Any]], PromptFunction]:
+    """Turn a function whose docstring is a Jinja2 template into a message factory.
+
+    ``role`` is ``"system"``, ``"user"`` or ``"assistant"``.
+    """
+    if callable(role):
+        name = getattr(role, "__name__", "?")
+        raise PromptError(
+            f"@prompt needs a role: write @prompt('user') above {name!r}, not bare @prompt",
+            prompt_name=name,
+        )
+    if role not in ROLES:
+        raise PromptError(
+            f"@prompt role must be one of {', '.join(map(repr, ROLES))}, got {role!r}",
+            prompt_name="?",
+        )
+
+    def decorate(fn: Callable[..., Any]) -> PromptFunction:
+        return PromptFunction(fn, role)
+
+    return decorate

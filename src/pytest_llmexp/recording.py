@@ -1,0 +1,252 @@
+"""The current run: what prompts, bots, calls and metrics it used.
+
+A run is held in a ``ContextVar`` so that concurrent runs in one process (``Experiment`` runs
+them in a thread pool) are kept apart. Under pytest, one test runs at a time per process, so
+the plugin also makes the run *process-wide*: threads the test starts itself (which do not
+inherit context variables) still record into it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .errors import ExperimentError, LLMExpError, MetricError
+
+if TYPE_CHECKING:
+    # Imported lazily below: the plugin imports this module in every pytest session.
+    from .records import BotRecord, CallRecord, MetricRecord, PromptRecord, Recording, RunRecord
+
+__all__ = [
+    "RunContext",
+    "activate",
+    "classify_exception",
+    "current_run",
+    "default_orphan_writer",
+    "drain_orphans",
+    "record_call",
+    "record_prompt",
+    "set_orphan_writer",
+    "utcnow",
+]
+
+
+def utcnow() -> str:
+    """The current time as an ISO 8601 string in UTC."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _prompt_key(prompt: PromptRecord) -> tuple[str, str, str]:
+    return (prompt.module, prompt.function_name, prompt.hash)
+
+
+class _Collected:
+    """Prompts, bots and calls gathered under a lock, deduplicated by identity."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._prompts: dict[tuple[str, str, str], PromptRecord] = {}
+        self._bots: dict[str, BotRecord] = {}
+        self._calls: list[CallRecord] = []
+
+    def add_prompt(self, prompt: PromptRecord) -> None:
+        with self._lock:
+            self._prompts.setdefault(_prompt_key(prompt), prompt)
+
+    def add_call(
+        self, bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None
+    ) -> None:
+        with self._lock:
+            self._bots.setdefault(bot.hash, bot)
+            for prompt in prompts:
+                self._prompts.setdefault(_prompt_key(prompt), prompt)
+            if call is not None:
+                self._calls.append(call)
+
+
+class RunContext(_Collected):
+    """One execution of an experiment while it runs."""
+
+    def __init__(
+        self,
+        experiment: str,
+        *,
+        num_executions: int,
+        execution_index: int,
+        worker: str,
+        nodeid: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.run_id = uuid.uuid4().hex
+        self.experiment = experiment
+        self.num_executions = num_executions
+        self.execution_index = execution_index
+        self.worker = worker
+        self.nodeid = nodeid
+        self.started_at = utcnow()
+        self._t0 = time.perf_counter()
+        self._metrics: dict[str, MetricRecord] = {}
+        self._metadata: dict[str, Any] = {}
+
+    def add_metric(self, metric: MetricRecord) -> None:
+        with self._lock:
+            if metric.name in self._metrics:
+                raise MetricError(
+                    f"metric {metric.name!r} was called twice in run {self.execution_index} of "
+                    f"experiment {self.experiment!r} (values {self._metrics[metric.name].value!r} "
+                    f"and {metric.value!r}); a metric gives one value per run: compute it once, "
+                    "or define a second metric with another name",
+                    metric_name=metric.name,
+                )
+            self._metrics[metric.name] = metric
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of the metadata attached so far."""
+        with self._lock:
+            return dict(self._metadata)
+
+    def set_metadata(self, key: str, value: Any) -> None:
+        """Attach ``key: value`` to the run; ``value`` must be JSON-serializable."""
+        if not isinstance(key, str) or not key:
+            raise ExperimentError(f"run metadata keys must be non-empty strings, got {key!r}")
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ExperimentError(
+                f"run metadata {key!r} must be JSON-serializable (str, int, float, bool, None, "
+                f"lists and dicts of those), got {type(value).__name__}: {exc}"
+            ) from None
+        with self._lock:
+            self._metadata[key] = json.loads(text)
+
+    def finish(
+        self, status: str, error_type: str | None = None, error_message: str | None = None
+    ) -> RunRecord:
+        """Freeze the run into the record that is sent to the writer."""
+        from .records import RunRecord
+
+        with self._lock:
+            return RunRecord(
+                run_id=self.run_id,
+                experiment=self.experiment,
+                num_executions=self.num_executions,
+                execution_index=self.execution_index,
+                nodeid=self.nodeid,
+                worker=self.worker,
+                started_at=self.started_at,
+                duration_s=time.perf_counter() - self._t0,
+                status=status,  # type: ignore[arg-type]
+                error_type=error_type,
+                error_message=error_message,
+                prompts=list(self._prompts.values()),
+                bots=list(self._bots.values()),
+                calls=list(self._calls),
+                metrics=list(self._metrics.values()),
+                metadata=dict(self._metadata),
+            )
+
+
+class _OrphanLog(_Collected):
+    """Calls made outside any run; they are logged to ``message_log`` with no run."""
+
+    def drain(self) -> Recording | None:
+        with self._lock:
+            if not self._calls:
+                return None
+            from .records import Recording
+
+            recording = Recording(
+                prompts=list(self._prompts.values()),
+                bots=list(self._bots.values()),
+                calls=list(self._calls),
+            )
+            self._prompts.clear()
+            self._bots.clear()
+            self._calls.clear()
+            return recording
+
+
+_current: ContextVar[RunContext | None] = ContextVar("pytest_llmexp_run", default=None)
+_process_run: RunContext | None = None
+_orphans = _OrphanLog()
+
+
+def default_orphan_writer(recording: Recording) -> None:
+    """Write calls made outside any run straight to the default store (outside pytest)."""
+    from .store import default_store
+
+    default_store().insert_recording(recording)
+
+
+_orphan_writer: Callable[[Recording], None] | None = default_orphan_writer
+
+
+def set_orphan_writer(writer: Callable[[Recording], None] | None) -> None:
+    """Where calls outside any run go: ``None`` buffers them until :func:`drain_orphans`."""
+    global _orphan_writer
+    _orphan_writer = writer
+
+
+def drain_orphans() -> Recording | None:
+    """Take the buffered calls made outside any run, if there are any."""
+    return _orphans.drain()
+
+
+def current_run() -> RunContext | None:
+    """The run the calling code belongs to, or ``None`` outside any run."""
+    return _current.get() or _process_run
+
+
+@contextmanager
+def activate(run: RunContext, *, process_wide: bool = False) -> Iterator[RunContext]:
+    """Make ``run`` the current run for this context (and, if asked, this process)."""
+    global _process_run
+    token = _current.set(run)
+    if process_wide:
+        _process_run = run
+    try:
+        yield run
+    finally:
+        _current.reset(token)
+        if process_wide:
+            _process_run = None
+
+
+def record_prompt(prompt: PromptRecord) -> None:
+    """Note that the current run rendered ``prompt`` (outside a run it is kept with calls)."""
+    run = current_run()
+    if run is not None:
+        run.add_prompt(prompt)
+
+
+def record_call(bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None) -> None:
+    """Add an LLM call, with the bot and prompts it used, to the current run or the log."""
+    run = current_run()
+    if run is not None:
+        run.add_call(bot, prompts, call)
+        return
+    _orphans.add_call(bot, prompts, call)
+    if _orphan_writer is not None:
+        recording = _orphans.drain()
+        if recording is not None:
+            _orphan_writer(recording)
+
+
+def classify_exception(exc: BaseException) -> tuple[str, str, str]:
+    """The run status, error type and message for an exception that ended a run.
+
+    An assertion (or any exception from the user's own code) is a ``failed`` run: the
+    experiment gave a verdict. An exception of ours, including wrapped LLM client errors,
+    is an ``error``: the run could not be evaluated.
+    """
+    if isinstance(exc, LLMExpError):
+        return "error", exc.error_type, str(exc)
+    return "failed", type(exc).__name__, str(exc)

@@ -1,0 +1,99 @@
+"""The records that cross process boundaries: JSON in, JSON out, never pickle."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RunStatus = Literal["passed", "failed", "error", "skipped", "crashed"]
+MetricKind = Literal["bool", "int", "float"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PromptRecord(_Record):
+    """One version of a ``@prompt`` function: its template and role, keyed by ``hash``."""
+
+    hash: str
+    function_name: str
+    module: str
+    role: str
+    template: str
+
+
+class BotRecord(_Record):
+    """One bot configuration as it was called (after any ``--llm-model`` override)."""
+
+    hash: str
+    class_name: str
+    model_name: str
+    temperature: float | None
+    system_prompt: str | None
+    system_prompt_hash: str | None
+    response_schema: dict[str, Any] | None
+    params: dict[str, Any]
+
+
+class CallRecord(_Record):
+    """One chat completion request and what came back (or the error)."""
+
+    id: str
+    bot_hash: str
+    timestamp: str
+    model_name: str
+    response_model: str | None
+    temperature: float | None
+    messages: list[dict[str, Any]]
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: float
+    retries: int
+    finish_reason: str | None
+    error: str | None
+
+
+class MetricRecord(_Record):
+    """One metric value of one run."""
+
+    name: str
+    value: float
+    kind: MetricKind
+
+
+class Recording(_Record):
+    """What a run, or the calls made outside any run, used: prompts, bots, calls."""
+
+    prompts: list[PromptRecord] = Field(default_factory=list)
+    bots: list[BotRecord] = Field(default_factory=list)
+    calls: list[CallRecord] = Field(default_factory=list)
+
+
+class RunRecord(Recording):
+    """One execution of an experiment, as it reaches the writer."""
+
+    run_id: str
+    experiment: str
+    num_executions: int
+    execution_index: int
+    nodeid: str | None
+    worker: str
+    started_at: str
+    duration_s: float
+    status: RunStatus
+    error_type: str | None = None
+    error_message: str | None = None
+    metrics: list[MetricRecord] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def run_data(self) -> dict[str, Any]:
+        """The JSON summary stored in ``experiment_runs.run_data``."""
+        return {
+            "prompts": [p.hash for p in self.prompts],
+            "bots": [b.hash for b in self.bots],
+            "message_log_ids": [c.id for c in self.calls],
+            "metrics": {m.name: m.value for m in self.metrics},
+            "metadata": self.metadata,
+        }

@@ -1,0 +1,130 @@
+"""On every process that runs tests: one run per experiment item, attached to its report.
+
+The finished run rides on the teardown report as JSON (``report.llmexp_run``); pytest-xdist
+ships reports to the controller, where the writer stores them. Calls made outside any run
+ride the same way (``report.llmexp_calls``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .collect import ITEM_KEY
+
+if TYPE_CHECKING:
+    from .recording import RunContext
+
+__all__ = ["RUN_KEY", "RunRelay"]
+
+_SEVERITY = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+_MAX_MESSAGE = 4000
+
+
+class _RunState:
+    """A run while its item goes through setup, call and teardown."""
+
+    def __init__(self, run: RunContext) -> None:
+        self.run = run
+        self.status = "passed"
+        self.error_type: str | None = None
+        self.error_message: str | None = None
+
+    def note(self, report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
+        """Fold one phase's outcome into the run's status; the most severe one wins."""
+        from .endpoint import redact
+        from .recording import classify_exception
+
+        if report.passed:
+            return
+        excinfo = call.excinfo
+        if report.skipped:
+            if hasattr(report, "wasxfail"):
+                status, kind, message = "failed", "xfail", str(report.wasxfail)
+            else:
+                longrepr = report.longrepr
+                reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+                status, kind, message = "skipped", "Skipped", reason
+        elif excinfo is None:
+            status, kind, message = "failed", "Failed", str(report.longrepr)
+        elif report.when == "call":
+            status, kind, message = classify_exception(excinfo.value)
+        else:
+            # A fixture that fails to set up or tear down: the run could not be evaluated.
+            status, kind, message = "error", excinfo.typename, str(excinfo.value)
+        if _SEVERITY[status] > _SEVERITY[self.status]:
+            self.status, self.error_type = status, kind
+            self.error_message = redact(message)[:_MAX_MESSAGE]
+
+
+RUN_KEY = pytest.StashKey[_RunState]()
+
+
+class RunRelay:
+    """Creates the run of each experiment item and hands it over on the report."""
+
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        #: A usage error found during collection on an xdist worker, for the controller.
+        self.usage_error: str | None = None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, Any, Any]:
+        info = item.stash.get(ITEM_KEY, None)
+        if info is None:
+            return (yield)
+        from .recording import RunContext, activate
+
+        run = RunContext(
+            info.name,
+            num_executions=info.num_executions,
+            execution_index=info.execution_index,
+            worker=self.worker,
+            nodeid=item.nodeid,
+        )
+        item.stash[RUN_KEY] = _RunState(run)
+        try:
+            with activate(run, process_wide=True):
+                return (yield)
+        finally:
+            del item.stash[RUN_KEY]
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        state = item.stash.get(RUN_KEY, None)
+        if state is not None:
+            state.note(report, call)
+            if report.when == "teardown":
+                record = state.run.finish(state.status, state.error_type, state.error_message)
+                report.llmexp_run = record.model_dump_json()  # type: ignore[attr-defined]
+        if report.when == "teardown":
+            orphans = drain_orphans_json()
+            if orphans is not None:
+                report.llmexp_calls = orphans  # type: ignore[attr-defined]
+        return report
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # On an xdist worker, calls made after the last test (session fixture teardown)
+        # travel in workeroutput, which the controller reads when the worker goes down.
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is not None:
+            if self.usage_error is not None:
+                workeroutput["llmexp_usage_error"] = self.usage_error
+            orphans = drain_orphans_json()
+            if orphans is not None:
+                workeroutput["llmexp_calls"] = orphans
+
+
+def drain_orphans_json() -> str | None:
+    """Calls made outside any run since the last drain, as JSON, if there were any."""
+    from .recording import drain_orphans
+
+    recording = drain_orphans()
+    return None if recording is None else recording.model_dump_json()

@@ -1,0 +1,165 @@
+"""The ``--llm-*`` options and ``llm_*`` ini keys, validated once into :class:`Settings`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from .endpoint import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from .validation import DEFAULT_DB
+
+__all__ = ["SETTINGS_KEY", "Settings", "add_options", "build_settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the plugin was told, after validation."""
+
+    experiments: tuple[str, ...]
+    db_path: Path
+    num_executions: int | None
+    model: str | None
+    base_url: str | None
+    timeout: float
+    max_retries: int
+
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmexp", "LLM experiments")
+    group.addoption(
+        "--llm-experiment",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only the experiment NAME (repeatable); every other test is deselected.",
+    )
+    group.addoption(
+        "--llm-db",
+        metavar="PATH",
+        help=f"the experiment database (ini: llm_db; default: {DEFAULT_DB} in the rootdir).",
+    )
+    group.addoption(
+        "--llm-num-executions",
+        metavar="N",
+        help="run every selected experiment N times, whatever it declares.",
+    )
+    group.addoption(
+        "--llm-model",
+        metavar="NAME",
+        help="call every bot with model NAME instead of its own (ini: llm_model).",
+    )
+    group.addoption(
+        "--llm-base-url",
+        metavar="URL",
+        help="the OpenAI-compatible endpoint (ini: llm_base_url; default: OPENAI_BASE_URL, "
+        "else OpenAI).",
+    )
+    group.addoption(
+        "--llm-timeout",
+        metavar="SECONDS",
+        help=f"timeout of one LLM request (ini: llm_timeout; default: {DEFAULT_TIMEOUT:g}).",
+    )
+    group.addoption(
+        "--llm-max-retries",
+        metavar="N",
+        help="retries of a failed LLM request, with backoff (ini: llm_max_retries; "
+        f"default: {DEFAULT_MAX_RETRIES}).",
+    )
+    parser.addini("llm_db", "the experiment database (default: message_log.db in the rootdir)")
+    parser.addini("llm_model", "the model every bot calls instead of its own")
+    parser.addini("llm_base_url", "the OpenAI-compatible endpoint")
+    parser.addini("llm_timeout", f"timeout of one LLM request in seconds ({DEFAULT_TIMEOUT:g})")
+    parser.addini("llm_max_retries", f"retries of a failed LLM request ({DEFAULT_MAX_RETRIES})")
+
+
+def _value(config: pytest.Config, name: str, *, ini: bool = True) -> tuple[str | None, str]:
+    """The raw value of option ``name`` (command line first, then ini) and where it came from."""
+    cli = config.getoption(name)
+    if cli is not None:
+        return str(cli), "--" + name.replace("_", "-")
+    value = config.getini(name) if ini else None
+    if isinstance(value, str) and value.strip():
+        return value.strip(), f"ini {name}"
+    return None, ""
+
+
+def _bad(where: str, value: str, expected: str) -> pytest.UsageError:
+    return pytest.UsageError(f"{where}: expected {expected}, got {value!r}")
+
+
+def _positive_int(config: pytest.Config, name: str) -> int | None:
+    raw, where = _value(config, name, ini=False)
+    if raw is None:
+        return None
+    try:
+        number = int(raw)
+    except ValueError:
+        raise _bad(where, raw, "a positive whole number, e.g. 10") from None
+    if number < 1:
+        raise _bad(where, raw, "a positive whole number, e.g. 10")
+    return number
+
+
+def build_settings(config: pytest.Config) -> Settings:
+    """Read and validate every option; a bad value is a ``pytest.UsageError``."""
+    names = tuple(config.getoption("llm_experiment") or ())
+    for name in names:
+        if not name.strip():
+            raise _bad("--llm-experiment", name, "an experiment name")
+
+    raw_db, where = _value(config, "llm_db")
+    if config.getoption("llm_db") is not None:
+        if not raw_db or not raw_db.strip():
+            raise _bad(where, raw_db or "", "a file path")
+        # Like --junitxml, a command line path is relative to the invocation directory.
+        db_path = Path(config.invocation_params.dir, raw_db)
+    else:
+        db_path = Path(config.rootpath, raw_db or DEFAULT_DB)
+    if db_path.is_dir():
+        raise _bad(where or "llm_db", str(db_path), "a file path, not a directory")
+
+    num_executions = _positive_int(config, "llm_num_executions")
+
+    model, _ = _value(config, "llm_model")
+
+    base_url, where = _value(config, "llm_base_url")
+    if base_url is not None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _bad(where, base_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8080/v1")
+
+    timeout = DEFAULT_TIMEOUT
+    raw_timeout, where = _value(config, "llm_timeout")
+    if raw_timeout is not None:
+        try:
+            timeout = float(raw_timeout)
+        except ValueError:
+            raise _bad(where, raw_timeout, "a positive number of seconds, e.g. 30") from None
+        if not 0 < timeout < float("inf"):
+            raise _bad(where, raw_timeout, "a positive number of seconds, e.g. 30")
+
+    max_retries = DEFAULT_MAX_RETRIES
+    raw_retries, where = _value(config, "llm_max_retries")
+    if raw_retries is not None:
+        try:
+            max_retries = int(raw_retries)
+        except ValueError:
+            raise _bad(where, raw_retries, "a whole number >= 0, e.g. 2") from None
+        if max_retries < 0:
+            raise _bad(where, raw_retries, "a whole number >= 0, e.g. 2")
+
+    return Settings(
+        experiments=names,
+        db_path=db_path.resolve(),
+        num_executions=num_executions,
+        model=model,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=max_retries,
+    )

@@ -1,0 +1,419 @@
+"""message_log.db: opening, migrating, and writing sessions, runs, calls and metrics.
+
+Only one process writes a session's rows (the pytest controller, or the process running an
+``Experiment``). Every write is one ``BEGIN IMMEDIATE`` transaction; runs are inserted with
+``INSERT OR IGNORE`` on their id, so inserting the same run twice is harmless.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import StoreError
+from .recording import utcnow
+from .validation import DEFAULT_DB
+
+if TYPE_CHECKING:
+    from .records import BotRecord, CallRecord, PromptRecord, Recording, RunRecord
+
+__all__ = ["DEFAULT_DB", "EVALUATED", "Store", "default_store", "environment_versions", "git_sha"]
+
+#: Run statuses whose metrics count in aggregates: the run was evaluated.
+EVALUATED = ("passed", "failed")
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class Store:
+    """A connection to message_log.db, migrated to the current schema."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._prompt_ids: dict[tuple[str, str, str], int] = {}
+        self._bot_ids: dict[str, int] = {}
+        self._experiment_ids: dict[tuple[str, str], int] = {}
+        self._check_file()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(
+                f"cannot open the experiment database {str(self.path)!r}: {exc}; choose a "
+                "writable path with --llm-db (ini: llm_db)"
+            ) from None
+        try:
+            self.conn.execute("PRAGMA busy_timeout = 30000")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise StoreError(
+                f"{str(self.path)!r} is not a usable SQLite database ({exc}); it was left as it "
+                "is: move it away or choose another path with --llm-db"
+            ) from None
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _check_file(self) -> None:
+        if not self.path.exists():
+            return
+        if self.path.is_dir():
+            raise StoreError(
+                f"the experiment database path {str(self.path)!r} is a directory; "
+                "give a file path with --llm-db"
+            )
+        with self.path.open("rb") as fh:
+            header = fh.read(len(_SQLITE_HEADER))
+        if header and header != _SQLITE_HEADER:
+            raise StoreError(
+                f"{str(self.path)!r} exists and is not a SQLite database; it was left as it "
+                "is: move it away or choose another path with --llm-db"
+            )
+
+    def _migrate(self) -> None:
+        from sqlite_utils import Database
+
+        from .migrations import migrations
+
+        db = Database(self.conn, execute_plugins=False)
+        with self.transaction():
+            known = {m.name for m in migrations._migrations}
+            unknown = [m.name for m in migrations.applied(db) if m.name not in known]
+            if unknown:
+                raise StoreError(
+                    f"{str(self.path)!r} was written by a newer pytest-llmexp (schema "
+                    f"migrations {', '.join(unknown)} are unknown to this version); upgrade "
+                    "pytest-llmexp, or choose another path with --llm-db"
+                )
+            if migrations.pending(db):
+                migrations.apply(db)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` write transaction; caches are dropped if it rolls back."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                self._prompt_ids.clear()
+                self._bot_ids.clear()
+                self._experiment_ids.clear()
+                raise
+            self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    # -- sessions and experiments ---------------------------------------------------------
+
+    def begin_session(
+        self,
+        *,
+        kind: str,
+        started_at: str | None = None,
+        argv: list[str] | None = None,
+        rootdir: str | None = None,
+        endpoint: str | None = None,
+    ) -> str:
+        """Insert a ``running`` session row and return its id."""
+        session_id = uuid.uuid4().hex
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO sessions (id, kind, started_at, status, argv, versions, git_sha, "
+                "endpoint, rootdir) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                (
+                    session_id,
+                    kind,
+                    started_at or utcnow(),
+                    _json(argv if argv is not None else sys.argv),
+                    _json(environment_versions()),
+                    git_sha(rootdir or os.getcwd()),
+                    endpoint,
+                    rootdir,
+                ),
+            )
+        return session_id
+
+    def finish_session(self, session_id: str, *, status: str, exitstatus: int | None) -> None:
+        """Mark the session and its experiments finished, with their summaries."""
+        with self.transaction() as conn:
+            for experiment_id, _name in self._experiments(session_id):
+                summary = self._summary(experiment_id)
+                conn.execute(
+                    "UPDATE experiments SET status = ?, summary = ? WHERE id = ?",
+                    (status, _json(summary), experiment_id),
+                )
+            conn.execute(
+                "UPDATE sessions SET status = ?, exitstatus = ?, finished_at = ? WHERE id = ?",
+                (status, exitstatus, utcnow(), session_id),
+            )
+
+    def _experiments(self, session_id: str) -> list[tuple[int, str]]:
+        rows = self.conn.execute(
+            "SELECT id, name FROM experiments WHERE session_id = ? ORDER BY id", (session_id,)
+        )
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def _experiment_id(self, session_id: str, name: str, num_executions: int) -> int:
+        key = (session_id, name)
+        cached = self._experiment_ids.get(key)
+        if cached is not None:
+            return cached
+        self.conn.execute(
+            "INSERT OR IGNORE INTO experiments (session_id, name, num_executions, status) "
+            "VALUES (?, ?, ?, 'running')",
+            (session_id, name, num_executions),
+        )
+        row = self.conn.execute(
+            "SELECT id FROM experiments WHERE session_id = ? AND name = ?", (session_id, name)
+        ).fetchone()
+        self._experiment_ids[key] = int(row[0])
+        return int(row[0])
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def insert_run(self, session_id: str, run: RunRecord) -> bool:
+        """Insert a finished run with everything it used; ``False`` if it was already there."""
+        with self.transaction() as conn:
+            experiment_id = self._experiment_id(session_id, run.experiment, run.num_executions)
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO experiment_runs (id, experiment_id, execution_index, "
+                "worker, nodeid, status, error_type, error_message, started_at, duration_s, "
+                "run_data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.run_id,
+                    experiment_id,
+                    run.execution_index,
+                    run.worker,
+                    run.nodeid,
+                    run.status,
+                    run.error_type,
+                    run.error_message,
+                    run.started_at,
+                    run.duration_s,
+                    _json(run.run_data()),
+                ),
+            )
+            if cursor.rowcount == 0:
+                return False
+            self._insert_used(run, run.run_id)
+            conn.executemany(
+                "INSERT OR IGNORE INTO metrics (run_id, name, value, kind) VALUES (?, ?, ?, ?)",
+                [(run.run_id, m.name, m.value, m.kind) for m in run.metrics],
+            )
+        return True
+
+    def insert_recording(self, recording: Recording) -> None:
+        """Insert calls made outside any run, with the bots and prompts they used."""
+        with self.transaction():
+            self._insert_used(recording, None)
+
+    def _insert_used(self, recording: Recording, run_id: str | None) -> None:
+        prompt_ids = [self._prompt_id(p) for p in recording.prompts]
+        bot_ids = {b.hash: self._bot_id(b) for b in recording.bots}
+        if run_id is not None:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO run_prompts (run_id, prompt_id) VALUES (?, ?)",
+                [(run_id, pid) for pid in prompt_ids],
+            )
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO run_bots (run_id, bot_id) VALUES (?, ?)",
+                [(run_id, bid) for bid in bot_ids.values()],
+            )
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO message_log (id, run_id, bot_id, timestamp, model_name, "
+            "response_model, temperature, message_log, prompt_tokens, completion_tokens, "
+            "latency_ms, retries, finish_reason, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [_call_row(c, run_id, bot_ids[c.bot_hash]) for c in recording.calls],
+        )
+
+    def _prompt_id(self, prompt: PromptRecord) -> int:
+        key = (prompt.module, prompt.function_name, prompt.hash)
+        cached = self._prompt_ids.get(key)
+        if cached is not None:
+            return cached
+        row = self.conn.execute(
+            "SELECT id FROM prompts WHERE module = ? AND function_name = ? AND hash = ?", key
+        ).fetchone()
+        if row is None:
+            previous = self.conn.execute(
+                "SELECT id FROM prompts WHERE module = ? AND function_name = ? "
+                "ORDER BY id DESC LIMIT 1",
+                key[:2],
+            ).fetchone()
+            cursor = self.conn.execute(
+                "INSERT INTO prompts (hash, function_name, module, role, template, "
+                "previous_version_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    prompt.hash,
+                    prompt.function_name,
+                    prompt.module,
+                    prompt.role,
+                    prompt.template,
+                    previous[0] if previous else None,
+                    utcnow(),
+                ),
+            )
+            row = (cursor.lastrowid,)
+        self._prompt_ids[key] = int(row[0])
+        return int(row[0])
+
+    def _bot_id(self, bot: BotRecord) -> int:
+        cached = self._bot_ids.get(bot.hash)
+        if cached is not None:
+            return cached
+        self.conn.execute(
+            "INSERT OR IGNORE INTO bots (hash, class_name, model_name, temperature, "
+            "system_prompt, system_prompt_hash, response_schema, params, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                bot.hash,
+                bot.class_name,
+                bot.model_name,
+                bot.temperature,
+                bot.system_prompt,
+                bot.system_prompt_hash,
+                None if bot.response_schema is None else _json(bot.response_schema),
+                _json(bot.params),
+                utcnow(),
+            ),
+        )
+        row = self.conn.execute("SELECT id FROM bots WHERE hash = ?", (bot.hash,)).fetchone()
+        self._bot_ids[bot.hash] = int(row[0])
+        return int(row[0])
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def summaries(self, session_id: str) -> dict[str, dict[str, Any]]:
+        """Per experiment of the session: run counts by status and per-metric statistics."""
+        with self._lock:
+            return {name: self._summary(eid) for eid, name in self._experiments(session_id)}
+
+    def _summary(self, experiment_id: int) -> dict[str, Any]:
+        runs = dict.fromkeys(("passed", "failed", "error", "skipped", "crashed"), 0)
+        for status, count in self.conn.execute(
+            "SELECT status, count(*) FROM experiment_runs WHERE experiment_id = ? GROUP BY status",
+            (experiment_id,),
+        ):
+            runs[status] = count
+        placeholders = ", ".join("?" * len(EVALUATED))
+        rows = self.conn.execute(
+            f"""
+            WITH v AS (
+                SELECT m.name, m.kind, m.value FROM metrics m
+                JOIN experiment_runs r ON r.id = m.run_id
+                WHERE r.experiment_id = ? AND r.status IN ({placeholders})
+            ), a AS (
+                SELECT name, max(kind) AS kind, count(*) AS n, avg(value) AS mean,
+                       min(value) AS lo, max(value) AS hi
+                FROM v GROUP BY name
+            )
+            SELECT a.name, a.kind, a.n, a.mean, a.lo, a.hi,
+                   (SELECT sum((v.value - a.mean) * (v.value - a.mean))
+                    FROM v WHERE v.name = a.name)
+            FROM a ORDER BY a.name
+            """,
+            (experiment_id, *EVALUATED),
+        )
+        metrics = {
+            name: {
+                "kind": kind,
+                "n": n,
+                "mean": mean,
+                "std": math.sqrt(squares / (n - 1)) if n > 1 else None,
+                "min": lo,
+                "max": hi,
+            }
+            for name, kind, n, mean, lo, hi, squares in rows
+        }
+        return {"runs": runs, "metrics": metrics}
+
+
+def _call_row(call: CallRecord, run_id: str | None, bot_id: int) -> tuple[Any, ...]:
+    return (
+        call.id,
+        run_id,
+        bot_id,
+        call.timestamp,
+        call.model_name,
+        call.response_model,
+        call.temperature,
+        _json(call.messages),
+        call.prompt_tokens,
+        call.completion_tokens,
+        call.latency_ms,
+        call.retries,
+        call.finish_reason,
+        call.error,
+    )
+
+
+@functools.cache
+def environment_versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape a run's results."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": sys.version.split()[0]}
+    for dist in ("pytest-llmexp", "pytest", "openai", "pydantic", "pytest-xdist"):
+        with suppress(PackageNotFoundError):
+            versions[dist] = version(dist)
+    return versions
+
+
+def git_sha(directory: str) -> str | None:
+    """The commit checked out in ``directory``, if it is in a git work tree."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = result.stdout.strip()
+    return sha if result.returncode == 0 and sha else None
+
+
+_default_stores: dict[str, Store] = {}
+_default_lock = threading.Lock()
+
+
+def default_store() -> Store:
+    """The store that calls outside pytest and outside any ``Experiment`` are logged to.
+
+    ``LLMEXP_DB`` names it; the default is ``message_log.db`` in the working directory.
+    """
+    path = os.path.abspath(os.environ.get("LLMEXP_DB") or DEFAULT_DB)
+    with _default_lock:
+        store = _default_stores.get(path)
+        if store is None:
+            store = _default_stores[path] = Store(path)
+        return store

@@ -1,0 +1,27 @@
+"""Checks and defaults shared by the pytest plugin and ``Experiment`` (stdlib only)."""
+
+from __future__ import annotations
+
+from .errors import ExperimentError
+
+__all__ = ["DEFAULT_DB", "check_experiment_name", "check_num_executions"]
+
+DEFAULT_DB = "message_log.db"
+
+
+def check_num_executions(value: object, where: str) -> int:
+    """``value`` if it is a positive int, else an error naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ExperimentError(
+            f"{where}: num_executions must be a positive int, got {value!r}; e.g. num_executions=10"
+        )
+    return value
+
+
+def check_experiment_name(value: object, where: str) -> str:
+    """``value`` if it is a usable experiment name, else an error naming ``where``."""
+    if not isinstance(value, str) or not value.strip() or value != value.strip():
+        raise ExperimentError(
+            f"{where}: name must be a non-empty string without surrounding spaces, got {value!r}"
+        )
+    return value

@@ -1,0 +1,119 @@
+"""The one process that writes message_log.db: the xdist controller, or the only process."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .summary import write_summary
+
+if TYPE_CHECKING:
+    from .settings import Settings
+    from .store import Store
+
+__all__ = ["Writer", "XdistHooks"]
+
+
+class Writer:
+    """Stores each finished run as its report arrives, and the session's end."""
+
+    def __init__(self, config: pytest.Config, settings: Settings, started_at: str) -> None:
+        self.config = config
+        self.settings = settings
+        self.started_at = started_at
+        self.store: Store | None = None
+        self.session_id: str | None = None
+        self.summaries: dict[str, dict[str, Any]] = {}
+        #: A usage error an xdist worker found while collecting.
+        self.usage_error: str | None = None
+
+    def _store(self) -> Store:
+        if self.store is None:
+            from .errors import StoreError
+            from .store import Store
+
+            try:
+                self.store = Store(self.settings.db_path)
+            except StoreError as exc:
+                pytest.exit(f"pytest-llmexp: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        return self.store
+
+    def _session_id(self) -> str:
+        if self.session_id is None:
+            from .endpoint import display_url, resolved_base_url
+
+            self.session_id = self._store().begin_session(
+                kind="pytest",
+                started_at=self.started_at,
+                argv=list(self.config.invocation_params.args),
+                rootdir=str(self.config.rootpath),
+                endpoint=display_url(resolved_base_url()),
+            )
+        return self.session_id
+
+    def write_run(self, payload: str) -> None:
+        from .records import RunRecord
+
+        run = RunRecord.model_validate_json(payload)
+        self._store().insert_run(self._session_id(), run)
+
+    def write_calls(self, payload: str) -> None:
+        from .records import Recording
+
+        self._store().insert_recording(Recording.model_validate_json(payload))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        run = getattr(report, "llmexp_run", None)
+        if run is not None:
+            self.write_run(run)
+        calls = getattr(report, "llmexp_calls", None)
+        if calls is not None:
+            self.write_calls(calls)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.usage_error is not None:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        from .relay import drain_orphans_json
+
+        calls = drain_orphans_json()
+        if calls is not None:
+            self.write_calls(calls)
+        if self.session_id is None or self.store is None:
+            return
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+        self.store.finish_session(
+            self.session_id,
+            status="interrupted" if interrupted else "complete",
+            exitstatus=int(exitstatus),
+        )
+        self.summaries = self.store.summaries(self.session_id)
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.usage_error is not None:
+            terminalreporter.write_line(f"ERROR: {self.usage_error}", red=True, bold=True)
+        if self.session_id is not None and self.summaries:
+            write_summary(
+                terminalreporter, self.summaries, str(self.settings.db_path), self.session_id
+            )
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+class XdistHooks:
+    """Controller hooks that exist only when pytest-xdist is loaded."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        output = getattr(node, "workeroutput", None) or {}
+        if self.writer.usage_error is None:
+            self.writer.usage_error = output.get("llmexp_usage_error")
+        calls = output.get("llmexp_calls")
+        if calls is not None:
+            self.writer.write_calls(calls)

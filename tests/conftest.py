@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fakellm import FakeLLM
+
+#: Inner sessions run both ways; every plugin integration test is parametrized over these.
+MODES = {"serial": [], "xdist": ["-n", "2"]}
+
+
+@pytest.fixture(scope="session")
+def _fake_server() -> Iterator[FakeLLM]:
+    server = FakeLLM().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_llm(_fake_server: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLM]:
+    """The fake OpenAI-compatible server, reset, with OPENAI_BASE_URL/KEY pointing at it."""
+    _fake_server.reset()
+    monkeypatch.setenv("OPENAI_BASE_URL", _fake_server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", api_key())
+    monkeypatch.delenv("LLMEXP_DB", raising=False)
+    yield _fake_server
+    _fake_server.reset()
+
+
+_KEY = "sk-test-" + secrets.token_hex(16)
+
+
+def api_key() -> str:
+    """The API key the tests use: it must never show up in a database or output."""
+    return _KEY
+
+
+class Database:
+    """Read access to a message_log.db for assertions."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        self.conn.row_factory = sqlite3.Row
+
+    def rows(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        return list(self.conn.execute(sql, params))
+
+    def one(self, sql: str, *params: Any) -> Any:
+        rows = self.rows(sql, *params)
+        assert len(rows) == 1, (sql, [dict(r) for r in rows])
+        return rows[0][0] if len(rows[0]) == 1 else rows[0]
+
+    def count(self, table: str, where: str = "1", *params: Any) -> int:
+        return int(self.one(f"SELECT count(*) FROM {table} WHERE {where}", *params))
+
+    def dump(self) -> str:
+        return "\n".join(self.conn.iterdump())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class Run:
+    result: pytest.RunResult
+    db: Database | None
+
+
+@pytest.fixture(params=list(MODES))
+def mode(request: pytest.FixtureRequest) -> str:
+    """``serial`` (no xdist) or ``xdist`` (``-n 2``)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def run_session(
+    pytester: pytest.Pytester, fake_llm: FakeLLM, mode: str
+) -> Iterator[Callable[..., Run]]:
+    """Run an inner pytest session in a subprocess (in the current mode), then open its db."""
+    opened: list[Database] = []
+
+    def run(*args: str, db: str = "message_log.db") -> Run:
+        result = pytester.runpytest_subprocess(*MODES[mode], "-p", "no:cacheprovider", *args, timeout=180)
+        path = pytester.path / db
+        database = Database(path) if path.exists() else None
+        if database is not None:
+            opened.append(database)
+            assert api_key() not in database.dump()
+        output = "\n".join(result.outlines + result.errlines)
+        assert api_key() not in output
+        return Run(result, database)
+
+    yield run
+    for database in opened:
+        database.close()

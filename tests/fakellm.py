@@ -1,0 +1,173 @@
+"""A fake OpenAI-compatible chat completions server on 127.0.0.1, for tests.
+
+It speaks real HTTP so that the real ``openai`` client is exercised. Replies are
+deterministic: a JSON-schema request gets an instance generated from the schema, any other
+request gets ``"Reply to: <last user message>"``. Tests can script replies (``responder``),
+inject errors (``fail_next``) and latency, and read what was requested (``requests``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Responder = Callable[[dict[str, Any]], str]
+
+
+@dataclass
+class Failure:
+    status: int
+    body: str = '{"error": {"message": "injected failure", "type": "server_error"}}'
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def instance_from_schema(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
+    """A small value that validates against ``schema`` (the subset pydantic emits)."""
+    root = root or schema
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return instance_from_schema(root["$defs"][name], root)
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
+            return instance_from_schema(options[0], root)
+    kind = schema.get("type", "object")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {name: instance_from_schema(sub, root) for name, sub in props.items()}
+    if kind == "array":
+        return [instance_from_schema(schema.get("items", {}), root)]
+    if kind == "string":
+        text = "fake " + str(schema.get("title", "text")).lower()
+        return text[: schema.get("maxLength", len(text))]
+    if kind == "integer":
+        return int(schema.get("minimum", schema.get("exclusiveMinimum", 0) + 1))
+    if kind == "number":
+        return float(schema.get("minimum", 0.5))
+    if kind == "boolean":
+        return True
+    return None
+
+
+def default_reply(request: dict[str, Any]) -> str:
+    fmt = request.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return json.dumps(instance_from_schema(fmt["json_schema"]["schema"]))
+    users = [m["content"] for m in request["messages"] if m["role"] == "user"]
+    return f"Reply to: {users[-1] if users else ''}"
+
+
+class FakeLLM:
+    """The server's state: scripted replies, injected failures, recorded requests."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.responder: Responder = default_reply
+        self.latency = 0.0
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._failures: deque[Failure] = deque()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "the fake server is not running"
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def reset(self) -> None:
+        with self._lock:
+            self.responder = default_reply
+            self.latency = 0.0
+            self.requests.clear()
+            self.headers.clear()
+            self._failures.clear()
+
+    def fail_next(self, status: int, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next ``times`` requests with HTTP ``status``."""
+        with self._lock:
+            self._failures.extend(Failure(status, **kwargs) for _ in range(times))
+
+    def start(self) -> FakeLLM:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def _handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, dict[str, str]]:
+        if not path.rstrip("/").endswith("/chat/completions"):
+            return 404, '{"error": {"message": "not found"}}', {}
+        request = json.loads(body)
+        with self._lock:
+            self.requests.append(request)
+            self.headers.append(headers)
+            failure = self._failures.popleft() if self._failures else None
+            responder, latency = self.responder, self.latency
+        if latency:
+            time.sleep(latency)
+        if failure is not None:
+            return failure.status, failure.body, failure.headers
+        content = responder(request)
+        prompt_words = sum(len(str(m.get("content", "")).split()) for m in request["messages"])
+        reply = {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_words,
+                "completion_tokens": len(content.split()),
+                "total_tokens": prompt_words + len(content.split()),
+            },
+        }
+        return 200, json.dumps(reply), {}
+
+
+def _make_handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        # Without this, a reused connection stalls ~40 ms per request on delayed ACKs.
+        disable_nagle_algorithm = True
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            status, text, extra = state._handle(self.path, dict(self.headers), body)
+            data = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in extra.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
