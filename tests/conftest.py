@@ -86,10 +86,12 @@ def run_session(
     """Run an inner pytest session in a subprocess (in the current mode), then open its db."""
     opened: list[Database] = []
 
-    def run(*args: str, db: str = "message_log.db") -> Run:
-        result = pytester.runpytest_subprocess(*MODES[mode], "-p", "no:cacheprovider", *args, timeout=180)
-        path = pytester.path / db
-        database = Database(path) if path.exists() else None
+    def run(*args: str, db: str | None = "message_log.db") -> Run:
+        result = pytester.runpytest_subprocess(
+            *MODES[mode], "-p", "no:cacheprovider", *args, timeout=180
+        )
+        path = pytester.path / db if db else None
+        database = Database(path) if path and path.exists() else None
         if database is not None:
             opened.append(database)
             assert api_key() not in database.dump()
@@ -100,3 +102,13 @@ def run_session(
     yield run
     for database in opened:
         database.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_calls_outside_runs() -> Iterator[None]:
+    """Unit tests run bots inside a run; a call outside one would land in the outer db."""
+    yield
+    from pytest_llmexp.recording import drain_orphans
+
+    leaked = drain_orphans()
+    assert leaked is None, f"LLM calls made outside any run: {leaked}"

@@ -112,7 +112,9 @@ class FakeLLM:
             self._httpd.server_close()
             self._httpd = None
 
-    def _handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, dict[str, str]]:
+    def _handle(
+        self, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str, dict[str, str]]:
         if not path.rstrip("/").endswith("/chat/completions"):
             return 404, '{"error": {"message": "not found"}}', {}
         request = json.loads(body)
@@ -157,7 +159,8 @@ def _make_handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
-            status, text, extra = state._handle(self.path, dict(self.headers), body)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status, text, extra = state._handle(self.path, headers, body)
             data = text.encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

@@ -79,7 +79,8 @@ def _spec(definition: pytest.Item | Any, override: int | None) -> tuple[str, int
     count = mark.args[0] if mark.args else mark.kwargs.get("num_executions", 1)
     check_num_executions(count, where)
     default_name = test.removeprefix("test_") or test
-    name = check_experiment_name(mark.kwargs.get("name") or default_name, where)
+    name = mark.kwargs.get("name")
+    name = check_experiment_name(default_name if name is None else name, where)
     return name, override if override is not None else count
 
 

@@ -57,9 +57,14 @@ def _hint(value: Any) -> str:
     return _RETURN_INSTEAD
 
 
+def _is_numpy_bool(value: Any) -> bool:
+    kind = type(value)
+    return kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_")
+
+
 def to_metric_record(name: str, value: Any) -> MetricRecord:
     """Check ``value`` against the metric contract and turn it into a record."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, bool) or _is_numpy_bool(value):
         return MetricRecord(name=name, value=1.0 if value else 0.0, kind="bool")
     if isinstance(value, numbers.Integral):
         return MetricRecord(name=name, value=float(int(value)), kind="int")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import endpoint, recording
-from .collect import EXEC_FIXTURE, MARKER_HELP, generate_executions, select_experiments
+from .collect import MARKER_HELP, generate_executions, select_experiments
 from .relay import RunRelay
 from .settings import SETTINGS_KEY, add_options, build_settings
 from .writer import Writer, XdistHooks
@@ -104,7 +104,7 @@ def llm_run(request: pytest.FixtureRequest) -> RunContext:
     ``num_executions``, and ``set_metadata(key, value)`` to attach JSON-safe data to the run.
     """
     current = recording.current_run()
-    if current is None or EXEC_FIXTURE not in request.fixturenames:
+    if current is None:
         pytest.fail(
             f"{request.node.nodeid}: the llm_run fixture belongs to experiments; decorate the "
             "test with @experiment(...) or @pytest.mark.experiment(...)",

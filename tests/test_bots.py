@@ -1,0 +1,230 @@
+"""Bots against the fake server, in-process, inside a run so every call is inspectable."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from pydantic import BaseModel, Field
+
+from conftest import api_key
+from fakellm import FakeLLM
+from pytest_llmexp import (
+    BotError,
+    LLMCallError,
+    SimpleBot,
+    StructuredBot,
+    StructuredOutputError,
+    endpoint,
+    prompt,
+)
+from pytest_llmexp.recording import RunContext, activate
+
+
+@prompt("system")
+def terse():
+    """Answer in one word."""
+
+
+class Verdict(BaseModel):
+    score: int = Field(ge=1, le=10)
+    reason: str
+
+
+@pytest.fixture
+def run(fake_llm: FakeLLM) -> Iterator[RunContext]:
+    """A current run, and an endpoint with no retries so injected faults surface at once."""
+    previous = endpoint.settings()
+    endpoint.configure(endpoint.ClientSettings(timeout=5, max_retries=0))
+    context = RunContext("bots", num_executions=1, execution_index=0, worker="main")
+    with activate(context):
+        yield context
+    endpoint.configure(previous)
+
+
+def test_simple_bot_takes_strings_messages_and_lists(run: RunContext, fake_llm: FakeLLM) -> None:
+    bot = SimpleBot(terse(), model_name="m1", temperature=0.2, max_tokens=20)
+    assert bot("hi").content == "Reply to: hi"
+    assert bot(terse(), "first", "second").content == "Reply to: second"
+    assert bot(["a", "b"]).role == "assistant"
+    first = fake_llm.requests[0]
+    assert first["model"] == "m1" and first["temperature"] == 0.2 and first["max_tokens"] == 20
+    assert first["messages"] == [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "hi"},
+    ]
+    record = run.finish("passed")
+    assert len(record.calls) == 3 and len(record.bots) == 1
+    assert record.bots[0].params["max_tokens"] == 20
+    assert record.bots[0].system_prompt_hash == terse.hash
+    assert [p.function_name for p in record.prompts] == ["terse"]
+    assert record.calls[0].messages[-1] == {"role": "assistant", "content": "Reply to: hi"}
+    # Nothing secret is recorded, and the client sent the key only in its header.
+    assert api_key() not in record.model_dump_json()
+    assert fake_llm.headers[0]["authorization"] == f"Bearer {api_key()}"
+
+
+def test_structured_bot_returns_a_model(run: RunContext, fake_llm: FakeLLM) -> None:
+    bot = StructuredBot(terse(), model_name="m", pydantic_model=Verdict)
+    verdict = bot("judge this")
+    assert isinstance(verdict, Verdict) and verdict.score == 1
+    fmt = fake_llm.requests[0]["response_format"]
+    assert fmt["type"] == "json_schema"
+    assert fmt["json_schema"]["name"] == "Verdict"
+    assert fmt["json_schema"]["schema"] == Verdict.model_json_schema()
+
+
+def test_invalid_reply_is_reasked_with_the_errors(run: RunContext, fake_llm: FakeLLM) -> None:
+    replies = iter(['{"score": 0, "reason": "meh"}', '{"score": 7, "reason": "good"}'])
+    fake_llm.responder = lambda request: next(replies)
+    verdict = StructuredBot(model_name="m", pydantic_model=Verdict)("judge")
+    assert verdict.score == 7
+    second = fake_llm.requests[1]["messages"]
+    assert second[-2] == {"role": "assistant", "content": '{"score": 0, "reason": "meh"}'}
+    assert "score: Input should be greater than or equal to 1" in second[-1]["content"]
+    assert len(run.finish("passed").calls) == 2
+
+
+def test_reply_that_never_validates_raises_with_the_last_reply(
+    run: RunContext, fake_llm: FakeLLM
+) -> None:
+    fake_llm.responder = lambda request: "not json at all"
+    bot = StructuredBot(model_name="m", pydantic_model=Verdict, max_validation_retries=1)
+    with pytest.raises(
+        StructuredOutputError, match=r"did not validate against Verdict after 2"
+    ) as info:
+        bot("judge")
+    assert info.value.raw_reply == "not json at all"
+    assert info.value.attempts == 2
+    assert info.value.error_type == "StructuredOutputError"
+    assert len(fake_llm.requests) == 2
+
+
+def test_http_errors_become_llm_call_errors_and_are_recorded(
+    run: RunContext, fake_llm: FakeLLM
+) -> None:
+    fake_llm.fail_next(
+        500, body=json.dumps({"error": {"message": f"bad key {api_key()} rejected"}})
+    )
+    with pytest.raises(LLMCallError) as info:
+        SimpleBot(model_name="m")("hi")
+    assert info.value.error_type == "InternalServerError"
+    assert api_key() not in str(info.value)
+    assert "bad key sk-*** rejected" in str(info.value)
+    call = run.finish("error").calls[0]
+    assert call.error is not None and "InternalServerError" in call.error
+    assert api_key() not in call.error
+    assert call.retries == 0
+
+
+def test_retries_are_counted(fake_llm: FakeLLM) -> None:
+    previous = endpoint.settings()
+    endpoint.configure(endpoint.ClientSettings(timeout=5, max_retries=2))
+    context = RunContext("bots", num_executions=1, execution_index=0, worker="main")
+    fake_llm.fail_next(503, headers={"retry-after-ms": "1"})
+    try:
+        with activate(context):
+            assert SimpleBot(model_name="m")("hi").content == "Reply to: hi"
+    finally:
+        endpoint.configure(previous)
+    assert context.finish("passed").calls[0].retries == 1
+
+
+def test_timeout_is_explicit(fake_llm: FakeLLM) -> None:
+    previous = endpoint.settings()
+    endpoint.configure(endpoint.ClientSettings(timeout=0.2, max_retries=0))
+    fake_llm.latency = 1.0
+    context = RunContext("bots", num_executions=1, execution_index=0, worker="main")
+    try:
+        with activate(context), pytest.raises(LLMCallError) as info:
+            SimpleBot(model_name="m")("hi")
+    finally:
+        endpoint.configure(previous)
+    assert info.value.error_type == "APITimeoutError"
+
+
+def test_model_override_is_what_gets_called_and_recorded(
+    run: RunContext, fake_llm: FakeLLM
+) -> None:
+    endpoint.configure(endpoint.ClientSettings(timeout=5, max_retries=0, model="override"))
+    SimpleBot(model_name="own")("hi")
+    assert fake_llm.requests[0]["model"] == "override"
+    record = run.finish("passed")
+    assert record.bots[0].model_name == "override" and record.calls[0].model_name == "override"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: SimpleBot(model_name=""), r"model_name must be a non-empty string"),
+        (
+            lambda: SimpleBot(model_name="m", temperature=3),
+            r"temperature must be a number from 0 to 2, got 3",
+        ),
+        (lambda: SimpleBot(model_name="m", temperature="hot"), r"got 'hot'"),
+        (lambda: SimpleBot(model_name="m", stream=True), r"sets stream itself; remove stream="),
+        (lambda: SimpleBot(model_name="m", messages=[]), r"sets messages itself"),
+        (lambda: SimpleBot(model_name="m", seed=object()), r"must be JSON-serializable"),
+        (lambda: SimpleBot(42, model_name="m"), r"system prompt must be a string or a @prompt"),
+        (
+            lambda: StructuredBot(model_name="m", pydantic_model=dict),
+            r"pydantic_model must be a pydantic BaseModel",
+        ),
+        (
+            lambda: StructuredBot(
+                model_name="m", pydantic_model=Verdict, max_validation_retries=-1
+            ),
+            r"max_validation_retries must be an int >= 0",
+        ),
+    ],
+)
+def test_bad_configuration_is_refused(build, message: str) -> None:
+    with pytest.raises(BotError, match=message):
+        build()
+
+
+def test_user_message_as_system_prompt_is_refused() -> None:
+    @prompt("user")
+    def question():
+        """Why?"""
+
+    with pytest.raises(BotError, match=r"system prompt has role 'user'"):
+        SimpleBot(question(), model_name="m")
+
+
+def test_bad_call_arguments(run: RunContext) -> None:
+    bot = SimpleBot(model_name="m")
+    with pytest.raises(BotError, match=r"called with no message"):
+        bot()
+    with pytest.raises(BotError, match=r"takes strings and messages .*got int: 3"):
+        bot(3)
+
+
+def test_no_model_anywhere_is_a_clear_error(run: RunContext) -> None:
+    with pytest.raises(
+        BotError, match=r"has no model: pass model_name=... or run with --llm-model"
+    ):
+        SimpleBot()("hi")
+
+
+def test_no_key_and_no_endpoint_is_a_clear_error(
+    run: RunContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    with pytest.raises(BotError, match=r"no API key and no endpoint: set OPENAI_API_KEY"):
+        SimpleBot(model_name="m")("hi")
+
+
+def test_endpoint_without_key_gets_a_placeholder(
+    run: RunContext, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert SimpleBot(model_name="m")("hi").content == "Reply to: hi"
+    assert fake_llm.headers[0]["authorization"] == "Bearer no-key-needed"
+
+
+def test_display_url_strips_credentials() -> None:
+    assert endpoint.display_url("https://user:pw@host:8443/v1?key=abc#x") == "https://host:8443/v1"
+    assert "openai default" in endpoint.display_url(None)

@@ -1,0 +1,134 @@
+"""``Experiment`` outside pytest: the same rows, runs in a thread pool."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Database
+from fakellm import FakeLLM
+from pytest_llmexp import Experiment, ExperimentError, SimpleBot, metric, prompt
+from pytest_llmexp.recording import current_run
+
+
+@prompt("user")
+def greet(name):
+    """Say hello to {{ name }}."""
+
+
+@metric
+def reply_words(text: str) -> int:
+    return len(text.split())
+
+
+def test_runs_are_stored_like_the_plugin_stores_them(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    db_path = tmp_path / "exp.db"
+    bot = SimpleBot(model_name="m")
+
+    def body() -> None:
+        reply_words(bot(greet("Ada")).content)
+
+    with Experiment("greeting", num_executions=5, max_workers=3, db=db_path) as exp:
+        records = exp.run(body)
+    assert [r.status for r in records] == ["passed"] * 5
+    assert exp.summary() == {
+        "reply_words": {"n": 5, "mean": 6.0, "std": 0.0, "min": 6.0, "max": 6.0}
+    }
+    assert exp.runs()["passed"] == 5
+    db = Database(db_path)
+    try:
+        assert db.one("SELECT kind, status FROM sessions")[:] == ("experiment", "complete")
+        assert db.one("SELECT name, num_executions FROM experiments")[:] == ("greeting", 5)
+        assert sorted(r[0] for r in db.rows("SELECT execution_index FROM experiment_runs")) == [
+            0,
+            1,
+            2,
+            3,
+            4,
+        ]
+        assert db.count("message_log", "run_id IS NOT NULL") == 5
+        assert db.count("metrics") == 5
+        assert db.count("run_prompts") == 5
+    finally:
+        db.close()
+
+
+def test_runs_are_concurrent_and_kept_apart(tmp_path: Path) -> None:
+    seen: dict[str, int] = {}
+    active = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def body() -> None:
+        nonlocal active, peak
+        run = current_run()
+        assert run is not None
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.05)
+        reply_words("a b c " * run.execution_index)
+        with lock:
+            active -= 1
+            seen[run.run_id] = run.execution_index
+
+    with Experiment("threads", num_executions=8, max_workers=4, db=tmp_path / "t.db") as exp:
+        records = exp.run(body)
+    assert peak == 4
+    assert len(seen) == 8
+    # Each run holds only its own metric value.
+    assert {r.execution_index: r.metrics[0].value for r in records} == {
+        i: 3.0 * i for i in range(8)
+    }
+
+
+@metric
+def verdict() -> str:
+    return "good"
+
+
+def test_failures_and_errors_are_classified(tmp_path: Path) -> None:
+    def body() -> None:
+        run = current_run()
+        assert run is not None
+        if run.execution_index == 0:
+            raise AssertionError("bad output")
+        if run.execution_index == 1:
+            verdict()
+
+    with Experiment("mixed", num_executions=3, db=tmp_path / "m.db") as exp:
+        records = exp.run(body)
+    by_index = {r.execution_index: r for r in records}
+    assert (by_index[0].status, by_index[0].error_type) == ("failed", "AssertionError")
+    assert (by_index[1].status, by_index[1].error_type) == ("error", "MetricError")
+    assert "metric 'verdict' returned str" in (by_index[1].error_message or "")
+    assert by_index[2].status == "passed"
+
+
+def test_misuse_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ExperimentError, match=r"num_executions must be a positive int, got 0"):
+        Experiment("x", num_executions=0)
+    with pytest.raises(ExperimentError, match=r"max_workers must be a positive int or None"):
+        Experiment("x", max_workers=0)
+    with pytest.raises(ExperimentError, match=r"name must be a non-empty string"):
+        Experiment(" ")
+    exp = Experiment("x", db=tmp_path / "x.db")
+    with pytest.raises(ExperimentError, match=r"needs the experiment open"):
+        exp.run(lambda: None)
+    with exp, pytest.raises(ExperimentError, match=r"takes a function, got int"):
+        exp.run(3)  # type: ignore[arg-type]
+
+
+def test_an_exception_in_the_block_marks_the_session_interrupted(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt), Experiment("x", db=tmp_path / "i.db") as exp:
+        exp.run(lambda: None)
+        raise KeyboardInterrupt
+    db = Database(tmp_path / "i.db")
+    try:
+        assert db.one("SELECT status FROM sessions") == "interrupted"
+        assert db.count("experiment_runs") == 1
+    finally:
+        db.close()

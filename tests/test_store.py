@@ -1,0 +1,171 @@
+"""message_log.db: the schema, migrations, refusals, and idempotent inserts."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from pytest_llmexp import StoreError
+from pytest_llmexp.recording import RunContext
+from pytest_llmexp.store import Store
+
+#: The columns ARCHITECTURE.md promises; columns may be added, none removed or renamed.
+SCHEMA = {
+    "sessions": {
+        "id",
+        "started_at",
+        "finished_at",
+        "status",
+        "exitstatus",
+        "argv",
+        "versions",
+        "git_sha",
+    },
+    "experiments": {
+        "id",
+        "session_id",
+        "name",
+        "num_executions",
+        "status",
+        "gate_passed",
+        "summary",
+    },
+    "experiment_runs": {
+        "id",
+        "experiment_id",
+        "execution_index",
+        "attempt",
+        "worker",
+        "status",
+        "error_type",
+        "error_message",
+        "started_at",
+        "duration_s",
+        "run_data",
+    },
+    "prompts": {"id", "hash", "function_name", "role", "template", "previous_version_id"},
+    "bots": {
+        "id",
+        "hash",
+        "class_name",
+        "model_name",
+        "temperature",
+        "system_prompt",
+        "response_schema",
+        "params",
+    },
+    "message_log": {
+        "id",
+        "run_id",
+        "bot_id",
+        "timestamp",
+        "model_name",
+        "temperature",
+        "message_log",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "retries",
+        "error",
+    },
+    "metrics": {"run_id", "name", "value", "kind"},
+    "run_prompts": {"run_id", "prompt_id"},
+    "run_bots": {"run_id", "bot_id"},
+}
+
+
+def columns(path: Path, table: str) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def test_a_new_database_has_every_table_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "message_log.db"
+    Store(path).close()
+    for table, expected in SCHEMA.items():
+        assert expected <= columns(path, table), table
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        applied = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
+    assert applied == ["m001_create_tables"]
+
+
+def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    Store(path).close()
+    Store(path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 1
+
+
+def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "message_log.db"
+    Store(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+            "VALUES ('pytest_llmexp', 'm999_from_the_future', 'later')"
+        )
+    before = path.read_bytes()
+    with pytest.raises(
+        StoreError, match=r"written by a newer pytest-llmexp .*m999_from_the_future"
+    ):
+        Store(path)
+    assert path.read_bytes() == before
+
+
+def test_files_that_are_not_databases_are_refused(tmp_path: Path) -> None:
+    text = tmp_path / "notes.db"
+    text.write_text("hello")
+    with pytest.raises(StoreError, match=r"exists and is not a SQLite database; it was left"):
+        Store(text)
+    assert text.read_text() == "hello"
+    with pytest.raises(StoreError, match=r"is a directory"):
+        Store(tmp_path)
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)
+    with pytest.raises(StoreError, match=r"is not a usable SQLite database"):
+        Store(corrupt)
+
+
+def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match=r"cannot open the experiment database"):
+        Store(blocker / "sub" / "db.sqlite")
+
+
+def test_inserting_a_run_twice_stores_it_once(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    try:
+        session = store.begin_session(kind="test", argv=[])
+        run = RunContext("e", num_executions=2, execution_index=0, worker="main").finish("passed")
+        assert store.insert_run(session, run) is True
+        assert store.insert_run(session, run) is False
+        summary = store.summaries(session)["e"]
+        assert summary["runs"]["passed"] == 1
+        store.finish_session(session, status="complete", exitstatus=0)
+        row = store.conn.execute("SELECT status, exitstatus, finished_at FROM sessions").fetchone()
+        assert row[0] == "complete" and row[1] == 0 and row[2]
+    finally:
+        store.close()
+
+
+def test_statistics_use_the_sample_std_and_skip_unevaluated_runs(tmp_path: Path) -> None:
+    from pytest_llmexp.metrics import to_metric_record
+
+    store = Store(tmp_path / "db.sqlite")
+    try:
+        session = store.begin_session(kind="test", argv=[])
+        for index, (value, status) in enumerate(
+            [(2, "passed"), (4, "failed"), (6, "passed"), (100, "error")]
+        ):
+            context = RunContext("e", num_executions=4, execution_index=index, worker="main")
+            context.add_metric(to_metric_record("score", value))
+            store.insert_run(session, context.finish(status))
+        stats = store.summaries(session)["e"]["metrics"]["score"]
+    finally:
+        store.close()
+    assert stats == {"kind": "int", "n": 3, "mean": 4.0, "std": 2.0, "min": 2.0, "max": 6.0}
