@@ -439,23 +439,33 @@ def test_session_scoped_bot_is_recorded_on_each_run(run_session, pytester: pytes
     ],
 )
 def test_bad_options_are_usage_errors(
-    pytester: pytest.Pytester, args: list[str], message: str
+    run_session, pytester: pytest.Pytester, args: list[str], message: str
 ) -> None:
     pytester.makepyfile(test_two=TWO)
-    result = pytester.runpytest_subprocess(*args, timeout=60)
+    result = run_session(*args).result
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
     assert not (pytester.path / "message_log.db").exists()
 
 
-def test_ini_values_are_validated_and_overridden(pytester: pytest.Pytester) -> None:
+def test_ini_values_are_validated_and_overridden(
+    run_session, pytester: pytest.Pytester, mode: str
+) -> None:
     pytester.makepyfile(test_two=TWO)
-    pytester.makeini("[pytest]\nllm_timeout = soon\n")
-    result = pytester.runpytest_subprocess(timeout=60)
+    pytester.makeini("[pytest]\nllm_timeout = soon\nllm_model = from-ini\n")
+    result = run_session().result
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: ini llm_timeout: expected a positive number*'soon'"])
-    result = pytester.runpytest_subprocess("--llm-timeout", "5", "-m", "not experiment")
-    result.assert_outcomes(passed=1, deselected=5)
+    run = run_session("--llm-timeout", "5", "--llm-experiment", "alpha")
+    run.result.assert_outcomes(passed=2, deselected=deselected(mode, 4))
+    assert run.db is not None
+    assert run.db.one("SELECT DISTINCT model_name FROM bots") == "from-ini"
+    assert json.loads(run.db.one("SELECT DISTINCT params FROM bots"))["timeout"] == 5.0
+    run = run_session("--llm-timeout", "5", "--llm-model", "from-cli", "--llm-experiment", "alpha")
+    run.result.assert_outcomes(passed=2, deselected=deselected(mode, 4))
+    assert run.db is not None
+    models = {r[0] for r in run.db.rows("SELECT model_name FROM bots")}
+    assert models == {"from-ini", "from-cli"}
 
 
 @pytest.mark.parametrize(
@@ -470,7 +480,7 @@ def test_ini_values_are_validated_and_overridden(pytester: pytest.Pytester) -> N
     ],
 )
 def test_bad_experiment_arguments_are_collection_errors(
-    pytester: pytest.Pytester, decorator: str, message: str
+    run_session, pytester: pytest.Pytester, decorator: str, message: str
 ) -> None:
     pytester.makepyfile(
         test_bad=f"""
@@ -485,9 +495,10 @@ def test_bad_experiment_arguments_are_collection_errors(
             pass
         """
     )
-    result = pytester.runpytest_subprocess(timeout=60)
+    result = run_session().result
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"*@experiment on test_gen: {message}*"])
+    assert not (pytester.path / "message_log.db").exists()
 
 
 def test_duplicate_experiment_names_are_refused(run_session, pytester: pytest.Pytester) -> None:
@@ -502,10 +513,11 @@ def test_duplicate_experiment_names_are_refused(run_session, pytester: pytest.Py
     assert run.db is None
 
 
-def test_sessions_without_experiments_leave_no_database(pytester: pytest.Pytester) -> None:
+def test_sessions_without_experiments_leave_no_database(
+    run_session, pytester: pytest.Pytester
+) -> None:
     pytester.makepyfile(test_plain="def test_one():\n    pass\n")
-    result = pytester.runpytest_subprocess(timeout=60)
-    result.assert_outcomes(passed=1)
+    run_session().result.assert_outcomes(passed=1)
     assert not (pytester.path / "message_log.db").exists()
 
 
@@ -570,3 +582,32 @@ def test_the_example_experiment(
     run.result.stdout.fnmatch_lines(["name_generator: 10 runs (10 passed, 0 failed, 0 errors)"])
     if mode == "xdist":
         assert len({r[0] for r in db.rows("SELECT worker FROM experiment_runs")}) > 1
+
+
+def test_ctrl_c_marks_the_session_interrupted_and_keeps_finished_runs(
+    run_session, pytester: pytest.Pytester
+) -> None:
+    pytester.makepyfile(
+        test_stop="""
+        import time
+        from pytest_llmexp import SimpleBot, experiment
+
+        @experiment(num_executions=3)
+        def test_stop(llm_run):
+            SimpleBot(model_name="m")("hi")
+            if llm_run.execution_index == 1:
+                time.sleep(0.5)  # under xdist, lets execution 0 finish on the other worker
+                raise KeyboardInterrupt
+        """
+    )
+    run = run_session()
+    assert run.result.ret == pytest.ExitCode.INTERRUPTED
+    db = run.db
+    assert db is not None
+    session = db.one("SELECT status, exitstatus FROM sessions")
+    assert tuple(session) == ("interrupted", 2)
+    runs = db.rows("SELECT execution_index, status FROM experiment_runs")
+    indices = {r["execution_index"] for r in runs}
+    assert 0 in indices and 1 not in indices
+    assert {r["status"] for r in runs} <= {"passed"}
+    assert db.one("SELECT status FROM experiments") == "interrupted"
