@@ -72,6 +72,11 @@ class Run:
     result: pytest.RunResult
     db: Database | None
 
+    @property
+    def output(self) -> str:
+        """Everything the inner session printed, stdout and stderr."""
+        return "\n".join(self.result.outlines + self.result.errlines)
+
 
 @pytest.fixture(params=list(MODES))
 def mode(request: pytest.FixtureRequest) -> str:
@@ -95,9 +100,9 @@ def run_session(
         if database is not None:
             opened.append(database)
             assert api_key() not in database.dump()
-        output = "\n".join(result.outlines + result.errlines)
-        assert api_key() not in output
-        return Run(result, database)
+        run = Run(result, database)
+        assert api_key() not in run.output
+        return run
 
     yield run
     for database in opened:

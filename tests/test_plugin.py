@@ -335,9 +335,8 @@ def test_llm_experiment_unknown_name_is_a_usage_error(
     pytester.makepyfile(test_two=TWO)
     run = run_session("--llm-experiment", "gamma")
     assert run.result.ret == pytest.ExitCode.USAGE_ERROR
-    output = "\n".join(run.result.outlines + run.result.errlines)
     message = "--llm-experiment gamma: no such experiment; known experiments: alpha, beta"
-    assert output.count(message) == 1
+    assert run.output.count(message) == 1
     assert run.db is None
 
 
@@ -508,8 +507,9 @@ def test_duplicate_experiment_names_are_refused(run_session, pytester: pytest.Py
     )
     run = run_session()
     assert run.result.ret == pytest.ExitCode.USAGE_ERROR
-    output = "\n".join(run.result.outlines + run.result.errlines)
-    assert "experiment name 'gen' is used by test_a.py::test_gen and test_b.py::test_x" in output
+    assert (
+        "experiment name 'gen' is used by test_a.py::test_gen and test_b.py::test_x" in run.output
+    )
     assert run.db is None
 
 
@@ -535,8 +535,7 @@ def test_database_that_is_not_sqlite_is_left_alone(run_session, pytester: pytest
     (pytester.path / "message_log.db").write_text("my notes, not a database\n")
     run = run_session("--llm-experiment", "alpha", db=None)
     assert run.result.ret == pytest.ExitCode.USAGE_ERROR
-    output = "\n".join(run.result.outlines + run.result.errlines)
-    assert "exists and is not a SQLite database; it was left as it is" in output
+    assert "exists and is not a SQLite database; it was left as it is" in run.output
     assert (pytester.path / "message_log.db").read_text() == "my notes, not a database\n"
 
 

@@ -9,19 +9,20 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .errors import (
+    BotError,
+    ExperimentError,
+    LLMCallError,
+    LLMExpError,
+    MetricError,
+    PromptError,
+    StoreError,
+    StructuredOutputError,
+)
+
 if TYPE_CHECKING:
     from .bots import SimpleBot, StructuredBot
     from .collect import experiment
-    from .errors import (
-        BotError,
-        ExperimentError,
-        LLMCallError,
-        LLMExpError,
-        MetricError,
-        PromptError,
-        StoreError,
-        StructuredOutputError,
-    )
     from .experiment import Experiment
     from .metrics import metric
     from .prompts import Message, prompt
@@ -55,19 +56,6 @@ _WHERE = {
     "Message": "prompts",
     "prompt": "prompts",
     "RunContext": "recording",
-    **{
-        name: "errors"
-        for name in (
-            "BotError",
-            "ExperimentError",
-            "LLMCallError",
-            "LLMExpError",
-            "MetricError",
-            "PromptError",
-            "StoreError",
-            "StructuredOutputError",
-        )
-    },
 }
 
 

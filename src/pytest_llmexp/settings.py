@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -28,6 +30,7 @@ class Settings:
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
+N = TypeVar("N", int, float)
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -93,17 +96,26 @@ def _bad(where: str, value: str, expected: str) -> pytest.UsageError:
     return pytest.UsageError(f"{where}: expected {expected}, got {value!r}")
 
 
-def _positive_int(config: pytest.Config, name: str) -> int | None:
-    raw, where = _value(config, name, ini=False)
+def _number(
+    config: pytest.Config,
+    name: str,
+    parse: Callable[[str], N],
+    valid: Callable[[N], bool],
+    expected: str,
+    *,
+    ini: bool = True,
+) -> N | None:
+    """Option ``name`` parsed and checked, or ``None`` if it is not set."""
+    raw, where = _value(config, name, ini=ini)
     if raw is None:
         return None
     try:
-        number = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise _bad(where, raw, "a positive whole number, e.g. 10") from None
-    if number < 1:
-        raise _bad(where, raw, "a positive whole number, e.g. 10")
-    return number
+        raise _bad(where, raw, expected) from None
+    if not valid(value):
+        raise _bad(where, raw, expected)
+    return value
 
 
 def build_settings(config: pytest.Config) -> Settings:
@@ -124,7 +136,14 @@ def build_settings(config: pytest.Config) -> Settings:
     if db_path.is_dir():
         raise _bad(where or "llm_db", str(db_path), "a file path, not a directory")
 
-    num_executions = _positive_int(config, "llm_num_executions")
+    num_executions = _number(
+        config,
+        "llm_num_executions",
+        int,
+        lambda n: n >= 1,
+        "a positive whole number, e.g. 10",
+        ini=False,
+    )
 
     model, _ = _value(config, "llm_model")
 
@@ -134,25 +153,16 @@ def build_settings(config: pytest.Config) -> Settings:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _bad(where, base_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8080/v1")
 
-    timeout = DEFAULT_TIMEOUT
-    raw_timeout, where = _value(config, "llm_timeout")
-    if raw_timeout is not None:
-        try:
-            timeout = float(raw_timeout)
-        except ValueError:
-            raise _bad(where, raw_timeout, "a positive number of seconds, e.g. 30") from None
-        if not 0 < timeout < float("inf"):
-            raise _bad(where, raw_timeout, "a positive number of seconds, e.g. 30")
-
-    max_retries = DEFAULT_MAX_RETRIES
-    raw_retries, where = _value(config, "llm_max_retries")
-    if raw_retries is not None:
-        try:
-            max_retries = int(raw_retries)
-        except ValueError:
-            raise _bad(where, raw_retries, "a whole number >= 0, e.g. 2") from None
-        if max_retries < 0:
-            raise _bad(where, raw_retries, "a whole number >= 0, e.g. 2")
+    timeout = _number(
+        config,
+        "llm_timeout",
+        float,
+        lambda t: 0 < t < float("inf"),
+        "a positive number of seconds, e.g. 30",
+    )
+    max_retries = _number(
+        config, "llm_max_retries", int, lambda n: n >= 0, "a whole number >= 0, e.g. 2"
+    )
 
     return Settings(
         experiments=names,
@@ -160,6 +170,6 @@ def build_settings(config: pytest.Config) -> Settings:
         num_executions=num_executions,
         model=model,
         base_url=base_url,
-        timeout=timeout,
-        max_retries=max_retries,
+        timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+        max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
     )
