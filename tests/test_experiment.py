@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -130,5 +133,28 @@ def test_an_exception_in_the_block_marks_the_session_interrupted(tmp_path: Path)
     try:
         assert db.one("SELECT status FROM sessions") == "interrupted"
         assert db.count("experiment_runs") == 1
+    finally:
+        db.close()
+
+
+def test_a_script_logs_calls_outside_any_run(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from pytest_llmexp import SimpleBot\n"
+        "print(SimpleBot(model_name='m')('hello from a script').content)\n"
+    )
+    env = {**os.environ, "LLMEXP_DB": str(tmp_path / "log.db")}
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Reply to: hello from a script"
+    db = Database(tmp_path / "log.db")
+    try:
+        row = db.one("SELECT run_id, model_name, message_log FROM message_log")
+        assert row["run_id"] is None and row["model_name"] == "m"
+        assert "hello from a script" in row["message_log"]
+        assert db.count("bots") == 1
+        assert db.count("sessions") == 0
     finally:
         db.close()

@@ -610,3 +610,39 @@ def test_ctrl_c_marks_the_session_interrupted_and_keeps_finished_runs(
     assert 0 in indices and 1 not in indices
     assert {r["status"] for r in runs} <= {"passed"}
     assert db.one("SELECT status FROM experiments") == "interrupted"
+
+
+def test_calls_from_threads_the_test_starts_belong_to_its_run(
+    run_session, pytester: pytest.Pytester
+) -> None:
+    pytester.makepyfile(
+        test_threads="""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        from pytest_llmexp import SimpleBot, experiment, metric
+
+        @metric
+        def answers(n) -> int:
+            return n
+
+        @experiment(num_executions=2)
+        def test_threads():
+            bot = SimpleBot(model_name="m")
+            with ThreadPoolExecutor(3) as pool:
+                replies = list(pool.map(bot, ["a", "b", "c"]))
+            thread = threading.Thread(target=answers, args=(len(replies),))
+            thread.start()
+            thread.join()
+        """
+    )
+    run = run_session()
+    run.result.assert_outcomes(passed=2)
+    db = run.db
+    assert db is not None
+    per_run = db.rows(
+        "SELECT r.id, count(c.id) AS calls FROM experiment_runs r "
+        "LEFT JOIN message_log c ON c.run_id = r.id GROUP BY r.id"
+    )
+    assert [row["calls"] for row in per_run] == [3, 3]
+    assert db.count("message_log", "run_id IS NULL") == 0
+    assert db.count("metrics", "name = 'answers' AND value = 3") == 2
