@@ -215,7 +215,7 @@ def test_contract():
 
 @experiment(num_executions=1)
 def test_skips():
-    pytest.skip("not today")
+    pytest.skip(reason="not today")
 
 @pytest.fixture
 def broken():
@@ -646,3 +646,18 @@ def test_calls_from_threads_the_test_starts_belong_to_its_run(
     assert [row["calls"] for row in per_run] == [3, 3]
     assert db.count("message_log", "run_id IS NULL") == 0
     assert db.count("metrics", "name = 'answers' AND value = 3") == 2
+
+
+def test_credentials_on_the_command_line_are_not_stored(
+    run_session, pytester: pytest.Pytester, fake_llm: FakeLLM
+) -> None:
+    pytester.makepyfile(test_two=TWO)
+    url = fake_llm.url.replace("http://", "http://user:hunter2pass@")
+    run = run_session("--llm-experiment", "alpha", "--llm-base-url", url)
+    run.result.assert_outcomes(passed=2)
+    assert run.db is not None
+    assert "hunter2pass" not in run.db.dump()
+    assert json.loads(run.db.one("SELECT argv FROM sessions"))[-1] == url.replace(
+        "user:hunter2pass@", "***@"
+    )
+    assert "hunter2pass" not in run.output

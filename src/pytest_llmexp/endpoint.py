@@ -35,6 +35,7 @@ DEFAULT_MAX_RETRIES = 2
 # Endpoints such as llama.cpp, Ollama or vLLM take any key; the openai client insists on one.
 _PLACEHOLDER_KEY = "no-key-needed"
 _KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]+")
+_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s]+@")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +115,9 @@ def get_client() -> openai.OpenAI:
 
 
 def redact(text: str) -> str:
-    """``text`` with the configured API key and anything key-shaped masked."""
+    """``text`` with the API key, anything key-shaped and URL credentials masked."""
     key = os.environ.get("OPENAI_API_KEY")
     if key and len(key) >= 8:
         text = text.replace(key, key[:3] + "***")
+    text = _URL_CREDENTIALS.sub(r"\1***@", text)
     return _KEY_PATTERN.sub(r"\1***", text)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sqlite3
 import subprocess
@@ -21,17 +20,17 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .endpoint import redact
 from .errors import StoreError
 from .recording import utcnow
+from .stats import experiment_summary
 from .validation import DEFAULT_DB
 
 if TYPE_CHECKING:
     from .records import BotRecord, CallRecord, PromptRecord, Recording, RunRecord
 
-__all__ = ["DEFAULT_DB", "EVALUATED", "Store", "default_store", "environment_versions", "git_sha"]
+__all__ = ["DEFAULT_DB", "Store", "default_store", "environment_versions", "git_sha"]
 
-#: Run statuses whose metrics count in aggregates: the run was evaluated.
-EVALUATED = ("passed", "failed")
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -149,7 +148,7 @@ class Store:
                     session_id,
                     kind,
                     started_at or utcnow(),
-                    _json(argv if argv is not None else sys.argv),
+                    _json([redact(a) for a in (argv if argv is not None else sys.argv)]),
                     _json(environment_versions()),
                     git_sha(rootdir or os.getcwd()),
                     endpoint,
@@ -162,7 +161,7 @@ class Store:
         """Mark the session and its experiments finished, with their summaries."""
         with self.transaction() as conn:
             for experiment_id, _name in self._experiments(session_id):
-                summary = self._summary(experiment_id)
+                summary = experiment_summary(conn, experiment_id)
                 conn.execute(
                     "UPDATE experiments SET status = ?, summary = ? WHERE id = ?",
                     (status, _json(summary), experiment_id),
@@ -312,46 +311,10 @@ class Store:
     def summaries(self, session_id: str) -> dict[str, dict[str, Any]]:
         """Per experiment of the session: run counts by status and per-metric statistics."""
         with self._lock:
-            return {name: self._summary(eid) for eid, name in self._experiments(session_id)}
-
-    def _summary(self, experiment_id: int) -> dict[str, Any]:
-        runs = dict.fromkeys(("passed", "failed", "error", "skipped", "crashed"), 0)
-        for status, count in self.conn.execute(
-            "SELECT status, count(*) FROM experiment_runs WHERE experiment_id = ? GROUP BY status",
-            (experiment_id,),
-        ):
-            runs[status] = count
-        placeholders = ", ".join("?" * len(EVALUATED))
-        rows = self.conn.execute(
-            f"""
-            WITH v AS (
-                SELECT m.name, m.kind, m.value FROM metrics m
-                JOIN experiment_runs r ON r.id = m.run_id
-                WHERE r.experiment_id = ? AND r.status IN ({placeholders})
-            ), a AS (
-                SELECT name, max(kind) AS kind, count(*) AS n, avg(value) AS mean,
-                       min(value) AS lo, max(value) AS hi
-                FROM v GROUP BY name
-            )
-            SELECT a.name, a.kind, a.n, a.mean, a.lo, a.hi,
-                   (SELECT sum((v.value - a.mean) * (v.value - a.mean))
-                    FROM v WHERE v.name = a.name)
-            FROM a ORDER BY a.name
-            """,
-            (experiment_id, *EVALUATED),
-        )
-        metrics = {
-            name: {
-                "kind": kind,
-                "n": n,
-                "mean": mean,
-                "std": math.sqrt(squares / (n - 1)) if n > 1 else None,
-                "min": lo,
-                "max": hi,
+            return {
+                name: experiment_summary(self.conn, eid)
+                for eid, name in self._experiments(session_id)
             }
-            for name, kind, n, mean, lo, hi, squares in rows
-        }
-        return {"runs": runs, "metrics": metrics}
 
 
 def _call_row(call: CallRecord, run_id: str | None, bot_id: int) -> tuple[Any, ...]:

@@ -1,0 +1,54 @@
+"""Statistics of an experiment, computed from what the database holds."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from typing import Any
+
+__all__ = ["EVALUATED", "RUN_STATUSES", "experiment_summary"]
+
+RUN_STATUSES = ("passed", "failed", "error", "skipped", "crashed")
+#: Run statuses whose metrics count in aggregates: the run was evaluated.
+EVALUATED = ("passed", "failed")
+
+
+def experiment_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str, Any]:
+    """Runs by status, and n, mean, sample std, min, max of each metric over evaluated runs."""
+    runs = dict.fromkeys(RUN_STATUSES, 0)
+    for status, count in conn.execute(
+        "SELECT status, count(*) FROM experiment_runs WHERE experiment_id = ? GROUP BY status",
+        (experiment_id,),
+    ):
+        runs[status] = count
+    placeholders = ", ".join("?" * len(EVALUATED))
+    rows = conn.execute(
+        f"""
+        WITH v AS (
+            SELECT m.name, m.kind, m.value FROM metrics m
+            JOIN experiment_runs r ON r.id = m.run_id
+            WHERE r.experiment_id = ? AND r.status IN ({placeholders})
+        ), a AS (
+            SELECT name, max(kind) AS kind, count(*) AS n, avg(value) AS mean,
+                   min(value) AS lo, max(value) AS hi
+            FROM v GROUP BY name
+        )
+        SELECT a.name, a.kind, a.n, a.mean, a.lo, a.hi,
+               (SELECT sum((v.value - a.mean) * (v.value - a.mean))
+                FROM v WHERE v.name = a.name)
+        FROM a ORDER BY a.name
+        """,
+        (experiment_id, *EVALUATED),
+    )
+    metrics = {
+        name: {
+            "kind": kind,
+            "n": n,
+            "mean": mean,
+            "std": math.sqrt(squares / (n - 1)) if n > 1 else None,
+            "min": lo,
+            "max": hi,
+        }
+        for name, kind, n, mean, lo, hi, squares in rows
+    }
+    return {"runs": runs, "metrics": metrics}
