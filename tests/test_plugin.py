@@ -661,3 +661,53 @@ def test_credentials_on_the_command_line_are_not_stored(
         "user:hunter2pass@", "***@"
     )
     assert "hunter2pass" not in run.output
+
+
+FLAKY_STORE = """
+import sqlite3
+from pytest_llmexp import store
+
+_insert_run = store.Store.insert_run
+failures = {"left": FAILURES}
+
+def flaky_insert_run(self, session_id, run):
+    if failures["left"]:
+        failures["left"] -= 1
+        raise sqlite3.OperationalError("disk I/O error (injected)")
+    return _insert_run(self, session_id, run)
+
+store.Store.insert_run = flaky_insert_run
+"""
+
+
+def test_a_failed_insert_is_retried_at_session_end(run_session, pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(FLAKY_STORE.replace("FAILURES", "1"))
+    pytester.makepyfile(test_two=TWO)
+    run = run_session("--llm-experiment", "beta")
+    run.result.assert_outcomes(passed=3)
+    assert run.result.ret == pytest.ExitCode.OK
+    assert run.db is not None
+    assert run.db.count("experiment_runs") == 3
+    assert run.db.one("SELECT status FROM sessions") == "complete"
+    summary = json.loads(run.db.one("SELECT summary FROM experiments"))
+    assert summary["runs"]["passed"] == 3
+    run.result.stdout.fnmatch_lines(
+        [
+            "warning: writes to * failed and succeeded when retried (1 failure(s); last: "
+            "OperationalError: disk I/O error (injected))"
+        ]
+    )
+
+
+def test_results_that_cannot_be_stored_fail_the_session(
+    run_session, pytester: pytest.Pytester
+) -> None:
+    pytester.makeconftest(FLAKY_STORE.replace("FAILURES", "10**9"))
+    pytester.makepyfile(test_two=TWO)
+    run = run_session("--llm-experiment", "beta")
+    run.result.assert_outcomes(passed=3)
+    assert run.result.ret == pytest.ExitCode.INTERNAL_ERROR
+    assert run.db is not None
+    assert run.db.count("experiment_runs") == 0
+    assert tuple(run.db.one("SELECT status, exitstatus FROM sessions")) == ("complete", 3)
+    assert run.output.count("ERROR: 3 result(s) could not be stored in") == 1

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import sqlite3
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
@@ -27,6 +28,10 @@ class Writer:
         self.summaries: dict[str, dict[str, Any]] = {}
         #: A usage error an xdist worker found while collecting.
         self.usage_error: str | None = None
+        #: Payloads whose insert failed, tried once more at session end.
+        self._pending: list[tuple[Literal["run", "calls"], str]] = []
+        self._write_errors: list[str] = []
+        self._lost = 0
 
     def _store(self) -> Store:
         if self.store is None:
@@ -52,24 +57,38 @@ class Writer:
             )
         return self.session_id
 
-    def write_run(self, payload: str) -> None:
-        from .records import RunRecord
+    def write(self, kind: Literal["run", "calls"], payload: str) -> None:
+        """Store a run or calls outside runs; a failed insert is retried at session end."""
+        try:
+            self._insert(kind, payload)
+        except sqlite3.Error as exc:
+            self._pending.append((kind, payload))
+            self._write_errors.append(f"{type(exc).__name__}: {exc}")
 
-        run = RunRecord.model_validate_json(payload)
-        self._store().insert_run(self._session_id(), run)
+    def _insert(self, kind: Literal["run", "calls"], payload: str) -> None:
+        from .records import Recording, RunRecord
 
-    def write_calls(self, payload: str) -> None:
-        from .records import Recording
+        if kind == "run":
+            self._store().insert_run(self._session_id(), RunRecord.model_validate_json(payload))
+        else:
+            self._store().insert_recording(Recording.model_validate_json(payload))
 
-        self._store().insert_recording(Recording.model_validate_json(payload))
+    def _retry_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for kind, payload in pending:
+            try:
+                self._insert(kind, payload)
+            except sqlite3.Error as exc:
+                self._lost += 1
+                self._write_errors.append(f"{type(exc).__name__}: {exc}")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         run = getattr(report, "llmexp_run", None)
         if run is not None:
-            self.write_run(run)
+            self.write("run", run)
         calls = getattr(report, "llmexp_calls", None)
         if calls is not None:
-            self.write_calls(calls)
+            self.write("calls", calls)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -79,16 +98,24 @@ class Writer:
 
         calls = drain_orphans_json()
         if calls is not None:
-            self.write_calls(calls)
+            self.write("calls", calls)
+        self._retry_pending()
+        if self._lost:
+            # Results that are not stored must not let a CI job pass.
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
         if self.session_id is None or self.store is None:
             return
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-        self.store.finish_session(
-            self.session_id,
-            status="interrupted" if interrupted else "complete",
-            exitstatus=int(exitstatus),
-        )
-        self.summaries = self.store.summaries(self.session_id)
+        try:
+            self.store.finish_session(
+                self.session_id,
+                status="interrupted" if interrupted else "complete",
+                exitstatus=int(session.exitstatus),
+            )
+            self.summaries = self.store.summaries(self.session_id)
+        except sqlite3.Error as exc:
+            self._write_errors.append(f"{type(exc).__name__}: {exc}")
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self.usage_error is not None:
@@ -96,6 +123,17 @@ class Writer:
         if self.session_id is not None and self.summaries:
             write_summary(
                 terminalreporter, self.summaries, str(self.settings.db_path), self.session_id
+            )
+        if self._write_errors:
+            where = self.settings.db_path
+            if self._lost:
+                line = f"ERROR: {self._lost} result(s) could not be stored in {where}"
+            else:
+                line = f"warning: writes to {where} failed and succeeded when retried"
+            terminalreporter.write_line(
+                f"{line} ({len(self._write_errors)} failure(s); last: {self._write_errors[-1]})",
+                red=bool(self._lost),
+                yellow=not self._lost,
             )
 
     def close(self) -> None:
@@ -116,4 +154,4 @@ class XdistHooks:
             self.writer.usage_error = output.get("llmexp_usage_error")
         calls = output.get("llmexp_calls")
         if calls is not None:
-            self.writer.write_calls(calls)
+            self.writer.write("calls", calls)
