@@ -711,3 +711,28 @@ def test_results_that_cannot_be_stored_fail_the_session(
     assert run.db.count("experiment_runs") == 0
     assert tuple(run.db.one("SELECT status, exitstatus FROM sessions")) == ("complete", 3)
     assert run.output.count("ERROR: 3 result(s) could not be stored in") == 1
+
+
+def test_a_session_end_that_cannot_be_stored_fails_the_session(
+    run_session, pytester: pytest.Pytester
+) -> None:
+    pytester.makeconftest(
+        """
+        import sqlite3
+        from pytest_llmexp import store
+
+        def broken_finish(self, session_id, **kwargs):
+            raise sqlite3.OperationalError("database or disk is full (injected)")
+
+        store.Store.finish_session = broken_finish
+        """
+    )
+    pytester.makepyfile(test_two=TWO)
+    run = run_session("--llm-experiment", "alpha")
+    run.result.assert_outcomes(passed=2)
+    assert run.result.ret == pytest.ExitCode.INTERNAL_ERROR
+    assert run.db is not None
+    assert run.db.count("experiment_runs") == 2
+    assert run.db.one("SELECT status FROM sessions") == "running"
+    assert "succeeded when retried" not in run.output
+    assert run.output.count("ERROR: 1 result(s) could not be stored in") == 1

@@ -114,6 +114,8 @@ class Writer:
             )
             self.summaries = self.store.summaries(self.session_id)
         except sqlite3.Error as exc:
+            # The session's end and its summaries are results too.
+            self._lost += 1
             self._write_errors.append(f"{type(exc).__name__}: {exc}")
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
