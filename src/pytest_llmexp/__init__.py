@@ -14,6 +14,7 @@ from .errors import (
     ExperimentError,
     LLMCallError,
     LLMExpError,
+    LocalModelError,
     MetricError,
     PromptError,
     StoreError,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from .bots import SimpleBot, StructuredBot
     from .collect import experiment
     from .experiment import Experiment
+    from .llama import LocalServer
     from .metrics import metric
     from .prompts import Message, prompt
     from .recording import RunContext
@@ -34,6 +36,8 @@ __all__ = [
     "ExperimentError",
     "LLMCallError",
     "LLMExpError",
+    "LocalModelError",
+    "LocalServer",
     "Message",
     "MetricError",
     "PromptError",
@@ -52,6 +56,7 @@ _WHERE = {
     "StructuredBot": "bots",
     "experiment": "collect",
     "Experiment": "experiment",
+    "LocalServer": "llama",
     "metric": "metrics",
     "Message": "prompts",
     "prompt": "prompts",

@@ -63,7 +63,7 @@ class Experiment:
             kind="experiment",
             argv=list(sys.argv),
             rootdir=os.getcwd(),
-            endpoint=endpoint.display_url(endpoint.resolved_base_url()),
+            endpoint=endpoint.endpoint_label(),
         )
         return self
 

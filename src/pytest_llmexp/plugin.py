@@ -12,6 +12,7 @@ import pytest
 
 from . import endpoint, recording
 from .collect import MARKER_HELP, generate_executions, select_experiments
+from .local import LocalModelPlugin, LocalXdistHooks, header_lines, worker_client_settings
 from .relay import RunRelay
 from .settings import SETTINGS_KEY, add_options, build_settings
 from .writer import Writer, XdistHooks
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 _RELAY_KEY = pytest.StashKey[RunRelay]()
 _WRITER_KEY = pytest.StashKey[Writer]()
+_LOCAL_KEY = pytest.StashKey[LocalModelPlugin]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,17 +33,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     settings = build_settings(config)
     config.stash[SETTINGS_KEY] = settings
-    endpoint.configure(
-        endpoint.ClientSettings(
-            base_url=settings.base_url,
-            timeout=settings.timeout,
-            max_retries=settings.max_retries,
-            model=settings.model,
-        )
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    client = endpoint.ClientSettings(
+        base_url=settings.base_url,
+        timeout=settings.timeout,
+        max_retries=settings.max_retries,
+        model=settings.model,
     )
+    if workerinput is not None:
+        client = worker_client_settings(workerinput) or client
+    elif settings.local:
+        client = _start_local(config, client)
+    endpoint.configure(client)
     # Calls outside any run travel on reports to the writer instead of being written here.
     recording.set_orphan_writer(None)
-    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     worker = workerinput["workerid"] if workerinput else "main"
     relay = RunRelay(worker)
     config.stash[_RELAY_KEY] = relay
@@ -54,11 +59,33 @@ def pytest_configure(config: pytest.Config) -> None:
             config.pluginmanager.register(XdistHooks(writer), "llmexp-xdist")
 
 
+def _start_local(config: pytest.Config, client: endpoint.ClientSettings) -> endpoint.ClientSettings:
+    """Reserve the local model server's port; the server starts when experiments are about
+    to run (see :mod:`.local`)."""
+    from .llama import LocalServer
+
+    local = LocalModelPlugin(LocalServer())
+    config.stash[_LOCAL_KEY] = local
+    config.pluginmanager.register(local, "llmexp-local")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(LocalXdistHooks(local), "llmexp-local-xdist")
+    return local.server.client_settings(timeout=client.timeout, max_retries=client.max_retries)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    local = config.stash.get(_LOCAL_KEY, None)
+    if local is not None:
+        local.stop()
     writer = config.stash.get(_WRITER_KEY, None)
     if writer is not None:
         writer.close()
-    for name in ("llmexp-relay", "llmexp-writer", "llmexp-xdist"):
+    for name in (
+        "llmexp-relay",
+        "llmexp-writer",
+        "llmexp-xdist",
+        "llmexp-local",
+        "llmexp-local-xdist",
+    ):
         plugin = config.pluginmanager.get_plugin(name)
         if plugin is not None:
             config.pluginmanager.unregister(plugin)
@@ -85,11 +112,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.clear()
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash[SETTINGS_KEY]
-    url = endpoint.display_url(endpoint.resolved_base_url())
-    model = f", model override {settings.model}" if settings.model else ""
-    return f"llmexp: endpoint {url}{model}, database {settings.db_path}"
+    local = config.stash.get(_LOCAL_KEY, None)
+    server = local.server if local is not None else None
+    if server is not None:
+        where = f"endpoint {endpoint.endpoint_label()}"
+    else:
+        url = endpoint.display_url(endpoint.resolved_base_url())
+        where = f"endpoint {url}" + (f", model override {settings.model}" if settings.model else "")
+    return [f"llmexp: {where}, database {settings.db_path}", *header_lines(settings, server)]
 
 
 @pytest.fixture

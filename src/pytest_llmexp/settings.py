@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -27,6 +28,11 @@ class Settings:
     base_url: str | None
     timeout: float
     max_retries: int
+    #: The embedded local model: asked for (``--llm-model local``), chosen because no key and
+    #: no endpoint is configured, or not used.
+    local: Literal["explicit", "auto"] | None = None
+    #: No key and no endpoint is configured, and the local model is not installed either.
+    local_unavailable: bool = False
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -55,7 +61,8 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--llm-model",
         metavar="NAME",
-        help="call every bot with model NAME instead of its own (ini: llm_model).",
+        help="call every bot with model NAME instead of its own (ini: llm_model); 'local' is "
+        "the embedded model, served by llama.cpp on 127.0.0.1 (pytest-llmexp[local]).",
     )
     group.addoption(
         "--llm-base-url",
@@ -75,7 +82,7 @@ def add_options(parser: pytest.Parser) -> None:
         f"default: {DEFAULT_MAX_RETRIES}).",
     )
     parser.addini("llm_db", "the experiment database (default: message_log.db in the rootdir)")
-    parser.addini("llm_model", "the model every bot calls instead of its own")
+    parser.addini("llm_model", "the model every bot calls instead of its own ('local': embedded)")
     parser.addini("llm_base_url", "the OpenAI-compatible endpoint")
     parser.addini("llm_timeout", f"timeout of one LLM request in seconds ({DEFAULT_TIMEOUT:g})")
     parser.addini("llm_max_retries", f"retries of a failed LLM request ({DEFAULT_MAX_RETRIES})")
@@ -145,13 +152,15 @@ def build_settings(config: pytest.Config) -> Settings:
         ini=False,
     )
 
-    model, _ = _value(config, "llm_model")
+    model, model_where = _value(config, "llm_model")
 
     base_url, where = _value(config, "llm_base_url")
     if base_url is not None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _bad(where, base_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8080/v1")
+
+    local, local_unavailable = _local_mode(model, model_where, base_url, where)
 
     timeout = _number(
         config,
@@ -172,4 +181,33 @@ def build_settings(config: pytest.Config) -> Settings:
         base_url=base_url,
         timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
         max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
+        local=local,
+        local_unavailable=local_unavailable,
     )
+
+
+def _local_mode(
+    model: str | None, model_where: str, base_url: str | None, url_where: str
+) -> tuple[Literal["explicit", "auto"] | None, bool]:
+    """Whether the session uses the embedded local model, and whether it lacks any model."""
+    from .llama import INSTALL_HINT, LOCAL, missing_packages
+
+    if model == LOCAL:
+        if base_url is not None:
+            raise pytest.UsageError(
+                f"{model_where} {LOCAL} starts its own server on 127.0.0.1; remove "
+                f"{url_where} ({base_url!r}), or name a model that endpoint serves"
+            )
+        missing = missing_packages()
+        if missing:
+            raise pytest.UsageError(
+                f"{model_where} {LOCAL}: the embedded local model needs {', '.join(missing)}, "
+                f"which is not installed: {INSTALL_HINT}"
+            )
+        return "explicit", False
+    configured = model or base_url or os.environ.get("OPENAI_BASE_URL")
+    if configured or os.environ.get("OPENAI_API_KEY"):
+        return None, False
+    if missing_packages():
+        return None, True
+    return "auto", False

@@ -342,7 +342,14 @@ def environment_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"python": sys.version.split()[0]}
-    for dist in ("pytest-llmexp", "pytest", "openai", "pydantic", "pytest-xdist"):
+    for dist in (
+        "pytest-llmexp",
+        "pytest",
+        "openai",
+        "pydantic",
+        "pytest-xdist",
+        "llama-cpp-python",
+    ):
         with suppress(PackageNotFoundError):
             versions[dist] = version(dist)
     return versions

@@ -46,14 +46,14 @@ class Writer:
 
     def _session_id(self) -> str:
         if self.session_id is None:
-            from .endpoint import display_url, resolved_base_url
+            from .endpoint import endpoint_label
 
             self.session_id = self._store().begin_session(
                 kind="pytest",
                 started_at=self.started_at,
                 argv=list(self.config.invocation_params.args),
                 rootdir=str(self.config.rootpath),
-                endpoint=display_url(resolved_base_url()),
+                endpoint=endpoint_label(),
             )
         return self.session_id
 

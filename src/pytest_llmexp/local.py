@@ -1,0 +1,110 @@
+"""The embedded local model in a pytest session: one llama.cpp server, on the controller.
+
+The controller (or the only process) reserves the server's port at configure time, so the
+header and the xdist workers (through ``workerinput``) know its URL at once. It loads the
+model only when the session is about to run experiments: after collection without xdist,
+after the first worker's collection under xdist, before any test is scheduled. It stops the
+server when the session ends, whatever the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from . import endpoint
+from .collect import ITEM_KEY
+
+if TYPE_CHECKING:
+    from .llama import LocalServer
+    from .settings import Settings
+
+__all__ = [
+    "WORKERINPUT_KEY",
+    "LocalModelPlugin",
+    "LocalXdistHooks",
+    "header_lines",
+    "worker_client_settings",
+]
+
+WORKERINPUT_KEY = "llmexp_endpoint"
+# The ids collect.generate_executions gives: exec-N, joined with other parameter ids by "-".
+_EXECUTION_ID = re.compile(r"\[(?:[^\]]*-)?exec-\d+(?:-[^\]]*)?\]$")
+_OPENAI_HINT = "to call OpenAI instead: export OPENAI_API_KEY=sk-..."
+
+
+def worker_client_settings(workerinput: dict[str, Any]) -> endpoint.ClientSettings | None:
+    """The endpoint the controller chose for this xdist worker, if it chose one."""
+    fields = workerinput.get(WORKERINPUT_KEY)
+    return endpoint.ClientSettings(**fields) if fields else None
+
+
+def header_lines(settings: Settings, server: LocalServer | None) -> list[str]:
+    """What the session header says about the local model (nothing if it is not involved)."""
+    if server is not None:
+        lines = [
+            f"llmexp: local model {server.model.file_name} (llama.cpp on 127.0.0.1:"
+            f"{server.port}, started when experiments run)"
+        ]
+        if settings.local == "auto":
+            lines.append(
+                "llmexp: no OPENAI_API_KEY or base URL is set, so every bot calls the local "
+                f"model; {_OPENAI_HINT}"
+            )
+        return lines
+    if settings.local_unavailable:
+        from .llama import INSTALL_HINT
+
+        return [
+            "llmexp: no OPENAI_API_KEY or base URL is set and the local model is not "
+            f"installed; {INSTALL_HINT} to run experiments on it, or export OPENAI_API_KEY=sk-..."
+        ]
+    return []
+
+
+class LocalModelPlugin:
+    """Owns the session's local model server on the controller or the only process."""
+
+    def __init__(self, server: LocalServer) -> None:
+        self.server = server
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        """Without xdist: load the model before the first experiment runs."""
+        config = session.config
+        if config.option.collectonly:
+            return
+        if session.testsfailed and not config.option.continue_on_collection_errors:
+            return  # pytest stops for the collection errors
+        if any(ITEM_KEY in item.stash for item in session.items):
+            self.start()
+
+    def start(self) -> None:
+        from .errors import LocalModelError
+
+        try:
+            self.server.start()
+        except LocalModelError as exc:
+            pytest.exit(f"pytest-llmexp: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+class LocalXdistHooks:
+    """The xdist side (registered only where pytest-xdist is installed)."""
+
+    def __init__(self, local: LocalModelPlugin) -> None:
+        self.local = local
+
+    def pytest_configure_node(self, node: Any) -> None:
+        """Hand every worker the server's endpoint settings."""
+        node.workerinput[WORKERINPUT_KEY] = asdict(endpoint.settings())
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """Load the model before the scheduler sends any experiment out."""
+        if any(_EXECUTION_ID.search(nodeid) for nodeid in ids):
+            self.local.start()
