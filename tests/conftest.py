@@ -125,7 +125,7 @@ def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         reason = f"the local model tests need pip install -e '.[local]' (missing {missing})"
         if os.environ.get("CI"):
             pytest.fail(f"CI runs every test, and {reason}", pytrace=False)
-        pytest.skip(reason)
+        pytest.skip(reason=reason)
     return tmp_path_factory.mktemp("model-cache")
 
 

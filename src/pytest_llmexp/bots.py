@@ -333,7 +333,7 @@ class StructuredBot(_Bot, Generic[ModelT]):
         except LLMCallError as exc:
             if kind != "json_schema" or not refuses_json_schema(exc.status_code, str(exc)):
                 raise
-        endpoint.refuses_json_schema()
+        endpoint.remember_json_object()
         return self._complete(conversation, response_format=self._response_format("json_object"))
 
     def _validate(self, text: str) -> ModelT:

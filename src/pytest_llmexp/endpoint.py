@@ -28,7 +28,7 @@ __all__ = [
     "endpoint_label",
     "get_client",
     "redact",
-    "refuses_json_schema",
+    "remember_json_object",
     "resolved_base_url",
     "settings",
     "structured_output",
@@ -107,7 +107,7 @@ def structured_output(current: ClientSettings | None = None) -> StructuredOutput
     return "json_object" if refused else "json_schema"
 
 
-def refuses_json_schema(current: ClientSettings | None = None) -> None:
+def remember_json_object(current: ClientSettings | None = None) -> None:
     """Remember for this process that the current endpoint refuses ``json_schema``."""
     with _lock:
         _json_object_endpoints.add(resolved_base_url(current or _settings))

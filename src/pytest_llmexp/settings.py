@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from .endpoint import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from .endpoint import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, display_url
 from .validation import DEFAULT_DB
 
 __all__ = ["SETTINGS_KEY", "Settings", "add_options", "build_settings"]
@@ -196,7 +196,7 @@ def _local_mode(
         if base_url is not None:
             raise pytest.UsageError(
                 f"{model_where} {LOCAL} starts its own server on 127.0.0.1; remove "
-                f"{url_where} ({base_url!r}), or name a model that endpoint serves"
+                f"{url_where} ({display_url(base_url)}), or name a model that endpoint serves"
             )
         missing = missing_packages()
         if missing:
