@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from procs import alive, linux_only
 from pytest_llmexp import LocalModelError, LocalServer, llama
 from pytest_llmexp.llama import LocalModel
 
@@ -23,15 +24,6 @@ MODEL = LocalModel(file_name="fake.gguf", sha256="0" * 64)
 
 def fake_server(mode: str, **kwargs: float) -> LocalServer:
     return LocalServer(command=[sys.executable, FAKE, mode], model=MODEL, **kwargs)
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def wait_gone(pid: int, seconds: float = 10.0) -> bool:
@@ -52,9 +44,7 @@ def get_models(port: int) -> int:
         connection.close()
 
 
-pytestmark = pytest.mark.skipif(
-    not Path("/proc/self/stat").exists(), reason="process checks read /proc (Linux)"
-)
+pytestmark = linux_only
 
 
 def test_port_is_reserved_but_refuses_calls_until_started() -> None:

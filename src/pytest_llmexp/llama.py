@@ -207,16 +207,16 @@ class LocalServer:
             structured_output="json_object",
         )
 
-    def _argv(self, fd: int, lifeline: int) -> list[str]:
-        if self._command is not None:
-            return [*self._command, str(fd), str(lifeline)]
+    def _argv(self, fd: int, lifeline: int, model: Path | None) -> list[str]:
+        if model is None:
+            return [*(self._command or []), str(fd), str(lifeline)]
         return [
             sys.executable,
             "-m",
             "pytest_llmexp._llama_main",
             f"--fd={fd}",
             f"--lifeline={lifeline}",
-            f"--model={model_path()}",
+            f"--model={model}",
             f"--alias={self.model.file_name}",
             f"--n-ctx={self.n_ctx}",
             f"--threads={self.threads}",
@@ -233,6 +233,7 @@ class LocalServer:
         import subprocess
         import tempfile
 
+        model = None if self._command is not None else model_path()
         read_end, write_end = os.pipe()
         self._lifeline = write_end
         # Kept open for the server's whole life, closed (and so deleted) by stop().
@@ -242,7 +243,7 @@ class LocalServer:
         fd = self._socket.fileno()
         try:
             self._process = subprocess.Popen(
-                self._argv(fd, read_end),
+                self._argv(fd, read_end, model),
                 pass_fds=(fd, read_end),
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,

@@ -9,14 +9,13 @@ server when the session ends, whatever the reason.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from . import endpoint
-from .collect import ITEM_KEY
+from .collect import ITEM_KEY, is_execution_id
 
 if TYPE_CHECKING:
     from .llama import LocalServer
@@ -31,8 +30,6 @@ __all__ = [
 ]
 
 WORKERINPUT_KEY = "llmexp_endpoint"
-# The ids collect.generate_executions gives: exec-N, joined with other parameter ids by "-".
-_EXECUTION_ID = re.compile(r"\[(?:[^\]]*-)?exec-\d+(?:-[^\]]*)?\]$")
 _OPENAI_HINT = "to call OpenAI instead: export OPENAI_API_KEY=sk-..."
 
 
@@ -106,5 +103,5 @@ class LocalXdistHooks:
 
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """Load the model before the scheduler sends any experiment out."""
-        if any(_EXECUTION_ID.search(nodeid) for nodeid in ids):
+        if any(is_execution_id(nodeid) for nodeid in ids):
             self.local.start()

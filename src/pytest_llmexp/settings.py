@@ -11,7 +11,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from .endpoint import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, display_url
+from .endpoint import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    ClientSettings,
+    display_url,
+    resolved_base_url,
+)
 from .validation import DEFAULT_DB
 
 __all__ = ["SETTINGS_KEY", "Settings", "add_options", "build_settings"]
@@ -205,8 +211,8 @@ def _local_mode(
                 f"which is not installed: {INSTALL_HINT}"
             )
         return "explicit", False
-    configured = model or base_url or os.environ.get("OPENAI_BASE_URL")
-    if configured or os.environ.get("OPENAI_API_KEY"):
+    url = resolved_base_url(ClientSettings(base_url=base_url))
+    if model or url or os.environ.get("OPENAI_API_KEY"):
         return None, False
     if missing_packages():
         return None, True
