@@ -22,6 +22,7 @@ SCHEMA = {
         "argv",
         "versions",
         "git_sha",
+        "health",
     },
     "experiments": {
         "id",
@@ -43,6 +44,7 @@ SCHEMA = {
         "error_message",
         "started_at",
         "duration_s",
+        "retries",
         "run_data",
     },
     "prompts": {"id", "hash", "function_name", "role", "template", "previous_version_id"},
@@ -69,6 +71,8 @@ SCHEMA = {
         "latency_ms",
         "retries",
         "error",
+        "error_type",
+        "truncated",
     },
     "metrics": {"run_id", "name", "value", "kind"},
     "run_prompts": {"run_id", "prompt_id"},
@@ -89,7 +93,7 @@ def test_a_new_database_has_every_table_and_column(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         applied = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
-    assert applied == ["m001_create_tables"]
+    assert applied == ["m001_create_tables", "m002_add_fault_columns"]
 
 
 def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
@@ -97,7 +101,7 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     Store(path).close()
     Store(path).close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 2
 
 
 def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:

@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import endpoint
+from .calls import CallFailed, request_completion
 from .errors import BotError, LLMCallError, StructuredOutputError
 from .prompts import Message
-from .recording import record_call, utcnow
+from .recording import clip_messages, record_call, utcnow
 from .records import BotRecord, CallRecord, PromptRecord
 from .schemas import enumerate_int_ranges, refuses_json_schema, schema_name
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["SimpleBot", "StructuredBot"]
 
 _RESERVED = ("messages", "model", "stream", "response_format", "n")
-_RETRYABLE_STATUS = (408, 409, 429)
 
 ModelT = TypeVar("ModelT", bound="BaseModel")
 MessageLike = str | Message
@@ -56,18 +56,6 @@ def _to_messages(
     if not inputs:
         raise BotError(f"{bot} was called with no message; pass a string or a @prompt message")
     return messages
-
-
-def _retries_of(exc: Exception, max_retries: int) -> int:
-    """How many retries the openai client made before raising ``exc``."""
-    import openai
-
-    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
-        return max_retries
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        return max_retries if status in _RETRYABLE_STATUS or status >= 500 else 0
-    return 0
 
 
 class _Bot:
@@ -171,8 +159,7 @@ class _Bot:
 
     def _complete(self, conversation: list[Message], **extra: Any) -> str:
         """Send one chat completion request, record it, and return the reply's text."""
-        import openai
-
+        __tracebackhide__ = True  # the user's test line, not our internals (nor their locals)
         bot = self.bot_record()
         messages = [self.system_prompt, *conversation] if self.system_prompt else conversation
         payload = [m.to_dict() for m in messages]
@@ -185,7 +172,8 @@ class _Bot:
         timestamp = utcnow()
         started = time.perf_counter()
 
-        def record(**fields: Any) -> None:
+        def record(messages: list[dict[str, Any]], **fields: Any) -> None:
+            stored, truncated = clip_messages(messages)
             record_call(
                 bot,
                 prompts,
@@ -196,54 +184,54 @@ class _Bot:
                     model_name=bot.model_name,
                     temperature=self.temperature,
                     latency_ms=(time.perf_counter() - started) * 1000,
+                    messages=stored,
+                    truncated=truncated,
                     **fields,
                 ),
             )
 
         try:
-            raw = client.chat.completions.with_raw_response.create(
+            reply = request_completion(
+                client,
+                endpoint.settings().max_retries,
                 model=bot.model_name,
-                messages=payload,  # type: ignore[arg-type]
+                messages=payload,
                 **request,
             )
-            completion = raw.parse()
-        except openai.OpenAIError as exc:
-            retries = _retries_of(exc, endpoint.settings().max_retries)
-            message = endpoint.redact(f"{type(exc).__name__}: {exc}")
+        except CallFailed as failure:
             record(
-                messages=payload,
+                payload,
                 response_model=None,
                 prompt_tokens=None,
                 completion_tokens=None,
-                retries=retries,
+                retries=failure.retries,
                 finish_reason=None,
-                error=message,
+                error=failure.message,
+                error_type=failure.error_type,
             )
             raise LLMCallError(
                 f"{type(self).__name__} call to model {bot.model_name!r} at "
-                f"{endpoint.display_url(endpoint.resolved_base_url())} failed after {retries} "
-                f"retries: {message}",
-                cause_type=type(exc).__name__,
-                retries=retries,
-                status_code=getattr(exc, "status_code", None),
+                f"{endpoint.display_url(endpoint.resolved_base_url())} failed after "
+                f"{failure.retries} retries: {failure.message}",
+                cause_type=failure.error_type,
+                retries=failure.retries,
+                status_code=failure.status_code,
             ) from None
-        choice = completion.choices[0] if completion.choices else None
-        content = choice.message.content if choice is not None else None
-        usage = completion.usage
-        error = None if content is not None else "the reply has no message content"
+        content = reply.content
         record(
-            messages=[*payload, {"role": "assistant", "content": content}],
-            response_model=completion.model,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            retries=raw.retries_taken,
-            finish_reason=choice.finish_reason if choice is not None else None,
-            error=error,
+            [*payload, {"role": "assistant", "content": content}],
+            response_model=reply.model,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            retries=reply.retries,
+            finish_reason=reply.finish_reason,
+            error=None if content is not None else "the reply has no message content",
+            error_type=None if content is not None else "EmptyReply",
         )
         if content is None:
             raise LLMCallError(
                 f"{type(self).__name__}: model {bot.model_name!r} replied with no message "
-                f"content (finish_reason={choice.finish_reason if choice else None!r})",
+                f"content (finish_reason={reply.finish_reason!r})",
                 cause_type="EmptyReply",
             )
         return content
@@ -262,6 +250,7 @@ class SimpleBot(_Bot):
         super().__init__(system_prompt, model_name, temperature, completion_kwargs)
 
     def __call__(self, *messages: MessageInput) -> Message:
+        __tracebackhide__ = True
         conversation = _to_messages(messages, type(self).__name__)
         return Message(role="assistant", content=self._complete(conversation))
 
@@ -327,6 +316,7 @@ class StructuredBot(_Bot, Generic[ModelT]):
         An endpoint that refuses ``json_schema`` is asked again with ``json_object`` plus the
         schema, and remembered, so later calls in this process go straight to ``json_object``.
         """
+        __tracebackhide__ = True
         kind = endpoint.structured_output()
         try:
             return self._complete(conversation, response_format=self._response_format(kind))
@@ -354,6 +344,7 @@ class StructuredBot(_Bot, Generic[ModelT]):
             return self.pydantic_model.model_validate_json(json.dumps(lenient))
 
     def __call__(self, *messages: MessageInput) -> ModelT:
+        __tracebackhide__ = True
         from pydantic import ValidationError
 
         conversation = _to_messages(messages, type(self).__name__)
@@ -371,7 +362,7 @@ class StructuredBot(_Bot, Generic[ModelT]):
                     raise StructuredOutputError(
                         f"StructuredBot: the reply of model {self._model()!r} did not validate "
                         f"against {self.pydantic_model.__name__} after {attempts} attempt(s): "
-                        f"{problems}. Last reply: {text[:300]!r}",
+                        f"{problems}. Last reply: {endpoint.redact(text[:300])!r}",
                         raw_reply=text,
                         attempts=attempts,
                     ) from None

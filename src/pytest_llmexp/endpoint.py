@@ -152,7 +152,8 @@ def get_client() -> openai.OpenAI:
                 api_key=key,
                 base_url=base_url,
                 timeout=current.timeout,
-                max_retries=current.max_retries,
+                # Retries are made (and counted) by calls.request_completion.
+                max_retries=0,
             )
             _clients[cache_key] = client
         return client

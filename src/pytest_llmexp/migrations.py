@@ -119,3 +119,13 @@ def m001_create_tables(db: Database) -> None:
     for statement in _M001.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+@migrations()
+def m002_add_fault_columns(db: Database) -> None:
+    # Per run: retries taken over its calls. Per call: the typed error and whether the stored
+    # text was cut at the size cap. Per session: what went wrong (errors, budget, spend, spool).
+    db.execute("ALTER TABLE experiment_runs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE message_log ADD COLUMN error_type TEXT")
+    db.execute("ALTER TABLE message_log ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE sessions ADD COLUMN health TEXT")

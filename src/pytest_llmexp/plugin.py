@@ -15,6 +15,9 @@ from .collect import MARKER_HELP, generate_executions, select_experiments
 from .local import LocalModelPlugin, LocalXdistHooks, header_lines, worker_client_settings
 from .relay import RunRelay
 from .settings import SETTINGS_KEY, add_options, build_settings
+from .signals import SigtermAsInterrupt
+from .spend import SpendGuard
+from .spool import Spool
 from .writer import Writer, XdistHooks
 
 if TYPE_CHECKING:
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
 _RELAY_KEY = pytest.StashKey[RunRelay]()
 _WRITER_KEY = pytest.StashKey[Writer]()
 _LOCAL_KEY = pytest.StashKey[LocalModelPlugin]()
+_SIGTERM_KEY = pytest.StashKey[SigtermAsInterrupt]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,16 +51,30 @@ def pytest_configure(config: pytest.Config) -> None:
     endpoint.configure(client)
     # Calls outside any run travel on reports to the writer instead of being written here.
     recording.set_orphan_writer(None)
-    worker = workerinput["workerid"] if workerinput else "main"
-    relay = RunRelay(worker)
-    config.stash[_RELAY_KEY] = relay
-    config.pluginmanager.register(relay, "llmexp-relay")
+    recording.set_storage_limit(settings.max_stored_chars)
     if workerinput is None:
         writer = Writer(config, settings, recording.utcnow())
         config.stash[_WRITER_KEY] = writer
         config.pluginmanager.register(writer, "llmexp-writer")
         if config.pluginmanager.hasplugin("xdist"):
             config.pluginmanager.register(XdistHooks(writer), "llmexp-xdist")
+        session_id, worker = writer.session_id, "main"
+        sigterm = SigtermAsInterrupt()
+        sigterm.install()
+        config.stash[_SIGTERM_KEY] = sigterm
+    else:
+        session_id, worker = workerinput["llmexp_session"], workerinput["workerid"]
+    spend = None
+    if settings.max_calls is not None or settings.max_tokens is not None:
+        spend = SpendGuard(
+            settings.db_path,
+            session_id,
+            max_calls=settings.max_calls,
+            max_tokens=settings.max_tokens,
+        )
+    relay = RunRelay(worker, Spool(settings.db_path, session_id, worker), spend)
+    config.stash[_RELAY_KEY] = relay
+    config.pluginmanager.register(relay, "llmexp-relay")
 
 
 def _start_local(config: pytest.Config, client: endpoint.ClientSettings) -> endpoint.ClientSettings:
@@ -76,9 +94,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     local = config.stash.get(_LOCAL_KEY, None)
     if local is not None:
         local.stop()
+    relay = config.stash.get(_RELAY_KEY, None)
+    if relay is not None:
+        relay.spool.close()
     writer = config.stash.get(_WRITER_KEY, None)
     if writer is not None:
         writer.close()
+    sigterm = config.stash.get(_SIGTERM_KEY, None)
+    if sigterm is not None:
+        sigterm.uninstall()
     for name in (
         "llmexp-relay",
         "llmexp-writer",
@@ -91,6 +115,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             config.pluginmanager.unregister(plugin)
     endpoint.configure(endpoint.ClientSettings())
     recording.set_orphan_writer(recording.default_orphan_writer)
+    recording.set_storage_limit(recording.DEFAULT_STORAGE_LIMIT)
 
 
 @pytest.hookimpl(trylast=True)

@@ -28,14 +28,40 @@ __all__ = [
     "RunContext",
     "activate",
     "classify_exception",
+    "clip_messages",
     "current_run",
     "default_orphan_writer",
     "drain_orphans",
     "record_call",
     "record_prompt",
     "set_orphan_writer",
+    "set_storage_limit",
     "utcnow",
 ]
+
+
+#: The longest message text stored; longer texts are cut and the call flagged ``truncated``.
+DEFAULT_STORAGE_LIMIT = 100_000
+_storage_limit = DEFAULT_STORAGE_LIMIT
+
+
+def set_storage_limit(chars: int) -> None:
+    """Cap the stored length of each message's text (``--llm-max-stored-chars``)."""
+    global _storage_limit
+    _storage_limit = chars
+
+
+def clip_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """``messages`` with each text cut at the storage limit, and whether any was cut."""
+    clipped: list[dict[str, Any]] = []
+    cut = False
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str) and len(content) > _storage_limit:
+            message = {**message, "content": content[:_storage_limit]}
+            cut = True
+        clipped.append(message)
+    return clipped, cut
 
 
 def utcnow() -> str:
@@ -126,6 +152,26 @@ class RunContext(_Collected):
             ) from None
         with self._lock:
             self._metadata[key] = json.loads(text)
+
+    def usage(self) -> tuple[int, int]:
+        """The run's LLM calls so far, and their tokens (prompt + completion)."""
+        with self._lock:
+            tokens = sum((c.prompt_tokens or 0) + (c.completion_tokens or 0) for c in self._calls)
+            return len(self._calls), tokens
+
+    def start_json(self) -> str:
+        """What the writer needs to record this run if its process dies before it ends."""
+        return json.dumps(
+            {
+                "run_id": self.run_id,
+                "experiment": self.experiment,
+                "num_executions": self.num_executions,
+                "execution_index": self.execution_index,
+                "worker": self.worker,
+                "nodeid": self.nodeid,
+                "started_at": self.started_at,
+            }
+        )
 
     def finish(
         self, status: str, error_type: str | None = None, error_message: str | None = None

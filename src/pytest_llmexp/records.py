@@ -53,6 +53,10 @@ class CallRecord(_Record):
     retries: int
     finish_reason: str | None
     error: str | None
+    #: The failure's type (``RateLimitError``, ``APITimeoutError``, ``MalformedResponse``...).
+    error_type: str | None = None
+    #: A message's text was longer than the storage cap and was cut.
+    truncated: bool = False
 
 
 class MetricRecord(_Record):

@@ -1,13 +1,15 @@
 """On every process that runs tests: one run per experiment item, attached to its report.
 
-The finished run rides on the teardown report as JSON (``report.llmexp_run``); pytest-xdist
-ships reports to the controller, where the writer stores them. Calls made outside any run
-ride the same way (``report.llmexp_calls``).
+The finished run is appended to this process's spool file (fsynced), then rides on the
+teardown report as JSON (``report.llmexp_run``); pytest-xdist ships reports to the
+controller, where the writer stores them. Calls made outside any run ride the same way
+(``report.llmexp_calls``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -16,11 +18,14 @@ from .collect import ITEM_KEY
 
 if TYPE_CHECKING:
     from .recording import RunContext
+    from .spend import SpendGuard
+    from .spool import Kind, Spool
 
 __all__ = ["RUN_KEY", "RunRelay"]
 
 _SEVERITY = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
 _MAX_MESSAGE = 4000
+_AUTH = (401, 403)
 
 
 class _RunState:
@@ -31,6 +36,8 @@ class _RunState:
         self.status = "passed"
         self.error_type: str | None = None
         self.error_message: str | None = None
+        #: Why the plugin itself skipped the run (``SpendLimit``).
+        self.skip_kind: str | None = None
 
     def note(self, report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
         """Fold one phase's outcome into the run's status; the most severe one wins."""
@@ -54,6 +61,8 @@ class _RunState:
         else:
             # A fixture that fails to set up or tear down: the run could not be evaluated.
             status, kind, message = "error", excinfo.typename, str(excinfo.value)
+        if status == "skipped" and self.skip_kind is not None:
+            kind = self.skip_kind
         if _SEVERITY[status] > _SEVERITY[self.status]:
             self.status, self.error_type = status, kind
             self.error_message = redact(message)[:_MAX_MESSAGE]
@@ -63,12 +72,15 @@ RUN_KEY = pytest.StashKey[_RunState]()
 
 
 class RunRelay:
-    """Creates the run of each experiment item and hands it over on the report."""
+    """Creates the run of each experiment item, spools it, and hands it over on the report."""
 
-    def __init__(self, worker: str) -> None:
+    def __init__(self, worker: str, spool: Spool, spend: SpendGuard | None) -> None:
         self.worker = worker
+        self.spool = spool
+        self.spend = spend
         #: A usage error found during collection on an xdist worker, for the controller.
         self.usage_error: str | None = None
+        self._stopping = False
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(
@@ -93,6 +105,16 @@ class RunRelay:
         finally:
             del item.stash[RUN_KEY]
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        state = item.stash.get(RUN_KEY, None)
+        if state is None or self.spend is None:
+            return
+        reason = self.spend.reached()
+        if reason is not None:
+            state.skip_kind = "SpendLimit"
+            pytest.skip(reason)
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
@@ -101,14 +123,51 @@ class RunRelay:
         state = item.stash.get(RUN_KEY, None)
         if state is not None:
             state.note(report, call)
-            if report.when == "teardown":
-                record = state.run.finish(state.status, state.error_type, state.error_message)
-                report.llmexp_run = record.model_dump_json()  # type: ignore[attr-defined]
+            if report.when == "setup":
+                # Under xdist, lets the controller record a run whose worker dies mid-run.
+                report.llmexp_start = state.run.start_json()  # type: ignore[attr-defined]
+            elif report.when == "call":
+                self._stop_on_auth_error(item, call)
+            elif report.when == "teardown":
+                self._hand_over(report, "run", self._run_json(state))
+                if self.spend is not None:
+                    self.spend.add_run(state.run)
         if report.when == "teardown":
             orphans = drain_orphans_json()
             if orphans is not None:
-                report.llmexp_calls = orphans  # type: ignore[attr-defined]
+                self._hand_over(report, "calls", orphans)
         return report
+
+    def _run_json(self, state: _RunState) -> str:
+        from .endpoint import redact
+
+        record = state.run.finish(state.status, state.error_type, state.error_message)
+        return redact(record.model_dump_json())
+
+    def _hand_over(self, report: pytest.TestReport, kind: Kind, payload: str) -> None:
+        """Spool the record (fsynced), then attach it to the report for the writer."""
+        try:
+            self.spool.append(kind, payload)
+        except OSError as exc:
+            report.llmexp_spool_error = f"{self.spool.path}: {exc}"  # type: ignore[attr-defined]
+        setattr(report, f"llmexp_{kind}", payload)
+
+    def _stop_on_auth_error(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+        from .errors import LLMCallError
+
+        exc = call.excinfo.value if call.excinfo is not None else None
+        if self._stopping or not isinstance(exc, LLMCallError) or exc.status_code not in _AUTH:
+            return
+        from .endpoint import endpoint_label
+
+        self._stopping = True
+        # pytest's own fail-fast path (as -x): this process stops, and under xdist the
+        # controller stops the other workers too.
+        item.session.shouldfail = (
+            f"pytest-llmexp: {endpoint_label()} refused the credentials "
+            f"({exc.status_code} {exc.error_type}); stopping the session instead of failing "
+            "every run: check OPENAI_API_KEY and --llm-base-url"
+        )
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         # On an xdist worker, calls made after the last test (session fixture teardown)
@@ -119,7 +178,11 @@ class RunRelay:
                 workeroutput["llmexp_usage_error"] = self.usage_error
             orphans = drain_orphans_json()
             if orphans is not None:
+                with suppress(OSError):  # it still travels in workeroutput
+                    self.spool.append("calls", orphans)
+                    workeroutput["llmexp_calls_spooled"] = True
                 workeroutput["llmexp_calls"] = orphans
+        self.spool.close()
 
 
 def drain_orphans_json() -> str | None:

@@ -18,7 +18,8 @@ from .endpoint import (
     display_url,
     resolved_base_url,
 )
-from .validation import DEFAULT_DB
+from .recording import DEFAULT_STORAGE_LIMIT
+from .validation import DEFAULT_DB, DEFAULT_ERROR_BUDGET
 
 __all__ = ["SETTINGS_KEY", "Settings", "add_options", "build_settings"]
 
@@ -39,6 +40,13 @@ class Settings:
     local: Literal["explicit", "auto"] | None = None
     #: No key and no endpoint is configured, and the local model is not installed either.
     local_unavailable: bool = False
+    #: The share of runs that may error before the session fails as "infrastructure".
+    error_budget: float = DEFAULT_ERROR_BUDGET
+    #: The spend guard's caps on the session's LLM calls and tokens.
+    max_calls: int | None = None
+    max_tokens: int | None = None
+    #: The longest message text stored per message.
+    max_stored_chars: int = DEFAULT_STORAGE_LIMIT
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -87,11 +95,40 @@ def add_options(parser: pytest.Parser) -> None:
         help="retries of a failed LLM request, with backoff (ini: llm_max_retries; "
         f"default: {DEFAULT_MAX_RETRIES}).",
     )
+    group.addoption(
+        "--llm-error-budget",
+        metavar="SHARE",
+        help="fail the session when more than SHARE of its runs errored (timeouts, 429s, 5xx, "
+        f"bad replies), whatever the metrics (ini: llm_error_budget; default: "
+        f"{DEFAULT_ERROR_BUDGET:g}).",
+    )
+    group.addoption(
+        "--llm-max-calls",
+        metavar="N",
+        help="spend guard: once the session made N LLM calls, skip the runs not yet started "
+        "(ini: llm_max_calls).",
+    )
+    group.addoption(
+        "--llm-max-tokens",
+        metavar="N",
+        help="spend guard: once the session used N tokens, skip the runs not yet started "
+        "(ini: llm_max_tokens).",
+    )
+    group.addoption(
+        "--llm-max-stored-chars",
+        metavar="N",
+        help="store at most N characters of each message, flagging the call truncated "
+        f"(ini: llm_max_stored_chars; default: {DEFAULT_STORAGE_LIMIT}).",
+    )
     parser.addini("llm_db", "the experiment database (default: message_log.db in the rootdir)")
     parser.addini("llm_model", "the model every bot calls instead of its own ('local': embedded)")
     parser.addini("llm_base_url", "the OpenAI-compatible endpoint")
     parser.addini("llm_timeout", f"timeout of one LLM request in seconds ({DEFAULT_TIMEOUT:g})")
     parser.addini("llm_max_retries", f"retries of a failed LLM request ({DEFAULT_MAX_RETRIES})")
+    parser.addini("llm_error_budget", f"share of runs that may error ({DEFAULT_ERROR_BUDGET:g})")
+    parser.addini("llm_max_calls", "spend guard: the session's cap on LLM calls")
+    parser.addini("llm_max_tokens", "spend guard: the session's cap on tokens")
+    parser.addini("llm_max_stored_chars", "the longest message text stored")
 
 
 def _value(config: pytest.Config, name: str, *, ini: bool = True) -> tuple[str | None, str]:
@@ -179,6 +216,18 @@ def build_settings(config: pytest.Config) -> Settings:
         config, "llm_max_retries", int, lambda n: n >= 0, "a whole number >= 0, e.g. 2"
     )
 
+    error_budget = _number(
+        config,
+        "llm_error_budget",
+        float,
+        lambda share: 0 <= share <= 1,
+        "a share of runs from 0 to 1, e.g. 0.1",
+    )
+    positive = "a positive whole number, e.g. 1000"
+    max_calls = _number(config, "llm_max_calls", int, lambda n: n >= 1, positive)
+    max_tokens = _number(config, "llm_max_tokens", int, lambda n: n >= 1, positive)
+    max_stored_chars = _number(config, "llm_max_stored_chars", int, lambda n: n >= 1, positive)
+
     return Settings(
         experiments=names,
         db_path=db_path.resolve(),
@@ -189,6 +238,10 @@ def build_settings(config: pytest.Config) -> Settings:
         max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
         local=local,
         local_unavailable=local_unavailable,
+        error_budget=DEFAULT_ERROR_BUDGET if error_budget is None else error_budget,
+        max_calls=max_calls,
+        max_tokens=max_tokens,
+        max_stored_chars=DEFAULT_STORAGE_LIMIT if max_stored_chars is None else max_stored_chars,
     )
 
 

@@ -6,7 +6,7 @@ import math
 import sqlite3
 from typing import Any
 
-__all__ = ["EVALUATED", "RUN_STATUSES", "experiment_summary"]
+__all__ = ["EVALUATED", "RUN_STATUSES", "experiment_summary", "session_totals"]
 
 RUN_STATUSES = ("passed", "failed", "error", "skipped", "crashed")
 #: Run statuses whose metrics count in aggregates: the run was evaluated.
@@ -14,13 +14,23 @@ EVALUATED = ("passed", "failed")
 
 
 def experiment_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str, Any]:
-    """Runs by status, and n, mean, sample std, min, max of each metric over evaluated runs."""
+    """Runs by status, errored runs by type, and per metric n, mean, sample std, min and max
+    over the evaluated runs."""
     runs = dict.fromkeys(RUN_STATUSES, 0)
     for status, count in conn.execute(
         "SELECT status, count(*) FROM experiment_runs WHERE experiment_id = ? GROUP BY status",
         (experiment_id,),
     ):
         runs[status] = count
+    errors = {
+        str(kind): int(count)
+        for kind, count in conn.execute(
+            "SELECT coalesce(error_type, status), count(*) FROM experiment_runs "
+            "WHERE experiment_id = ? AND status IN ('error', 'crashed') "
+            "GROUP BY 1 ORDER BY 2 DESC, 1",
+            (experiment_id,),
+        )
+    }
     placeholders = ", ".join("?" * len(EVALUATED))
     rows = conn.execute(
         f"""
@@ -51,4 +61,16 @@ def experiment_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str
         }
         for name, kind, n, mean, lo, hi, squares in rows
     }
-    return {"runs": runs, "metrics": metrics}
+    return {"runs": runs, "errors": errors, "metrics": metrics}
+
+
+def session_totals(conn: sqlite3.Connection, session_id: str) -> tuple[int, int]:
+    """LLM calls and tokens (prompt + completion) of a session's runs."""
+    row = conn.execute(
+        "SELECT count(c.id), coalesce(sum(c.prompt_tokens), 0) + "
+        "coalesce(sum(c.completion_tokens), 0) FROM message_log c "
+        "JOIN experiment_runs r ON r.id = c.run_id "
+        "JOIN experiments e ON e.id = r.experiment_id WHERE e.session_id = ?",
+        (session_id,),
+    ).fetchone()
+    return int(row[0]), int(row[1])

@@ -7,21 +7,20 @@ Only one process writes a session's rows (the pytest controller, or the process 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sqlite3
-import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .endpoint import redact
 from .errors import StoreError
+from .provenance import environment_versions, git_sha
 from .recording import utcnow
 from .stats import experiment_summary
 from .validation import DEFAULT_DB
@@ -50,6 +49,7 @@ class Store:
         self._check_file()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
             self.conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30
             )
@@ -137,17 +137,20 @@ class Store:
         argv: list[str] | None = None,
         rootdir: str | None = None,
         endpoint: str | None = None,
+        session_id: str | None = None,
+        status: str = "running",
     ) -> str:
-        """Insert a ``running`` session row and return its id."""
-        session_id = uuid.uuid4().hex
+        """Insert a session row (``running`` unless told otherwise) and return its id."""
+        session_id = session_id or uuid.uuid4().hex
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO sessions (id, kind, started_at, status, argv, versions, git_sha, "
-                "endpoint, rootdir) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                "endpoint, rootdir) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     session_id,
                     kind,
                     started_at or utcnow(),
+                    status,
                     _json([redact(a) for a in (argv if argv is not None else sys.argv)]),
                     _json(environment_versions()),
                     git_sha(rootdir or os.getcwd()),
@@ -157,7 +160,14 @@ class Store:
             )
         return session_id
 
-    def finish_session(self, session_id: str, *, status: str, exitstatus: int | None) -> None:
+    def finish_session(
+        self,
+        session_id: str,
+        *,
+        status: str,
+        exitstatus: int | None,
+        health: dict[str, Any] | None = None,
+    ) -> None:
         """Mark the session and its experiments finished, with their summaries."""
         with self.transaction() as conn:
             for experiment_id, _name in self._experiments(session_id):
@@ -167,9 +177,28 @@ class Store:
                     (status, _json(summary), experiment_id),
                 )
             conn.execute(
-                "UPDATE sessions SET status = ?, exitstatus = ?, finished_at = ? WHERE id = ?",
-                (status, exitstatus, utcnow(), session_id),
+                "UPDATE sessions SET status = ?, exitstatus = ?, finished_at = ?, health = ? "
+                "WHERE id = ?",
+                (status, exitstatus, utcnow(), _json(health) if health else None, session_id),
             )
+
+    def session_status(self, session_id: str) -> str | None:
+        """The stored status of a session, or ``None`` if it has no row."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT status FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def abort_session(self, session_id: str) -> bool:
+        """Mark a session whose process died ``aborted``; ``False`` if it had finished."""
+        status = self.session_status(session_id)
+        if status is None:
+            self.begin_session(kind="pytest", session_id=session_id, status="aborted", argv=[])
+        elif status != "running":
+            return False
+        self.finish_session(session_id, status="aborted", exitstatus=None)
+        return True
 
     def _experiments(self, session_id: str) -> list[tuple[int, str]]:
         rows = self.conn.execute(
@@ -202,7 +231,7 @@ class Store:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO experiment_runs (id, experiment_id, execution_index, "
                 "worker, nodeid, status, error_type, error_message, started_at, duration_s, "
-                "run_data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "retries, run_data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.run_id,
                     experiment_id,
@@ -214,6 +243,7 @@ class Store:
                     run.error_message,
                     run.started_at,
                     run.duration_s,
+                    sum(c.retries for c in run.calls),
                     _json(run.run_data()),
                 ),
             )
@@ -246,8 +276,8 @@ class Store:
         self.conn.executemany(
             "INSERT OR IGNORE INTO message_log (id, run_id, bot_id, timestamp, model_name, "
             "response_model, temperature, message_log, prompt_tokens, completion_tokens, "
-            "latency_ms, retries, finish_reason, error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "latency_ms, retries, finish_reason, error, error_type, truncated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [_call_row(c, run_id, bot_ids[c.bot_hash]) for c in recording.calls],
         )
 
@@ -333,43 +363,19 @@ def _call_row(call: CallRecord, run_id: str | None, bot_id: int) -> tuple[Any, .
         call.retries,
         call.finish_reason,
         call.error,
+        call.error_type,
+        int(call.truncated),
     )
 
 
-@functools.cache
-def environment_versions() -> dict[str, str]:
-    """Versions of Python and the packages that shape a run's results."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": sys.version.split()[0]}
-    for dist in (
-        "pytest-llmexp",
-        "pytest",
-        "openai",
-        "pydantic",
-        "pytest-xdist",
-        "llama-cpp-python",
-    ):
-        with suppress(PackageNotFoundError):
-            versions[dist] = version(dist)
-    return versions
-
-
-def git_sha(directory: str) -> str | None:
-    """The commit checked out in ``directory``, if it is in a git work tree."""
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (SQLite gives its -wal and -shm
+    files the same mode); an existing file is left as it is."""
     try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=directory,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sha = result.stdout.strip()
-    return sha if result.returncode == 0 and sha else None
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 _default_stores: dict[str, Store] = {}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from .errors import ExperimentError
 
-__all__ = ["DEFAULT_DB", "check_experiment_name", "check_num_executions"]
+__all__ = ["DEFAULT_DB", "DEFAULT_ERROR_BUDGET", "check_experiment_name", "check_num_executions"]
 
+#: The share of runs that may error (infrastructure) before the session fails.
+DEFAULT_ERROR_BUDGET = 0.1
 DEFAULT_DB = "message_log.db"
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
+from .collect import ITEM_KEY, is_execution_id
+from .spool import SessionLock, remove_empty, remove_session_files, spool_dir, spooled_sessions
 from .summary import write_summary
 
 if TYPE_CHECKING:
+    from .health import Health
+    from .recovery import Ingested
     from .settings import Settings
     from .store import Store
 
@@ -17,21 +23,35 @@ __all__ = ["Writer", "XdistHooks"]
 
 
 class Writer:
-    """Stores each finished run as its report arrives, and the session's end."""
+    """Begins the session when experiments are about to run, stores each finished run as its
+    report arrives, and at the end reconciles the spool and judges the session's health."""
 
     def __init__(self, config: pytest.Config, settings: Settings, started_at: str) -> None:
         self.config = config
         self.settings = settings
         self.started_at = started_at
+        #: Known before the database is opened: workers name their spool files with it.
+        self.session_id = uuid.uuid4().hex
+        self.spool_dir = spool_dir(settings.db_path)
+        self.lock = SessionLock(self.spool_dir, self.session_id)
         self.store: Store | None = None
-        self.session_id: str | None = None
+        self.begun = False
         self.summaries: dict[str, dict[str, Any]] = {}
+        self.health: Health | None = None
         #: A usage error an xdist worker found while collecting.
         self.usage_error: str | None = None
+        #: Sessions killed earlier whose spools this session ingested.
+        self.recovered: list[Ingested] = []
         #: Payloads whose insert failed, tried once more at session end.
         self._pending: list[tuple[Literal["run", "calls"], str]] = []
         self._write_errors: list[str] = []
+        self._spool_errors: list[str] = []
         self._lost = 0
+        #: Runs in progress under xdist (from their setup reports), by node id.
+        self._started: dict[str, dict[str, Any]] = {}
+        self._spool_kept = False
+        #: xdist workers that ended by KeyboardInterrupt.
+        self.interrupted_workers: set[str] = set()
 
     def _store(self) -> Store:
         if self.store is None:
@@ -44,32 +64,63 @@ class Writer:
                 pytest.exit(f"pytest-llmexp: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         return self.store
 
-    def _session_id(self) -> str:
-        if self.session_id is None:
-            from .endpoint import endpoint_label
+    def begin(self) -> None:
+        """Open the database, ingest dead sessions' spools, and insert this session's row."""
+        if self.begun:
+            return
+        self.begun = True
+        from .endpoint import endpoint_label
+        from .recovery import recover
 
-            self.session_id = self._store().begin_session(
+        store = self._store()
+        try:
+            self.lock.hold()
+        except OSError as exc:
+            pytest.exit(
+                f"pytest-llmexp: cannot create the spool directory {str(self.spool_dir)!r} "
+                f"beside the database ({exc}); choose a writable path with --llm-db",
+                returncode=pytest.ExitCode.USAGE_ERROR,
+            )
+        try:
+            self.recovered = recover(store, self.spool_dir, own_session=self.session_id)
+            store.begin_session(
                 kind="pytest",
+                session_id=self.session_id,
                 started_at=self.started_at,
                 argv=list(self.config.invocation_params.args),
                 rootdir=str(self.config.rootpath),
                 endpoint=endpoint_label(),
             )
-        return self.session_id
+        except sqlite3.Error as exc:
+            pytest.exit(
+                f"pytest-llmexp: cannot write to {str(self.settings.db_path)!r}: "
+                f"{type(exc).__name__}: {exc}",
+                returncode=pytest.ExitCode.INTERNAL_ERROR,
+            )
 
-    def write(self, kind: Literal["run", "calls"], payload: str) -> None:
-        """Store a run or calls outside runs; a failed insert is retried at session end."""
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        if not self.config.pluginmanager.hasplugin("dsession") and any(
+            ITEM_KEY in item.stash for item in session.items
+        ):
+            self.begin()
+
+    def write(self, kind: Literal["run", "calls"], payload: str, *, spooled: bool) -> None:
+        """Store a run or calls outside runs. A failed insert is tried again at session end:
+        from the spool if it was spooled, else from memory."""
         try:
             self._insert(kind, payload)
         except sqlite3.Error as exc:
-            self._pending.append((kind, payload))
+            if not spooled:
+                self._pending.append((kind, payload))
             self._write_errors.append(f"{type(exc).__name__}: {exc}")
 
     def _insert(self, kind: Literal["run", "calls"], payload: str) -> None:
         from .records import Recording, RunRecord
 
+        self.begin()
         if kind == "run":
-            self._store().insert_run(self._session_id(), RunRecord.model_validate_json(payload))
+            self._store().insert_run(self.session_id, RunRecord.model_validate_json(payload))
         else:
             self._store().insert_recording(Recording.model_validate_json(payload))
 
@@ -83,12 +134,72 @@ class Writer:
                 self._write_errors.append(f"{type(exc).__name__}: {exc}")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        start = getattr(report, "llmexp_start", None)
+        if start is not None:
+            self._started[report.nodeid] = json.loads(start)
+        spool_error = getattr(report, "llmexp_spool_error", None)
+        if spool_error is not None:
+            self._spool_errors.append(spool_error)
         run = getattr(report, "llmexp_run", None)
         if run is not None:
-            self.write("run", run)
+            self._started.pop(report.nodeid, None)
+            self.write("run", run, spooled=spool_error is None)
         calls = getattr(report, "llmexp_calls", None)
         if calls is not None:
-            self.write("calls", calls)
+            self.write("calls", calls, spooled=spool_error is None)
+        when: str = report.when or ""
+        if when == "???" and report.failed and is_execution_id(report.nodeid):
+            # pytest-xdist's report for the item a worker was running when it died; a worker
+            # stopped by Ctrl-C did not crash: its run was interrupted, and is not a result.
+            if _worker_id(report) in self.interrupted_workers:
+                self._started.pop(report.nodeid, None)
+            else:
+                self.write("run", self._crashed_run(report), spooled=False)
+
+    def _crashed_run(self, report: pytest.TestReport) -> str:
+        from .recording import utcnow
+        from .records import RunRecord
+
+        info = self._started.pop(report.nodeid, None)
+        if info is None:
+            # It died while setting up: name and size as its siblings had, else as collected.
+            test = report.nodeid.split("[")[0]
+            sibling = next(
+                (s for s in self._started.values() if str(s["nodeid"]).startswith(test + "[")),
+                None,
+            )
+            index = int(report.nodeid.rsplit("exec-", 1)[1].split("-")[0].rstrip("]"))
+            info = {
+                "run_id": uuid.uuid4().hex,
+                "experiment": sibling["experiment"]
+                if sibling
+                else test.rsplit("::", 1)[-1].removeprefix("test_"),
+                "num_executions": sibling["num_executions"] if sibling else index + 1,
+                "execution_index": index,
+                "worker": _worker_id(report),
+                "nodeid": report.nodeid,
+                "started_at": utcnow(),
+            }
+        record = RunRecord(
+            **info,
+            duration_s=0.0,
+            status="crashed",
+            error_type="WorkerCrashed",
+            error_message=str(report.longrepr)[:4000],
+        )
+        return record.model_dump_json()
+
+    def _reconcile(self) -> None:
+        """Insert whatever the spool holds that the reports did not bring, then delete it."""
+        from .recovery import ingest
+
+        files = spooled_sessions(self.spool_dir).get(self.session_id, [])
+        result = ingest(self._store(), self.session_id, files)
+        self._lost += len(result.errors)
+        self._write_errors += result.errors
+        self._spool_kept = bool(result.errors)
+        if not result.errors:
+            remove_session_files(self.spool_dir, self.session_id, keep_lock=True)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -98,21 +209,29 @@ class Writer:
 
         calls = drain_orphans_json()
         if calls is not None:
-            self.write("calls", calls)
+            self.write("calls", calls, spooled=False)
         self._retry_pending()
+        if not self.begun or self.store is None:
+            return
+        from .health import judge
+
+        self._reconcile()
         if self._lost:
             # Results that are not stored must not let a CI job pass.
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
-        if self.session_id is None or self.store is None:
-            return
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
         try:
+            self.summaries = self.store.summaries(self.session_id)
+            self.health = judge(self.store, self.session_id, self.summaries, self.settings)
+            self.health.lost = self._lost
+            if self.health.failed and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
             self.store.finish_session(
                 self.session_id,
                 status="interrupted" if interrupted else "complete",
                 exitstatus=int(session.exitstatus),
+                health=self.health.as_json(),
             )
-            self.summaries = self.store.summaries(self.session_id)
         except sqlite3.Error as exc:
             # The session's end and its summaries are results too.
             self._lost += 1
@@ -120,16 +239,33 @@ class Writer:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        from .health import problem_lines, recovery_lines
+
         if self.usage_error is not None:
             terminalreporter.write_line(f"ERROR: {self.usage_error}", red=True, bold=True)
-        if self.session_id is not None and self.summaries:
+        for line in recovery_lines(self.recovered):
+            terminalreporter.write_line(line, yellow=True)
+        if self.begun and self.summaries:
             write_summary(
                 terminalreporter, self.summaries, str(self.settings.db_path), self.session_id
+            )
+        for line, red in problem_lines(self.health):
+            terminalreporter.write_line(line, red=red, yellow=not red, bold=red)
+        if self._spool_errors:
+            terminalreporter.write_line(
+                f"warning: {len(self._spool_errors)} run(s) could not be spooled (last: "
+                f"{self._spool_errors[-1]}); they were stored from their reports",
+                yellow=True,
             )
         if self._write_errors:
             where = self.settings.db_path
             if self._lost:
                 line = f"ERROR: {self._lost} result(s) could not be stored in {where}"
+                if self._spool_kept:
+                    line += (
+                        f"; they are kept in {self.spool_dir} and will be stored by the next "
+                        "session or by `llmexp recover`"
+                    )
             else:
                 line = f"warning: writes to {where} failed and succeeded when retried"
             terminalreporter.write_line(
@@ -139,9 +275,18 @@ class Writer:
             )
 
     def close(self) -> None:
+        # A spool kept for recovery needs no lock file: a session without one is dead.
+        self.lock.release(remove=True)
+        remove_empty(self.spool_dir)
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+def _worker_id(report: pytest.TestReport) -> str:
+    node: Any = getattr(report, "node", None)
+    workerinput = getattr(node, "workerinput", None) or {}
+    return str(workerinput.get("workerid", "?"))
 
 
 class XdistHooks:
@@ -150,10 +295,20 @@ class XdistHooks:
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
 
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["llmexp_session"] = self.writer.session_id
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        # Runs before any test is scheduled: the session row and lock exist before any run.
+        if any(is_execution_id(nodeid) for nodeid in ids):
+            self.writer.begin()
+
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         output = getattr(node, "workeroutput", None) or {}
+        if output.get("exitstatus") == pytest.ExitCode.INTERRUPTED:
+            self.writer.interrupted_workers.add(str(node.workerinput["workerid"]))
         if self.writer.usage_error is None:
             self.writer.usage_error = output.get("llmexp_usage_error")
         calls = output.get("llmexp_calls")
         if calls is not None:
-            self.writer.write("calls", calls)
+            self.writer.write("calls", calls, spooled=bool(output.get("llmexp_calls_spooled")))

@@ -1,0 +1,211 @@
+"""Spool files beside message_log.db: what each process finished, on disk before it is sent.
+
+In ``<database>-spool/`` (created owner-only when a session first needs it):
+
+- ``<session>.lock``: every process of a running session holds a shared ``flock`` on it; a
+  session whose lock nobody holds is dead, and its spool may be ingested.
+- ``<session>.<worker>.jsonl``: one line per finished run (or batch of calls made outside
+  runs), appended and fsynced by the process that ran it.
+- ``<session>.spend``: the session's LLM calls and tokens so far, for the spend guard.
+
+Without ``fcntl`` (Windows) nothing is locked, and no session is ever taken for dead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "SessionLock",
+    "SpendLedger",
+    "Spool",
+    "SpoolLine",
+    "read_spool",
+    "remove_empty",
+    "remove_session_files",
+    "spool_dir",
+    "spooled_sessions",
+]
+
+Kind = Literal["run", "calls"]
+SpoolLine = tuple[Kind, dict[str, Any]]
+_SUFFIXES = (".lock", ".jsonl", ".spend")
+
+
+def spool_dir(db_path: Path) -> Path:
+    """The spool directory of a database (like SQLite's own ``-wal`` beside it)."""
+    return db_path.with_name(db_path.name + "-spool")
+
+
+def _open(path: Path, flags: int) -> int:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return os.open(path, flags | os.O_CREAT, 0o600)
+
+
+class SessionLock:
+    """The lock that says a session is alive."""
+
+    def __init__(self, directory: Path, session_id: str) -> None:
+        self.path = directory / f"{session_id}.lock"
+        self._fd: int | None = None
+
+    def hold(self) -> None:
+        """Hold the lock shared, as one of the session's processes (idempotent)."""
+        if self._fd is None:
+            self._fd = self._lock(exclusive=False, wait=True)
+
+    def take_over(self) -> bool:
+        """Hold the lock exclusively if no process of the session is alive."""
+        if self._fd is None:
+            self._fd = self._lock(exclusive=True, wait=False)
+        return self._fd is not None
+
+    def _lock(self, *, exclusive: bool, wait: bool) -> int | None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return None if exclusive else _open(self.path, os.O_RDWR)
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+        while True:
+            fd = _open(self.path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, mode)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            # A recovering process may have removed the file between our open and our lock:
+            # a lock on an unlinked file protects nothing, so lock the file that is there now.
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def release(self, *, remove: bool = False) -> None:
+        if self._fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+
+class Spool:
+    """One process's spool file for one session, opened on the first append."""
+
+    def __init__(self, db_path: Path, session_id: str, worker: str) -> None:
+        directory = spool_dir(db_path)
+        self.path = directory / f"{session_id}.{worker}.jsonl"
+        self.lock = SessionLock(directory, session_id)
+        self._fd: int | None = None
+
+    def append(self, kind: Kind, payload: str) -> None:
+        """Append one record (a JSON object) and fsync it; raises ``OSError`` on failure."""
+        if self._fd is None:
+            self.lock.hold()
+            self._fd = _open(self.path, os.O_WRONLY | os.O_APPEND)
+        line = f'{{"kind":"{kind}","record":{payload}}}\n'.encode()
+        # One write per line: appends of concurrent lines never interleave.
+        written = os.write(self._fd, line)
+        if written != len(line):
+            raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.lock.release()
+
+
+class SpendLedger:
+    """The session's LLM calls and tokens so far, shared by its processes through a file."""
+
+    def __init__(self, db_path: Path, session_id: str) -> None:
+        self.path = spool_dir(db_path) / f"{session_id}.spend"
+
+    def _update(self, calls: int, tokens: int) -> tuple[int, int]:
+        fd = _open(self.path, os.O_RDWR)
+        try:
+            try:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except ImportError:  # pragma: no cover - Windows
+                pass
+            text = os.pread(fd, 64, 0).decode() or "0 0"
+            total_calls, total_tokens = (int(x) for x in text.split())
+            if calls or tokens:
+                total_calls += calls
+                total_tokens += tokens
+                data = f"{total_calls} {total_tokens}".encode()
+                os.pwrite(fd, data, 0)
+                os.ftruncate(fd, len(data))
+            return total_calls, total_tokens
+        finally:
+            os.close(fd)
+
+    def add(self, calls: int, tokens: int) -> tuple[int, int]:
+        """Count ``calls`` and ``tokens`` more; the new totals."""
+        return self._update(calls, tokens)
+
+    def totals(self) -> tuple[int, int]:
+        """Calls and tokens counted so far."""
+        return self._update(0, 0)
+
+
+def spooled_sessions(directory: Path) -> dict[str, list[Path]]:
+    """The files in a spool directory, by session id."""
+    sessions: dict[str, list[Path]] = {}
+    if not directory.is_dir():
+        return sessions
+    for path in sorted(directory.iterdir()):
+        if path.suffix in _SUFFIXES:
+            sessions.setdefault(path.name.split(".", 1)[0], []).append(path)
+    return sessions
+
+
+def read_spool(path: Path) -> tuple[list[SpoolLine], int]:
+    """The records of a spool file, and how many lines could not be read (a process killed
+    in the middle of a write leaves at most its last line cut short)."""
+    lines: list[SpoolLine] = []
+    unreadable = 0
+    for raw in _lines(path):
+        try:
+            entry = json.loads(raw)
+            kind, record = entry["kind"], entry["record"]
+        except (ValueError, KeyError, TypeError):
+            unreadable += 1
+            continue
+        if kind in ("run", "calls") and isinstance(record, dict):
+            lines.append((kind, record))
+        else:
+            unreadable += 1
+    return lines, unreadable
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                yield raw
+
+
+def remove_session_files(directory: Path, session_id: str, *, keep_lock: bool = False) -> None:
+    """Delete a session's spool files, and the directory once it is empty."""
+    for path in spooled_sessions(directory).get(session_id, []):
+        if not (keep_lock and path.suffix == ".lock"):
+            path.unlink(missing_ok=True)
+    remove_empty(directory)
+
+
+def remove_empty(directory: Path) -> None:
+    """Remove the spool directory if no session has files in it."""
+    with suppress(OSError):  # absent, or other sessions' files are there
+        directory.rmdir()
