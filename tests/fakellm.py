@@ -91,6 +91,8 @@ class FakeLLM:
         self.refuse_json_schema = False
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        #: When each request arrived (time.monotonic()).
+        self.times: list[float] = []
         self._failures: deque[Failure] = deque()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -108,6 +110,7 @@ class FakeLLM:
             self.refuse_json_schema = False
             self.requests.clear()
             self.headers.clear()
+            self.times.clear()
             self._failures.clear()
 
     def fail_next(self, status: int, times: int = 1, **kwargs: Any) -> None:
@@ -133,10 +136,12 @@ class FakeLLM:
     ) -> tuple[int, str, dict[str, str]]:
         if not path.rstrip("/").endswith("/chat/completions"):
             return 404, '{"error": {"message": "not found"}}', {}
+        arrived = time.monotonic()
         request = json.loads(body)
         with self._lock:
             self.requests.append(request)
             self.headers.append(headers)
+            self.times.append(arrived)
             failure = self._failures.popleft() if self._failures else None
             responder, latency = self.responder, self.latency
             refuse = self.refuse_json_schema

@@ -141,11 +141,16 @@ def recovery_lines(recovered: list[Ingested]) -> list[str]:
     for result in recovered:
         if not (result.runs or result.aborted or result.unreadable):
             continue
-        line = (
-            f"recovered: session {result.session_id} had stopped without finishing; "
-            f"{result.runs} run(s) stored from its spool"
-            + (", marked aborted" if result.aborted else "")
-        )
+        if result.aborted:
+            line = (
+                f"recovered: session {result.session_id} had stopped without finishing; "
+                f"{result.runs} run(s) stored from its spool, marked aborted"
+            )
+        else:
+            line = (
+                f"recovered: {result.runs} run(s) of session {result.session_id} stored from "
+                "its spool"
+            )
         if result.unreadable:
             line += f" ({result.unreadable} unreadable line(s) skipped)"
         lines.append(line)

@@ -60,10 +60,11 @@ class Store:
             ) from None
         try:
             self.conn.execute("PRAGMA busy_timeout = 30000")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            # Checked before anything is written, the journal mode included.
+            self._migrate()
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
-            self.conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise StoreError(
@@ -97,8 +98,16 @@ class Store:
 
         db = Database(self.conn, execute_plugins=False)
         with self.transaction():
+            tables = set(db.table_names())
+            applied = migrations.applied(db) if "_sqlite_migrations" in tables else []
+            if tables and not applied:
+                raise StoreError(
+                    f"{str(self.path)!r} is a SQLite database of another program (tables "
+                    f"{', '.join(sorted(tables)[:5])}); it was left as it is: choose another "
+                    "path with --llm-db"
+                )
             known = {m.name for m in migrations._migrations}
-            unknown = [m.name for m in migrations.applied(db) if m.name not in known]
+            unknown = [m.name for m in applied if m.name not in known]
             if unknown:
                 raise StoreError(
                     f"{str(self.path)!r} was written by a newer pytest-llmexp (schema "
