@@ -88,9 +88,11 @@ def request_completion(client: openai.OpenAI, max_retries: int, **request: Any) 
 
 
 def _reply(completion: Any, retries: int) -> Reply:
-    choices = completion.choices
-    choice = choices[0] if choices else None
-    content = choice.message.content if choice is not None else None
+    choices = getattr(completion, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise ValueError("it has no choices")
+    choice = choices[0]
+    content = choice.message.content
     if content is not None and not isinstance(content, str):
         raise TypeError(f"message content is {type(content).__name__}, not a string")
     usage = completion.usage
@@ -99,7 +101,7 @@ def _reply(completion: Any, retries: int) -> Reply:
         model=completion.model,
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
-        finish_reason=choice.finish_reason if choice is not None else None,
+        finish_reason=choice.finish_reason,
         retries=retries,
     )
 

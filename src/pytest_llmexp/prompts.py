@@ -113,6 +113,7 @@ class PromptFunction:
 
     def render(self, *args: Any, **kwargs: Any) -> str:
         """The rendered template, without recording anything."""
+        __tracebackhide__ = True
         from jinja2 import TemplateError, UndefinedError
 
         try:
@@ -142,6 +143,7 @@ class PromptFunction:
             ) from None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Message:
+        __tracebackhide__ = True
         content = self.render(*args, **kwargs)
         record_prompt(self.record)
         return Message(role=self.role, content=content, prompt=self.record)

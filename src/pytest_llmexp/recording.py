@@ -141,6 +141,7 @@ class RunContext(_Collected):
 
     def set_metadata(self, key: str, value: Any) -> None:
         """Attach ``key: value`` to the run; ``value`` must be JSON-serializable."""
+        __tracebackhide__ = True
         if not isinstance(key, str) or not key:
             raise ExperimentError(f"run metadata keys must be non-empty strings, got {key!r}")
         try:

@@ -1,0 +1,134 @@
+"""Spool files, session locks, recovery and the spend ledger, without pytest sessions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_llmexp.recording import RunContext
+from pytest_llmexp.recovery import recover
+from pytest_llmexp.spool import SessionLock, SpendLedger, Spool, read_spool, spool_dir
+from pytest_llmexp.store import Store
+
+
+def run_json(index: int) -> str:
+    context = RunContext("e", num_executions=3, execution_index=index, worker="gw0")
+    return context.finish("passed").model_dump_json()
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    store = Store(tmp_path / "message_log.db")
+    yield store
+    store.close()
+
+
+def test_lines_are_appended_privately_and_read_back(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "message_log.db", "s1", "gw0")
+    spool.append("run", run_json(0))
+    spool.append("calls", '{"prompts":[],"bots":[],"calls":[]}')
+    spool.close()
+    assert spool.path == tmp_path / "message_log.db-spool" / "s1.gw0.jsonl"
+    assert spool.path.stat().st_mode & 0o077 == 0
+    assert spool.path.parent.stat().st_mode & 0o077 == 0
+    lines, unreadable = read_spool(spool.path)
+    assert [kind for kind, _ in lines] == ["run", "calls"] and unreadable == 0
+    assert lines[0][1]["execution_index"] == 0
+
+
+def test_a_line_cut_short_by_a_kill_is_skipped(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "db", "s1", "main")
+    spool.append("run", run_json(0))
+    spool.close()
+    with spool.path.open("ab") as fh:
+        fh.write(run_json(1)[:40].encode())
+    lines, unreadable = read_spool(spool.path)
+    assert len(lines) == 1 and unreadable == 1
+
+
+def test_a_held_lock_cannot_be_taken_over(tmp_path: Path) -> None:
+    holder = SessionLock(tmp_path, "s1")
+    holder.hold()
+    # flock locks belong to open files: another process, as another session would be.
+    probe = (
+        "import sys; from pathlib import Path; from pytest_llmexp.spool import SessionLock; "
+        "sys.exit(0 if SessionLock(Path(sys.argv[1]), 's1').take_over() else 7)"
+    )
+    taken = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], timeout=60, check=False)
+    assert taken.returncode == 7
+    holder.release()
+    taken = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], timeout=60, check=False)
+    assert taken.returncode == 0
+
+
+def test_recovery_ingests_dead_sessions_only_once(store: Store, tmp_path: Path) -> None:
+    db_path = tmp_path / "message_log.db"
+    directory = spool_dir(db_path)
+    dead = store.begin_session(kind="pytest", argv=[])
+    spool = Spool(db_path, dead, "gw0")
+    for index in range(3):
+        spool.append("run", run_json(index))
+    store.insert_run(
+        dead, RunContext("x", num_executions=1, execution_index=0, worker="gw0").finish("passed")
+    )
+    # While its process holds the lock, the session is alive and untouched.
+    lock_holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from pytest_llmexp.spool import SessionLock; "
+            f"SessionLock(Path(sys.argv[1]), {dead!r}).hold(); print('held', flush=True); "
+            "sys.stdin.read()",
+            str(directory),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert lock_holder.stdout is not None and lock_holder.stdout.readline() == "held\n"
+        spool.close()
+        assert recover(store, directory) == []
+        assert store.session_status(dead) == "running"
+    finally:
+        lock_holder.communicate("", timeout=30)
+    [result] = recover(store, directory)
+    assert (result.runs, result.duplicates, result.aborted) == (3, 0, True)
+    assert store.session_status(dead) == "aborted"
+    assert not directory.exists()
+    assert recover(store, directory) == []
+    count = store.conn.execute("SELECT count(*) FROM experiment_runs").fetchone()[0]
+    assert count == 4
+
+
+def test_a_session_that_died_before_anything_leaves_nothing(store: Store, tmp_path: Path) -> None:
+    directory = spool_dir(tmp_path / "message_log.db")
+    lock = SessionLock(directory, "never-began")
+    assert lock.take_over()
+    lock.release()  # as a killed process leaves it: the file, unlocked
+    assert lock.path.exists()
+    [result] = recover(store, directory)
+    assert (result.runs, result.aborted) == (0, False)
+    assert store.session_status("never-began") is None
+    assert not directory.exists()
+
+
+def test_the_spend_ledger_adds_up_across_processes(tmp_path: Path) -> None:
+    ledger = SpendLedger(tmp_path / "db", "s1")
+    assert ledger.totals() == (0, 0)
+    assert ledger.add(2, 30) == (2, 30)
+    script = (
+        "import sys; from pathlib import Path; from pytest_llmexp.spool import SpendLedger; "
+        "[SpendLedger(Path(sys.argv[1]), 's1').add(1, 10) for _ in range(50)]"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "db")]) for _ in range(3)
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
+    assert ledger.totals() == (152, 1530)
+    assert os.stat(ledger.path).st_mode & 0o077 == 0
