@@ -134,6 +134,8 @@ def test_a_killed_session_is_recovered_by_the_next_one(
     spool = pytester.path / "message_log.db-spool"
     spooled = killed.spooled()
     assert spooled >= 1 and any(spool.glob("*.lock"))
+    for path in spool.glob("*.jsonl"):
+        assert api_key() not in path.read_text()
 
     run = run_session("--llm-experiment", "quick")
     run.result.assert_outcomes(passed=2)

@@ -88,6 +88,7 @@ def test_a_storm_of_429s_errors_every_run_and_fails_the_error_budget(
     run.result.stdout.fnmatch_lines(
         [
             "calls: 4 runs (0 passed, 0 failed, 4 errors)",
+            "  errored (not in the metrics): 4 RateLimitError",
             "ERROR: infrastructure: 4 of 4 runs errored (100%, error budget 10%): "
             "4 RateLimitError.*",
         ]

@@ -313,7 +313,9 @@ def test_a_server_that_cannot_start_stops_the_session_with_the_reason(
     assert run.result.ret == pytest.ExitCode.INTERNAL_ERROR
     assert f"pytest-llmexp: cannot assemble the local model into {blocker}" in run.output
     assert "set LLMEXP_CACHE_DIR to a writable directory" in run.output
-    assert run.db is None, "no run started, so nothing was stored"
+    assert run.db is not None, "the session row is written before the server starts"
+    assert tuple(run.db.one("SELECT status, exitstatus FROM sessions")) == ("interrupted", 3)
+    assert run.db.count("experiment_runs") == 0
 
 
 @pytest.mark.parametrize(

@@ -435,6 +435,10 @@ def test_session_scoped_bot_is_recorded_on_each_run(run_session, pytester: pytes
         (["--llm-max-retries", "-1"], "--llm-max-retries: expected a whole number >= 0*'-1'"),
         (["--llm-num-executions", "0"], "--llm-num-executions: expected a positive whole*'0'"),
         (["--llm-base-url", "ftp://x"], "--llm-base-url: expected an http:// or https:// URL*"),
+        (["--llm-error-budget", "1.5"], "--llm-error-budget: expected a share of runs from 0*"),
+        (["--llm-max-calls", "0"], "--llm-max-calls: expected a positive whole number*'0'"),
+        (["--llm-max-tokens", "many"], "--llm-max-tokens: expected a positive whole*'many'"),
+        (["--llm-max-stored-chars", "-5"], "--llm-max-stored-chars: expected a positive*'-5'"),
     ],
 )
 def test_bad_options_are_usage_errors(

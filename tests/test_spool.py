@@ -132,3 +132,16 @@ def test_the_spend_ledger_adds_up_across_processes(tmp_path: Path) -> None:
     assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
     assert ledger.totals() == (152, 1530)
     assert os.stat(ledger.path).st_mode & 0o077 == 0
+
+
+def test_the_spend_guard_names_the_cap_that_was_reached(tmp_path: Path) -> None:
+    from pytest_llmexp.spend import SpendGuard
+
+    guard = SpendGuard(tmp_path / "db", "s1", max_calls=None, max_tokens=100)
+    assert guard.reached() is None
+    guard.ledger.add(3, 99)
+    assert guard.reached() is None
+    guard.ledger.add(1, 1)
+    assert guard.reached() == (
+        "spend guard: the session used 100 tokens, the cap is 100 (--llm-max-tokens)"
+    )

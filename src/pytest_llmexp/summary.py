@@ -39,6 +39,10 @@ def write_summary(
     terminal.write_sep("=", "LLM experiments")
     for name, summary in summaries.items():
         terminal.write_line(_runs_line(name, summary["runs"]))
+        errors = summary.get("errors")
+        if errors:
+            kinds = ", ".join(f"{count} {kind}" for kind, count in errors.items())
+            terminal.write_line(f"  errored (not in the metrics): {kinds}")
         metrics = summary["metrics"]
         if not metrics:
             terminal.write_line("  no metric recorded")

@@ -219,7 +219,12 @@ class Writer:
         if self._lost:
             # Results that are not stored must not let a CI job pass.
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
-        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+        # Ctrl-C, SIGTERM, pytest.exit() or an internal error: the session did not complete.
+        interrupted = exitstatus not in (
+            pytest.ExitCode.OK,
+            pytest.ExitCode.TESTS_FAILED,
+            pytest.ExitCode.NO_TESTS_COLLECTED,
+        )
         try:
             self.summaries = self.store.summaries(self.session_id)
             self.health = judge(self.store, self.session_id, self.summaries, self.settings)
