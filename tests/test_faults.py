@@ -169,7 +169,7 @@ def test_crash(llm_run):
 
 def test_a_process_that_dies_mid_run(run_session, pytester: pytest.Pytester, mode: str) -> None:
     pytester.makepyfile(test_crash=WORKER_CRASH)
-    run = run_session("-p", "no:randomly")
+    run = run_session()
     db = run.db
     assert db is not None
     if mode == "xdist":
@@ -338,3 +338,30 @@ def test_a_failed_live_insert_is_kept_in_the_spool_and_recovered(
     assert sessions_by_status(again.db) == {"complete": 2}
     assert again.db.count("experiment_runs") == 4
     assert not (pytester.path / "message_log.db-spool").exists()
+
+
+def test_runs_that_cannot_be_spooled_are_still_stored(
+    run_session, pytester: pytest.Pytester
+) -> None:
+    pytester.makeconftest(
+        """
+        from pytest_llmexp import spool
+
+        def full_disk(self, kind, payload):
+            raise OSError(28, "No space left on device (injected)")
+
+        spool.Spool.append = full_disk
+        """
+    )
+    pytester.makepyfile(test_slow=SLOW)
+    run = run_session("--llm-experiment", "quick")
+    run.result.assert_outcomes(passed=2)
+    assert run.result.ret == pytest.ExitCode.OK
+    assert run.db is not None
+    assert run.db.count("experiment_runs", "status = 'passed'") == 2
+    run.result.stdout.fnmatch_lines(
+        [
+            "warning: 2 run(s) could not be spooled (last: *No space left on device (injected)); "
+            "they were stored from their reports"
+        ]
+    )
