@@ -15,7 +15,6 @@ from .collect import MARKER_HELP, generate_executions, select_experiments
 from .local import LocalModelPlugin, LocalXdistHooks, header_lines, worker_client_settings
 from .relay import RunRelay
 from .settings import SETTINGS_KEY, add_options, build_settings
-from .signals import SigtermAsInterrupt
 from .spend import SpendGuard
 from .spool import Spool
 from .writer import Writer, XdistHooks
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 _RELAY_KEY = pytest.StashKey[RunRelay]()
 _WRITER_KEY = pytest.StashKey[Writer]()
 _LOCAL_KEY = pytest.StashKey[LocalModelPlugin]()
-_SIGTERM_KEY = pytest.StashKey[SigtermAsInterrupt]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -59,9 +57,6 @@ def pytest_configure(config: pytest.Config) -> None:
         if config.pluginmanager.hasplugin("xdist"):
             config.pluginmanager.register(XdistHooks(writer), "llmexp-xdist")
         session_id, worker = writer.session_id, "main"
-        sigterm = SigtermAsInterrupt()
-        sigterm.install()
-        config.stash[_SIGTERM_KEY] = sigterm
     else:
         session_id, worker = workerinput["llmexp_session"], workerinput["workerid"]
     spend = None
@@ -100,9 +95,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     writer = config.stash.get(_WRITER_KEY, None)
     if writer is not None:
         writer.close()
-    sigterm = config.stash.get(_SIGTERM_KEY, None)
-    if sigterm is not None:
-        sigterm.uninstall()
     for name in (
         "llmexp-relay",
         "llmexp-writer",

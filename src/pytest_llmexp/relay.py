@@ -123,8 +123,8 @@ class RunRelay:
         state = item.stash.get(RUN_KEY, None)
         if state is not None:
             state.note(report, call)
-            if report.when == "setup":
-                # Under xdist, lets the controller record a run whose worker dies mid-run.
+            if report.when == "setup" and self.worker != "main":
+                # Lets the xdist controller record a run whose worker dies mid-run.
                 report.llmexp_start = state.run.start_json()  # type: ignore[attr-defined]
             elif report.when == "call":
                 self._stop_on_auth_error(item, call)

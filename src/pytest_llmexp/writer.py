@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pytest
 
 from .collect import ITEM_KEY, is_execution_id
+from .signals import SigtermAsInterrupt
 from .spool import SessionLock, remove_empty, remove_session_files, spool_dir, spooled_sessions
 from .summary import write_summary
 
@@ -52,6 +53,7 @@ class Writer:
         self._spool_kept = False
         #: xdist workers that ended by KeyboardInterrupt.
         self.interrupted_workers: set[str] = set()
+        self.sigterm = SigtermAsInterrupt()
 
     def _store(self) -> Store:
         if self.store is None:
@@ -72,6 +74,8 @@ class Writer:
         from .endpoint import endpoint_label
         from .recovery import recover
 
+        # From here on a cancelled CI job (SIGTERM) ends the session as Ctrl-C does.
+        self.sigterm.install()
         store = self._store()
         try:
             self.lock.hold()
@@ -280,6 +284,7 @@ class Writer:
             )
 
     def close(self) -> None:
+        self.sigterm.uninstall()
         # A spool kept for recovery needs no lock file: a session without one is dead.
         self.lock.release(remove=True)
         remove_empty(self.spool_dir)
