@@ -199,16 +199,6 @@ class Store:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def abort_session(self, session_id: str) -> bool:
-        """Mark a session whose process died ``aborted``; ``False`` if it had finished."""
-        status = self.session_status(session_id)
-        if status is None:
-            self.begin_session(kind="pytest", session_id=session_id, status="aborted", argv=[])
-        elif status != "running":
-            return False
-        self.finish_session(session_id, status="aborted", exitstatus=None)
-        return True
-
     def _experiments(self, session_id: str) -> list[tuple[int, str]]:
         rows = self.conn.execute(
             "SELECT id, name FROM experiments WHERE session_id = ? ORDER BY id", (session_id,)
