@@ -4,6 +4,7 @@ import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,19 @@ def _no_calls_outside_runs() -> Iterator[None]:
 
     leaked = drain_orphans()
     assert leaked is None, f"LLM calls made outside any run: {leaked}"
+
+
+@contextmanager
+def inside_run(name: str = "unit", **client: Any) -> Iterator[Any]:
+    """A current run (a ``RunContext``), with the endpoint configured by ``client``; the
+    autouse ``_default_endpoint`` fixture restores the endpoint after the test."""
+    from pytest_llmexp import endpoint
+    from pytest_llmexp.recording import RunContext, activate
+
+    endpoint.configure(endpoint.ClientSettings(**client))
+    context = RunContext(name, num_executions=1, execution_index=0, worker="main")
+    with activate(context):
+        yield context
 
 
 @pytest.fixture(autouse=True)

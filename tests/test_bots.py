@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import BaseModel, Field
 
-from conftest import api_key
+from conftest import api_key, inside_run
 from fakellm import FakeLLM
 from pytest_llmexp import (
     BotError,
@@ -19,7 +19,7 @@ from pytest_llmexp import (
     endpoint,
     prompt,
 )
-from pytest_llmexp.recording import RunContext, activate
+from pytest_llmexp.recording import RunContext
 
 
 @prompt("system")
@@ -35,12 +35,8 @@ class Verdict(BaseModel):
 @pytest.fixture
 def run(fake_llm: FakeLLM) -> Iterator[RunContext]:
     """A current run, and an endpoint with no retries so injected faults surface at once."""
-    previous = endpoint.settings()
-    endpoint.configure(endpoint.ClientSettings(timeout=5, max_retries=0))
-    context = RunContext("bots", num_executions=1, execution_index=0, worker="main")
-    with activate(context):
+    with inside_run("bots", timeout=5, max_retries=0) as context:
         yield context
-    endpoint.configure(previous)
 
 
 def test_simple_bot_takes_strings_messages_and_lists(run: RunContext, fake_llm: FakeLLM) -> None:
@@ -119,28 +115,19 @@ def test_http_errors_become_llm_call_errors_and_are_recorded(
 
 
 def test_retries_are_counted(fake_llm: FakeLLM) -> None:
-    previous = endpoint.settings()
-    endpoint.configure(endpoint.ClientSettings(timeout=5, max_retries=2))
-    context = RunContext("bots", num_executions=1, execution_index=0, worker="main")
     fake_llm.fail_next(503, headers={"retry-after-ms": "1"})
-    try:
-        with activate(context):
-            assert SimpleBot(model_name="m")("hi").content == "Reply to: hi"
-    finally:
-        endpoint.configure(previous)
+    with inside_run("bots", timeout=5, max_retries=2) as context:
+        assert SimpleBot(model_name="m")("hi").content == "Reply to: hi"
     assert context.finish("passed").calls[0].retries == 1
 
 
 def test_timeout_is_explicit(fake_llm: FakeLLM) -> None:
-    previous = endpoint.settings()
-    endpoint.configure(endpoint.ClientSettings(timeout=0.2, max_retries=0))
     fake_llm.latency = 1.0
-    context = RunContext("bots", num_executions=1, execution_index=0, worker="main")
-    try:
-        with activate(context), pytest.raises(LLMCallError) as info:
-            SimpleBot(model_name="m")("hi")
-    finally:
-        endpoint.configure(previous)
+    with (
+        inside_run("bots", timeout=0.2, max_retries=0),
+        pytest.raises(LLMCallError) as info,
+    ):
+        SimpleBot(model_name="m")("hi")
     assert info.value.error_type == "APITimeoutError"
 
 

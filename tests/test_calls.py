@@ -8,21 +8,18 @@ from email.utils import formatdate
 
 import pytest
 
+from conftest import inside_run
 from fakellm import FakeLLM
 from pytest_llmexp import LLMCallError, SimpleBot, endpoint
 from pytest_llmexp.calls import MAX_RETRY_AFTER, retry_after
-from pytest_llmexp.recording import RunContext, activate
+from pytest_llmexp.recording import RunContext
 
 
 @pytest.fixture
 def run(fake_llm: FakeLLM) -> Iterator[RunContext]:
     """A current run, and an endpoint that retries twice."""
-    previous = endpoint.settings()
-    endpoint.configure(endpoint.ClientSettings(timeout=5, max_retries=2))
-    context = RunContext("calls", num_executions=1, execution_index=0, worker="main")
-    with activate(context):
+    with inside_run("calls", timeout=5, max_retries=2) as context:
         yield context
-    endpoint.configure(previous)
 
 
 @pytest.mark.parametrize(

@@ -157,18 +157,27 @@ def test_a_killed_session_is_recovered_by_the_next_one(
 
 WORKER_CRASH = """
 import os
+import pytest
 from pytest_llmexp import SimpleBot, experiment
 
-@experiment(num_executions=4)
-def test_crash(llm_run):
+@pytest.fixture
+def fixture(llm_run):
+    if WHERE == "setup" and llm_run.execution_index == 1:
+        os._exit(1)
+
+@experiment(num_executions=4, name="crash")
+def test_crash_with_another_name(llm_run, fixture):
     SimpleBot(model_name="m")("hello")
-    if llm_run.execution_index == 1:
+    if WHERE == "call" and llm_run.execution_index == 1:
         os._exit(1)
 """
 
 
-def test_a_process_that_dies_mid_run(run_session, pytester: pytest.Pytester, mode: str) -> None:
-    pytester.makepyfile(test_crash=WORKER_CRASH)
+@pytest.mark.parametrize("where", ["call", "setup"])
+def test_a_process_that_dies_mid_run(
+    run_session, pytester: pytest.Pytester, mode: str, where: str
+) -> None:
+    pytester.makepyfile(test_crash=WORKER_CRASH.replace("WHERE", repr(where)))
     run = run_session()
     db = run.db
     assert db is not None
@@ -179,6 +188,8 @@ def test_a_process_that_dies_mid_run(run_session, pytester: pytest.Pytester, mod
         assert runs == {0: "passed", 1: "crashed", 2: "passed", 3: "passed"}
         crashed = db.one("SELECT * FROM experiment_runs WHERE status = 'crashed'")
         assert crashed["error_type"] == "WorkerCrashed"
+        # Even a run that died while setting up is filed under its experiment's own name.
+        assert tuple(db.one("SELECT name, num_executions FROM experiments")) == ("crash", 4)
         assert "crashed while running" in crashed["error_message"]
         assert db.one("SELECT status FROM sessions") == "complete"
         return

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 import pytest
 from pydantic import BaseModel, Field
 
+from conftest import inside_run
 from fakellm import FakeLLM
 from pytest_llmexp import LLMCallError, StructuredBot, endpoint
-from pytest_llmexp.recording import RunContext, activate
+from pytest_llmexp.recording import RunContext
 from pytest_llmexp.schemas import enumerate_int_ranges, refuses_json_schema
 
 
@@ -24,9 +25,7 @@ class Label(BaseModel):
 
 @pytest.fixture
 def run(fake_llm: FakeLLM) -> Iterator[RunContext]:
-    endpoint.configure(endpoint.ClientSettings(timeout=5, max_retries=0))
-    context = RunContext("structured", num_executions=1, execution_index=0, worker="main")
-    with activate(context):
+    with inside_run("structured", timeout=5, max_retries=0) as context:
         yield context
 
 

@@ -19,7 +19,14 @@ from .endpoint import redact
 if TYPE_CHECKING:
     import openai
 
-__all__ = ["BACKOFF_BASE", "MAX_RETRY_AFTER", "CallFailed", "Reply", "request_completion"]
+__all__ = [
+    "BACKOFF_BASE",
+    "MAX_RETRY_AFTER",
+    "CallFailed",
+    "Reply",
+    "request_completion",
+    "retry_after",
+]
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 BACKOFF_BASE = 0.5

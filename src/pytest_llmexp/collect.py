@@ -16,6 +16,7 @@ __all__ = [
     "EXEC_FIXTURE",
     "ITEM_KEY",
     "ExperimentItem",
+    "execution_index",
     "experiment",
     "generate_executions",
     "is_execution_id",
@@ -29,7 +30,7 @@ MARKER_HELP = (
 )
 _KNOWN_ARGS = ("num_executions", "name")
 # An execution's parameter id, exec-N, possibly joined by "-" with the ids of other parameters.
-_EXECUTION_ID = re.compile(r"\[(?:[^\]]*-)?exec-\d+(?:-[^\]]*)?\]$")
+_EXECUTION_ID = re.compile(r"\[(?:[^\]]*-)?exec-(\d+)(?:-[^\]]*)?\]$")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,10 +89,16 @@ def _spec(definition: pytest.Item | Any, override: int | None) -> tuple[str, int
     return name, override if override is not None else count
 
 
+def execution_index(nodeid: str) -> int | None:
+    """The execution index in an experiment item's node id, or ``None`` if it is not one (for
+    the xdist controller, which sees ids but no items)."""
+    match = _EXECUTION_ID.search(nodeid)
+    return None if match is None else int(match.group(1))
+
+
 def is_execution_id(nodeid: str) -> bool:
-    """Whether a node id is one of an experiment's executions (for the xdist controller, which
-    sees ids but no items)."""
-    return _EXECUTION_ID.search(nodeid) is not None
+    """Whether a node id is one of an experiment's executions."""
+    return execution_index(nodeid) is not None
 
 
 def generate_executions(metafunc: pytest.Metafunc, override: int | None) -> None:

@@ -7,7 +7,6 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .stats import session_totals
 from .validation import DEFAULT_ERROR_BUDGET
 
 if TYPE_CHECKING:
@@ -71,15 +70,7 @@ def judge(
         errors.update(summary["errors"])
     health.errors = dict(errors.most_common())
     health.over_budget = health.errored > 0 and health.share > health.error_budget
-    with store.transaction() as conn:
-        health.calls, health.tokens = session_totals(conn, session_id)
-        health.spend_skipped = int(
-            conn.execute(
-                "SELECT count(*) FROM experiment_runs r JOIN experiments e "
-                "ON e.id = r.experiment_id WHERE e.session_id = ? AND r.error_type = ?",
-                (session_id, "SpendLimit"),
-            ).fetchone()[0]
-        )
+    health.calls, health.tokens, health.spend_skipped = store.spend(session_id)
     return health
 
 

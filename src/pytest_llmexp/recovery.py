@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,8 +49,15 @@ def _insert(store: Store, session_id: str, kind: str, record: dict[str, object])
     return True
 
 
-def ingest(store: Store, session_id: str, files: list[Path]) -> Ingested:
-    """Insert every spooled record of ``files`` into ``session_id`` (idempotent)."""
+def ingest(
+    store: Store,
+    session_id: str,
+    files: list[Path],
+    *,
+    stored: Collection[str] = (),
+) -> Ingested:
+    """Insert every spooled record of ``files`` into ``session_id`` (idempotent); runs whose
+    ids are in ``stored`` are known to be in the database already and are not read again."""
     from pydantic import ValidationError
 
     result = Ingested(session_id)
@@ -60,6 +68,9 @@ def ingest(store: Store, session_id: str, files: list[Path]) -> Ingested:
             lines += read
             result.unreadable += unreadable
     for kind, record in lines:
+        if kind == "run" and record.get("run_id") in stored:
+            result.duplicates += 1
+            continue
         try:
             inserted = _insert(store, session_id, kind, record)
         except ValidationError:

@@ -6,7 +6,7 @@ import math
 import sqlite3
 from typing import Any
 
-__all__ = ["EVALUATED", "RUN_STATUSES", "experiment_summary", "session_totals"]
+__all__ = ["EVALUATED", "RUN_STATUSES", "experiment_summary", "session_spend"]
 
 RUN_STATUSES = ("passed", "failed", "error", "skipped", "crashed")
 #: Run statuses whose metrics count in aggregates: the run was evaluated.
@@ -64,13 +64,19 @@ def experiment_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str
     return {"runs": runs, "errors": errors, "metrics": metrics}
 
 
-def session_totals(conn: sqlite3.Connection, session_id: str) -> tuple[int, int]:
-    """LLM calls and tokens (prompt + completion) of a session's runs."""
-    row = conn.execute(
+def session_spend(conn: sqlite3.Connection, session_id: str) -> tuple[int, int, int]:
+    """A session's LLM calls in runs, their tokens (prompt + completion), and the runs the
+    spend guard skipped."""
+    calls, tokens = conn.execute(
         "SELECT count(c.id), coalesce(sum(c.prompt_tokens), 0) + "
         "coalesce(sum(c.completion_tokens), 0) FROM message_log c "
         "JOIN experiment_runs r ON r.id = c.run_id "
         "JOIN experiments e ON e.id = r.experiment_id WHERE e.session_id = ?",
         (session_id,),
     ).fetchone()
-    return int(row[0]), int(row[1])
+    skipped = conn.execute(
+        "SELECT count(*) FROM experiment_runs r JOIN experiments e ON e.id = r.experiment_id "
+        "WHERE e.session_id = ? AND r.error_type = 'SpendLimit'",
+        (session_id,),
+    ).fetchone()[0]
+    return int(calls), int(tokens), int(skipped)

@@ -22,7 +22,7 @@ from .endpoint import redact
 from .errors import StoreError
 from .provenance import environment_versions, git_sha
 from .recording import utcnow
-from .stats import experiment_summary
+from .stats import experiment_summary, session_spend
 from .validation import DEFAULT_DB
 
 if TYPE_CHECKING:
@@ -336,6 +336,11 @@ class Store:
         return int(row[0])
 
     # -- reading ----------------------------------------------------------------------------
+
+    def spend(self, session_id: str) -> tuple[int, int, int]:
+        """The session's calls, tokens, and runs skipped by the spend guard."""
+        with self._lock:
+            return session_spend(self.conn, session_id)
 
     def summaries(self, session_id: str) -> dict[str, dict[str, Any]]:
         """Per experiment of the session: run counts by status and per-metric statistics."""

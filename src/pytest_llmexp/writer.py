@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
-from .collect import ITEM_KEY, is_execution_id
+from .collect import ITEM_KEY, execution_index, is_execution_id
 from .signals import SigtermAsInterrupt
 from .spool import SessionLock, remove_empty, remove_session_files, spool_dir, spooled_sessions
 from .summary import write_summary
@@ -50,6 +50,10 @@ class Writer:
         self._lost = 0
         #: Runs in progress under xdist (from their setup reports), by node id.
         self._started: dict[str, dict[str, Any]] = {}
+        #: Experiment name and size by test function, from those reports.
+        self._experiment_of: dict[str, tuple[str, int]] = {}
+        #: Runs stored from their reports: reconciling the spool skips them.
+        self._stored: set[str] = set()
         self._spool_kept = False
         #: xdist workers that ended by KeyboardInterrupt.
         self.interrupted_workers: set[str] = set()
@@ -124,7 +128,9 @@ class Writer:
 
         self.begin()
         if kind == "run":
-            self._store().insert_run(self.session_id, RunRecord.model_validate_json(payload))
+            run = RunRecord.model_validate_json(payload)
+            self._store().insert_run(self.session_id, run)
+            self._stored.add(run.run_id)
         else:
             self._store().insert_recording(Recording.model_validate_json(payload))
 
@@ -140,7 +146,9 @@ class Writer:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         start = getattr(report, "llmexp_start", None)
         if start is not None:
-            self._started[report.nodeid] = json.loads(start)
+            info = self._started[report.nodeid] = json.loads(start)
+            test = report.nodeid.split("[")[0]
+            self._experiment_of[test] = (info["experiment"], info["num_executions"])
         spool_error = getattr(report, "llmexp_spool_error", None)
         if spool_error is not None:
             self._spool_errors.append(spool_error)
@@ -166,19 +174,16 @@ class Writer:
 
         info = self._started.pop(report.nodeid, None)
         if info is None:
-            # It died while setting up: name and size as its siblings had, else as collected.
+            # It died while setting up: named and sized as the test's other executions were.
             test = report.nodeid.split("[")[0]
-            sibling = next(
-                (s for s in self._started.values() if str(s["nodeid"]).startswith(test + "[")),
-                None,
+            name, size = self._experiment_of.get(
+                test, (test.rsplit("::", 1)[-1].removeprefix("test_"), 0)
             )
-            index = int(report.nodeid.rsplit("exec-", 1)[1].split("-")[0].rstrip("]"))
+            index = execution_index(report.nodeid) or 0
             info = {
                 "run_id": uuid.uuid4().hex,
-                "experiment": sibling["experiment"]
-                if sibling
-                else test.rsplit("::", 1)[-1].removeprefix("test_"),
-                "num_executions": sibling["num_executions"] if sibling else index + 1,
+                "experiment": name,
+                "num_executions": max(size, index + 1),
                 "execution_index": index,
                 "worker": _worker_id(report),
                 "nodeid": report.nodeid,
@@ -198,7 +203,7 @@ class Writer:
         from .recovery import ingest
 
         files = spooled_sessions(self.spool_dir).get(self.session_id, [])
-        result = ingest(self._store(), self.session_id, files)
+        result = ingest(self._store(), self.session_id, files, stored=self._stored)
         self._lost += len(result.errors)
         self._write_errors += result.errors
         self._spool_kept = bool(result.errors)
