@@ -118,8 +118,8 @@ def test_called_form_and_unknown_options() -> None:
         return 1
 
     assert plain() == 1
-    with pytest.raises(MetricError, match=r"@metric on 'f' got unknown option\(s\) gate"):
+    with pytest.raises(MetricError, match=r"@metric on 'f' got unknown option\(s\) gates; it"):
 
-        @metric(gate="mean > 1")
+        @metric(gates="mean > 1")
         def f() -> int:
             return 1

@@ -32,6 +32,7 @@ SCHEMA = {
         "status",
         "gate_passed",
         "summary",
+        "comparison",
     },
     "experiment_runs": {
         "id",
@@ -46,8 +47,21 @@ SCHEMA = {
         "duration_s",
         "retries",
         "run_data",
+        "case_id",
     },
     "prompts": {"id", "hash", "function_name", "role", "template", "previous_version_id"},
+    "gate_results": {
+        "experiment_id",
+        "gate",
+        "source",
+        "metric",
+        "statistic",
+        "op",
+        "threshold",
+        "observed",
+        "verdict",
+        "detail",
+    },
     "bots": {
         "id",
         "hash",
@@ -93,7 +107,7 @@ def test_a_new_database_has_every_table_and_column(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         applied = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
-    assert applied == ["m001_create_tables", "m002_add_fault_columns"]
+    assert applied == ["m001_create_tables", "m002_add_fault_columns", "m003_add_verdict_tables"]
 
 
 def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
@@ -101,7 +115,7 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     Store(path).close()
     Store(path).close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 3
 
 
 def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "EXEC_FIXTURE",
     "ITEM_KEY",
     "ExperimentItem",
+    "case_id",
     "execution_index",
     "experiment",
     "generate_executions",
@@ -25,10 +26,10 @@ __all__ = [
 
 EXEC_FIXTURE = "_llmexp_execution"
 MARKER_HELP = (
-    "experiment(num_executions=1, name=None): run the test num_executions times as an LLM "
-    "experiment, each execution one recorded run"
+    "experiment(num_executions=1, name=None, gates=()): run the test num_executions times as "
+    "an LLM experiment, each execution one recorded run; gates: e.g. ['name_length: mean >= 5']"
 )
-_KNOWN_ARGS = ("num_executions", "name")
+_KNOWN_ARGS = ("num_executions", "name", "gates")
 # An execution's parameter id, exec-N, possibly joined by "-" with the ids of other parameters.
 _EXECUTION_ID = re.compile(r"\[(?:[^\]]*-)?exec-(\d+)(?:-[^\]]*)?\]$")
 
@@ -42,29 +43,50 @@ class ExperimentItem:
     name: str
     num_executions: int
     execution_index: int
+    #: The parametrize id without ``exec-N``; ``None`` when the test has no other parameters.
+    case_id: str | None = None
+    #: The experiment's gates as declared in code.
+    gates: tuple[str, ...] = ()
 
 
 ITEM_KEY = pytest.StashKey[ExperimentItem]()
 
 
 def experiment(
-    num_executions: int | Callable[..., Any] = 1, name: str | None = None, **unknown: Any
+    num_executions: int | Callable[..., Any] = 1,
+    name: str | None = None,
+    gates: Any = None,
+    **unknown: Any,
 ) -> Any:
     """Run the decorated test ``num_executions`` times as the experiment ``name``.
 
-    The name defaults to the function's name without ``test_``. This is the same as
-    ``@pytest.mark.experiment(num_executions=..., name=...)``; both are checked at collection.
+    The name defaults to the function's name without ``test_``. ``gates`` are thresholds on
+    the experiment's aggregates that decide the session's verdict, e.g.
+    ``["name_length: mean >= 5", "pass_rate >= 0.9"]``. This is the same as
+    ``@pytest.mark.experiment(...)``; both are checked at collection.
     """
-    if callable(num_executions) and name is None and not unknown:
+    if callable(num_executions) and name is None and gates is None and not unknown:
         return pytest.mark.experiment(num_executions)  # bare @experiment
     kwargs: dict[str, Any] = {"num_executions": num_executions, **unknown}
     if name is not None:
         kwargs["name"] = name
+    if gates is not None:
+        kwargs["gates"] = gates
     return pytest.mark.experiment(**kwargs)
 
 
-def _spec(definition: pytest.Item | Any, override: int | None) -> tuple[str, int] | None:
-    """The experiment name and execution count of a test, or ``None`` if it is not one."""
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    name: str
+    num_executions: int
+    gates: tuple[str, ...]
+
+
+def _spec(definition: pytest.Item | Any, override: int | None) -> _Spec | None:
+    """The experiment name, execution count and gates of a test, or ``None``."""
+    from .errors import GateError
+    from .gates import check_gates
+
     mark = definition.get_closest_marker("experiment")
     if mark is None:
         return None
@@ -86,7 +108,21 @@ def _spec(definition: pytest.Item | Any, override: int | None) -> tuple[str, int
     default_name = test.removeprefix("test_") or test
     name = mark.kwargs.get("name")
     name = check_experiment_name(default_name if name is None else name, where)
-    return name, override if override is not None else count
+    try:
+        gates = check_gates(mark.kwargs.get("gates", ()), source="code", where=where)
+    except GateError as exc:
+        raise ExperimentError(str(exc)) from None
+    return _Spec(name, override if override is not None else count, tuple(g.text for g in gates))
+
+
+def case_id(nodeid: str) -> str | None:
+    """The case of an execution: its parametrize id without ``exec-N`` (``None`` if none)."""
+    test = nodeid.rsplit("::", 1)[-1]
+    if not test.endswith("]") or "[" not in test:
+        return None
+    ids = test[test.index("[") + 1 : -1]
+    rest = re.sub(r"(?:^|-)exec-\d+(?=-|$)", "", ids, count=1).strip("-")
+    return rest or None
 
 
 def execution_index(nodeid: str) -> int | None:
@@ -109,7 +145,7 @@ def generate_executions(metafunc: pytest.Metafunc, override: int | None) -> None
         raise pytest.Collector.CollectError(str(exc)) from None
     if spec is None:
         return
-    _, count = spec
+    count = spec.num_executions
     if EXEC_FIXTURE not in metafunc.fixturenames:
         metafunc.fixturenames.append(EXEC_FIXTURE)
     metafunc.parametrize(
@@ -131,9 +167,13 @@ def select_experiments(
             continue
         spec = _spec(item, override)
         assert spec is not None, item.nodeid
-        name, count = spec
+        name = spec.name
         item.stash[ITEM_KEY] = ExperimentItem(
-            name=name, num_executions=count, execution_index=int(callspec.params[EXEC_FIXTURE])
+            name=name,
+            num_executions=spec.num_executions,
+            execution_index=int(callspec.params[EXEC_FIXTURE]),
+            case_id=case_id(item.nodeid),
+            gates=spec.gates,
         )
         functions.setdefault(name, set()).add(item.nodeid.split("[")[0])
     for name, tests in sorted(functions.items()):

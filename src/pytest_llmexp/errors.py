@@ -5,12 +5,17 @@ Hierarchy::
     LLMExpError                  base of everything raised here; a run that raises one is `error`
     ├── PromptError              a prompt template that does not render (missing variable, ...)
     ├── MetricError              a metric that broke the scalar contract or was called twice
+    ├── GateError                a gate that does not parse
     ├── BotError                 a bot used wrongly (no model, bad messages)
     ├── LLMCallError             the endpoint failed (timeout, HTTP error, bad body)
     │   └── StructuredOutputError  the reply never validated against the pydantic model
     ├── ExperimentError          misuse of an experiment or the current run
     ├── LocalModelError          the embedded local model is missing or its server did not start
     └── StoreError               message_log.db cannot be opened, migrated or written
+
+    AssertionError
+    └── MetricBoundFailure       a run's metric value is outside its @metric(min=, max=):
+                                 the run is `failed` (a verdict), not `error`
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from __future__ import annotations
 __all__ = [
     "BotError",
     "ExperimentError",
+    "GateError",
     "LLMCallError",
     "LLMExpError",
     "LocalModelError",
+    "MetricBoundFailure",
     "MetricError",
     "PromptError",
     "StoreError",
@@ -51,6 +58,19 @@ class MetricError(LLMExpError):
     def __init__(self, message: str, *, metric_name: str) -> None:
         super().__init__(message)
         self.metric_name = metric_name
+
+
+class GateError(LLMExpError):
+    """A gate (``gates=``, ``@metric(gate=...)``, ``--llm-gate``, ``llm_gates``) does not parse."""
+
+
+class MetricBoundFailure(AssertionError):
+    """A metric's value in one run is outside the bounds its ``@metric`` declares."""
+
+    def __init__(self, message: str, *, metric_name: str, value: float) -> None:
+        super().__init__(message)
+        self.metric_name = metric_name
+        self.value = value
 
 
 class BotError(LLMExpError):

@@ -8,7 +8,7 @@ import numbers
 from collections.abc import Callable
 from typing import Any, overload
 
-from .errors import MetricError
+from .errors import MetricBoundFailure, MetricError
 from .recording import current_run
 from .records import MetricRecord
 
@@ -78,21 +78,98 @@ def to_metric_record(name: str, value: Any) -> MetricRecord:
     )
 
 
-class MetricFunction:
-    """A ``@metric`` function: calling it records its value on the current run."""
+_OPTIONS = ("gate", "min", "max", "better")
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+
+def _bound(name: str, option: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise MetricError(
+            f"@metric on {name!r}: {option}= must be a finite number, got {value!r}; "
+            f"e.g. @metric({option}=5)",
+            metric_name=name,
+        )
+    return float(value)
+
+
+class MetricFunction:
+    """A ``@metric`` function: calling it records its value on the current run.
+
+    ``gate`` declares gates on the metric's aggregates, the default for every experiment
+    that records it; ``min`` / ``max`` bound each run's value (outside them the run fails);
+    ``better`` ("higher" or "lower") says which way is an improvement when comparing.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        gate: Any = (),
+        min: float | None = None,
+        max: float | None = None,
+        better: str | None = None,
+    ) -> None:
+        __tracebackhide__ = True
+        from .gates import RUNS, check_gates
+        from .records import MetricSpec
+
         functools.update_wrapper(self, fn)
         self.__wrapped__ = fn
         self.name: str = fn.__name__
+        where = f"@metric on {self.name!r}"
+        if self.name == RUNS:
+            raise MetricError(
+                f"{where}: the name {RUNS!r} is reserved for the runs' outcomes in gates; "
+                "rename the function",
+                metric_name=self.name,
+            )
+        gates = check_gates(gate, source="metric", where=where, metric=self.name)
+        low, high = _bound(self.name, "min", min), _bound(self.name, "max", max)
+        if low is not None and high is not None and low > high:
+            raise MetricError(f"{where}: min={min!r} is above max={max!r}", metric_name=self.name)
+        if better not in (None, "higher", "lower"):
+            raise MetricError(
+                f"{where}: better= must be 'higher' or 'lower', got {better!r}",
+                metric_name=self.name,
+            )
+        self.spec = MetricSpec(
+            gates=[g.text for g in gates],
+            min=low,
+            max=high,
+            better=better,  # type: ignore[arg-type]
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        run = current_run()
+        calls_before = run.usage()[0] if run is not None else 0
         value = self.__wrapped__(*args, **kwargs)
         record = to_metric_record(self.name, value)
-        run = current_run()
         if run is not None:
-            run.add_metric(record)
+            judge = run.usage()[0] > calls_before
+            spec = self.spec.model_copy(update={"judge": True}) if judge else self.spec
+            run.add_metric(record, spec)
+        self._check_bounds(record.value)
         return value
+
+    def _check_bounds(self, value: float) -> None:
+        __tracebackhide__ = True
+        low, high = self.spec.min, self.spec.max
+        if low is not None and value < low:
+            raise MetricBoundFailure(
+                f"metric {self.name!r} = {value:g} is below its minimum {low:g} "
+                f"(@metric(min={low:g}))",
+                metric_name=self.name,
+                value=value,
+            )
+        if high is not None and value > high:
+            raise MetricBoundFailure(
+                f"metric {self.name!r} = {value:g} is above its maximum {high:g} "
+                f"(@metric(max={high:g}))",
+                metric_name=self.name,
+                value=value,
+            )
 
     def __repr__(self) -> str:
         return f"<metric {self.name!r}>"
@@ -111,16 +188,20 @@ def metric(
 ) -> MetricFunction | Callable[[Callable[..., Any]], MetricFunction]:
     """Declare a metric: a function returning one bool, int or finite float per run.
 
-    Usable bare (``@metric``) or called (``@metric()``). The metric's name is the function's.
+    Usable bare (``@metric``) or called with options: ``@metric(gate="mean >= 5")``,
+    ``@metric(min=1, max=5)``, ``@metric(better="lower")``. The name is the function's.
     """
 
     def decorate(fn: Callable[..., Any]) -> MetricFunction:
-        if options:
+        __tracebackhide__ = True
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
             raise MetricError(
-                f"@metric on {fn.__name__!r} got unknown option(s) "
-                f"{', '.join(sorted(options))}; it takes no options yet",
+                f"@metric on {fn.__name__!r} got unknown option(s) {', '.join(unknown)}; it "
+                f"takes {', '.join(_OPTIONS)}",
                 metric_name=fn.__name__,
             )
-        return MetricFunction(fn)
+        return MetricFunction(fn, **options)
 
+    __tracebackhide__ = True
     return decorate(fn) if fn is not None else decorate

@@ -129,3 +129,29 @@ def m002_add_fault_columns(db: Database) -> None:
     db.execute("ALTER TABLE message_log ADD COLUMN error_type TEXT")
     db.execute("ALTER TABLE message_log ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0")
     db.execute("ALTER TABLE sessions ADD COLUMN health TEXT")
+
+
+@migrations()
+def m003_add_verdict_tables(db: Database) -> None:
+    # Per run: the parametrize case it belongs to (executions of one case are repeats). Per
+    # experiment: its comparison with a baseline session. Per gate: what was checked and found.
+    db.execute("ALTER TABLE experiment_runs ADD COLUMN case_id TEXT")
+    db.execute("ALTER TABLE experiments ADD COLUMN comparison TEXT")
+    db.execute(
+        """
+        CREATE TABLE gate_results (
+            id INTEGER PRIMARY KEY,
+            experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+            gate TEXT NOT NULL,
+            source TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            statistic TEXT NOT NULL,
+            op TEXT NOT NULL,
+            threshold REAL NOT NULL,
+            observed REAL,
+            verdict TEXT NOT NULL,
+            detail TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX gate_results_experiment ON gate_results (experiment_id)")

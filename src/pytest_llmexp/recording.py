@@ -22,7 +22,15 @@ from .errors import ExperimentError, LLMExpError, MetricError
 
 if TYPE_CHECKING:
     # Imported lazily below: the plugin imports this module in every pytest session.
-    from .records import BotRecord, CallRecord, MetricRecord, PromptRecord, Recording, RunRecord
+    from .records import (
+        BotRecord,
+        CallRecord,
+        MetricRecord,
+        MetricSpec,
+        PromptRecord,
+        Recording,
+        RunRecord,
+    )
 
 __all__ = [
     "RunContext",
@@ -108,6 +116,8 @@ class RunContext(_Collected):
         execution_index: int,
         worker: str,
         nodeid: str | None = None,
+        case_id: str | None = None,
+        gates: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.run_id = uuid.uuid4().hex
@@ -116,12 +126,16 @@ class RunContext(_Collected):
         self.execution_index = execution_index
         self.worker = worker
         self.nodeid = nodeid
+        #: The parametrize case this run repeats (``None``: the experiment has one case).
+        self.case_id = case_id
+        self.gates = list(gates)
         self.started_at = utcnow()
         self._t0 = time.perf_counter()
         self._metrics: dict[str, MetricRecord] = {}
         self._metadata: dict[str, Any] = {}
+        self._metric_specs: dict[str, MetricSpec] = {}
 
-    def add_metric(self, metric: MetricRecord) -> None:
+    def add_metric(self, metric: MetricRecord, spec: MetricSpec | None = None) -> None:
         with self._lock:
             if metric.name in self._metrics:
                 raise MetricError(
@@ -132,6 +146,8 @@ class RunContext(_Collected):
                     metric_name=metric.name,
                 )
             self._metrics[metric.name] = metric
+            if spec is not None and spec != type(spec)():
+                self._metric_specs[metric.name] = spec
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -171,6 +187,7 @@ class RunContext(_Collected):
                 "worker": self.worker,
                 "nodeid": self.nodeid,
                 "started_at": self.started_at,
+                "case_id": self.case_id,
             }
         )
 
@@ -198,6 +215,9 @@ class RunContext(_Collected):
                 calls=list(self._calls),
                 metrics=list(self._metrics.values()),
                 metadata=dict(self._metadata),
+                case_id=self.case_id,
+                gates=self.gates,
+                metric_specs=dict(self._metric_specs),
             )
 
 

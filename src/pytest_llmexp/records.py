@@ -67,6 +67,18 @@ class MetricRecord(_Record):
     kind: MetricKind
 
 
+class MetricSpec(_Record):
+    """What a ``@metric`` declares beyond its value, carried by each run that records it."""
+
+    gates: list[str] = Field(default_factory=list)
+    min: float | None = None
+    max: float | None = None
+    #: Which direction is an improvement (``None``: from the gates, else higher).
+    better: Literal["higher", "lower"] | None = None
+    #: The metric function itself called an LLM in this run (an LLM judge).
+    judge: bool = False
+
+
 class Recording(_Record):
     """What a run, or the calls made outside any run, used: prompts, bots, calls."""
 
@@ -91,6 +103,11 @@ class RunRecord(Recording):
     error_message: str | None = None
     metrics: list[MetricRecord] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: The parametrize id of the run's case, without ``exec-N`` (``None``: one case).
+    case_id: str | None = None
+    #: The gates its experiment declares in code (``@experiment(gates=...)``).
+    gates: list[str] = Field(default_factory=list)
+    metric_specs: dict[str, MetricSpec] = Field(default_factory=dict)
 
     def run_data(self) -> dict[str, Any]:
         """The JSON summary stored in ``experiment_runs.run_data``."""
@@ -100,4 +117,9 @@ class RunRecord(Recording):
             "message_log_ids": [c.id for c in self.calls],
             "metrics": {m.name: m.value for m in self.metrics},
             "metadata": self.metadata,
+            "gates": self.gates,
+            "metric_specs": {
+                name: spec.model_dump(exclude_defaults=True)
+                for name, spec in self.metric_specs.items()
+            },
         }

@@ -97,6 +97,8 @@ class RunRelay:
             execution_index=info.execution_index,
             worker=self.worker,
             nodeid=item.nodeid,
+            case_id=info.case_id,
+            gates=info.gates,
         )
         item.stash[RUN_KEY] = _RunState(run)
         try:
@@ -129,7 +131,7 @@ class RunRelay:
             elif report.when == "call":
                 self._stop_on_auth_error(item, call)
             elif report.when == "teardown":
-                self._hand_over(report, "run", self._run_json(state))
+                self._hand_over(report, "run", self._run_json(report, state))
                 if self.spend is not None:
                     self.spend.add_run(state.run)
         if report.when == "teardown":
@@ -138,10 +140,19 @@ class RunRelay:
                 self._hand_over(report, "calls", orphans)
         return report
 
-    def _run_json(self, state: _RunState) -> str:
+    def _run_json(self, report: pytest.TestReport, state: _RunState) -> str:
         from .endpoint import redact
 
         record = state.run.finish(state.status, state.error_type, state.error_message)
+        # Shown by --junitxml as <property> elements of the test case, for CI dashboards.
+        properties: list[tuple[str, object]] = [("llmexp.run_id", record.run_id)]
+        if record.case_id is not None:
+            properties.append(("llmexp.case", record.case_id))
+        properties += [
+            (f"llmexp.metric.{m.name}", m.value if m.kind == "float" else int(m.value))
+            for m in record.metrics
+        ]
+        report.user_properties = [*report.user_properties, *properties]
         return redact(record.model_dump_json())
 
     def _hand_over(self, report: pytest.TestReport, kind: Kind, payload: str) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -20,6 +21,9 @@ from .endpoint import (
 )
 from .recording import DEFAULT_STORAGE_LIMIT
 from .validation import DEFAULT_DB, DEFAULT_ERROR_BUDGET
+
+if TYPE_CHECKING:
+    from .gates import Gate
 
 __all__ = ["SETTINGS_KEY", "Settings", "add_options", "build_settings"]
 
@@ -47,6 +51,14 @@ class Settings:
     max_tokens: int | None = None
     #: The longest message text stored per message.
     max_stored_chars: int = DEFAULT_STORAGE_LIMIT
+    #: Gates from the ini file (``llm_gates``) and the command line (``--llm-gate``).
+    ini_gates: tuple[Gate, ...] = ()
+    cli_gates: tuple[Gate, ...] = ()
+    #: ``"last"`` (the last complete session) or a session id (prefix) to compare with.
+    compare: str | None = None
+    fail_on_regression: bool = False
+    report_json: Path | None = None
+    report_md: Path | None = None
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -120,6 +132,45 @@ def add_options(parser: pytest.Parser) -> None:
         help="store at most N characters of each message, flagging the call truncated "
         f"(ini: llm_max_stored_chars; default: {DEFAULT_STORAGE_LIMIT}).",
     )
+    group.addoption(
+        "--llm-gate",
+        action="append",
+        default=[],
+        metavar="GATE",
+        help="a gate the session's verdict follows, '[EXPERIMENT.]METRIC: STATISTIC OP NUMBER', "
+        "e.g. 'name_generator.name_length: p10 >= 3' (repeatable; wins over ini llm_gates and "
+        "the gates in code).",
+    )
+    group.addoption(
+        "--llm-compare",
+        nargs="?",
+        const="last",
+        default=None,
+        metavar="SESSION_ID",
+        help="compare each experiment with the last complete session of it in the database, "
+        "or with session SESSION_ID (write --llm-compare=SESSION_ID).",
+    )
+    group.addoption(
+        "--llm-fail-on-regression",
+        action="store_true",
+        default=None,
+        help="fail the session when a metric regressed against the baseline with a 95%% "
+        "interval that excludes zero (implies --llm-compare; ini: llm_fail_on_regression).",
+    )
+    group.addoption(
+        "--llm-report-json",
+        metavar="PATH",
+        help="write the verdict (experiments, metrics, gates, comparison) as JSON to PATH.",
+    )
+    group.addoption(
+        "--llm-report-md",
+        metavar="PATH",
+        help="write the verdict as Markdown tables to PATH (e.g. $GITHUB_STEP_SUMMARY).",
+    )
+    parser.addini(
+        "llm_gates", "gates, one per line: [EXPERIMENT.]METRIC: STAT OP NUMBER", "linelist"
+    )
+    parser.addini("llm_fail_on_regression", "fail the session on a regression", "bool", False)
     parser.addini("llm_db", "the experiment database (default: message_log.db in the rootdir)")
     parser.addini("llm_model", "the model every bot calls instead of its own ('local': embedded)")
     parser.addini("llm_base_url", "the OpenAI-compatible endpoint")
@@ -228,7 +279,10 @@ def build_settings(config: pytest.Config) -> Settings:
     max_tokens = _number(config, "llm_max_tokens", int, lambda n: n >= 1, positive)
     max_stored_chars = _number(config, "llm_max_stored_chars", int, lambda n: n >= 1, positive)
 
+    verdict = _verdict_options(config)
+
     return Settings(
+        **verdict,
         experiments=names,
         db_path=db_path.resolve(),
         num_executions=num_executions,
@@ -243,6 +297,58 @@ def build_settings(config: pytest.Config) -> Settings:
         max_tokens=max_tokens,
         max_stored_chars=DEFAULT_STORAGE_LIMIT if max_stored_chars is None else max_stored_chars,
     )
+
+
+def _gates(values: list[str], source: Literal["ini", "cli"], where: str) -> tuple[Gate, ...]:
+    from .errors import GateError
+    from .gates import parse_gate
+
+    gates = []
+    for text in values:
+        try:
+            gates.append(parse_gate(text, source=source, where=where))
+        except GateError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return tuple(gates)
+
+
+def _report_path(config: pytest.Config, name: str) -> Path | None:
+    raw = config.getoption(name)
+    if raw is None:
+        return None
+    where = "--" + name.replace("_", "-")
+    path = Path(config.invocation_params.dir, raw)
+    if not str(raw).strip() or path.is_dir():
+        raise _bad(where, str(raw), "a file path")
+    return path
+
+
+_SESSION_PREFIX = re.compile(r"^[0-9a-f]{4,32}$")
+
+
+def _verdict_options(config: pytest.Config) -> dict[str, Any]:
+    """Gates, comparison and report options."""
+    compare = config.getoption("llm_compare")
+    if compare is not None and compare != "last" and not _SESSION_PREFIX.match(compare):
+        hint = (
+            "; it is a path: write --llm-compare=SESSION_ID, or put --llm-compare after the paths"
+            if Path(config.invocation_params.dir, compare).exists()
+            else ""
+        )
+        raise _bad("--llm-compare", compare, "a session id (or its first 4+ hex digits)" + hint)
+    fail_on_regression = config.getoption("llm_fail_on_regression")
+    if fail_on_regression is None:
+        fail_on_regression = bool(config.getini("llm_fail_on_regression"))
+    if fail_on_regression and compare is None:
+        compare = "last"
+    return {
+        "ini_gates": _gates(list(config.getini("llm_gates")), "ini", "ini llm_gates"),
+        "cli_gates": _gates(list(config.getoption("llm_gate") or []), "cli", "--llm-gate"),
+        "compare": compare,
+        "fail_on_regression": fail_on_regression,
+        "report_json": _report_path(config, "llm_report_json"),
+        "report_md": _report_path(config, "llm_report_md"),
+    }
 
 
 def _local_mode(

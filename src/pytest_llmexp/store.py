@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .dbfile import check_file, create_private
 from .endpoint import redact
 from .errors import StoreError
 from .provenance import environment_versions, git_sha
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
     from .records import BotRecord, CallRecord, PromptRecord, Recording, RunRecord
 
 __all__ = ["DEFAULT_DB", "Store", "default_store", "environment_versions", "git_sha"]
-
-_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _json(value: Any) -> str:
@@ -46,10 +45,10 @@ class Store:
         self._prompt_ids: dict[tuple[str, str, str], int] = {}
         self._bot_ids: dict[str, int] = {}
         self._experiment_ids: dict[tuple[str, str], int] = {}
-        self._check_file()
+        check_file(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _create_private(self.path)
+            create_private(self.path)
             self.conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30
             )
@@ -74,22 +73,6 @@ class Store:
         except BaseException:
             self.conn.close()
             raise
-
-    def _check_file(self) -> None:
-        if not self.path.exists():
-            return
-        if self.path.is_dir():
-            raise StoreError(
-                f"the experiment database path {str(self.path)!r} is a directory; "
-                "give a file path with --llm-db"
-            )
-        with self.path.open("rb") as fh:
-            header = fh.read(len(_SQLITE_HEADER))
-        if header and header != _SQLITE_HEADER:
-            raise StoreError(
-                f"{str(self.path)!r} exists and is not a SQLite database; it was left as it "
-                "is: move it away or choose another path with --llm-db"
-            )
 
     def _migrate(self) -> None:
         from sqlite_utils import Database
@@ -131,6 +114,12 @@ class Store:
                 self._experiment_ids.clear()
                 raise
             self.conn.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for reads outside any write transaction."""
+        with self._lock:
+            yield self.conn
 
     def close(self) -> None:
         with self._lock:
@@ -230,7 +219,7 @@ class Store:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO experiment_runs (id, experiment_id, execution_index, "
                 "worker, nodeid, status, error_type, error_message, started_at, duration_s, "
-                "retries, run_data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "retries, run_data, case_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.run_id,
                     experiment_id,
@@ -244,6 +233,7 @@ class Store:
                     run.duration_s,
                     sum(c.retries for c in run.calls),
                     _json(run.run_data()),
+                    run.case_id,
                 ),
             )
             if cursor.rowcount == 0:
@@ -370,16 +360,6 @@ def _call_row(call: CallRecord, run_id: str | None, bot_id: int) -> tuple[Any, .
         call.error_type,
         int(call.truncated),
     )
-
-
-def _create_private(path: Path) -> None:
-    """Create the database file readable by its owner only (SQLite gives its -wal and -shm
-    files the same mode); an existing file is left as it is."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
 
 
 _default_stores: dict[str, Store] = {}

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
-from .collect import ITEM_KEY, execution_index, is_execution_id
+from .collect import ITEM_KEY, case_id, execution_index, is_execution_id
+from .conclusion import Conclusion
 from .signals import SigtermAsInterrupt
 from .spool import SessionLock, remove_empty, remove_session_files, spool_dir, spooled_sessions
 from .summary import write_summary
@@ -58,6 +59,7 @@ class Writer:
         #: xdist workers that ended by KeyboardInterrupt.
         self.interrupted_workers: set[str] = set()
         self.sigterm = SigtermAsInterrupt()
+        self.conclusion = Conclusion(settings, self.session_id)
 
     def _store(self) -> Store:
         if self.store is None:
@@ -89,6 +91,14 @@ class Writer:
                 f"beside the database ({exc}); choose a writable path with --llm-db",
                 returncode=pytest.ExitCode.USAGE_ERROR,
             )
+        from .verdicts import check_compare_target
+
+        with store.reading() as conn:
+            problem = check_compare_target(conn, self.settings.compare)
+        if problem is not None:
+            store.close()
+            self.store = None
+            pytest.exit(f"pytest-llmexp: {problem}", returncode=pytest.ExitCode.USAGE_ERROR)
         try:
             self.recovered = recover(store, self.spool_dir, own_session=self.session_id)
             store.begin_session(
@@ -143,7 +153,13 @@ class Writer:
                 self._lost += 1
                 self._write_errors.append(f"{type(exc).__name__}: {exc}")
 
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.conclusion.other_failures += 1
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed and not is_execution_id(report.nodeid):
+            self.conclusion.other_failures += 1
         start = getattr(report, "llmexp_start", None)
         if start is not None:
             info = self._started[report.nodeid] = json.loads(start)
@@ -188,6 +204,7 @@ class Writer:
                 "worker": _worker_id(report),
                 "nodeid": report.nodeid,
                 "started_at": utcnow(),
+                "case_id": case_id(report.nodeid),
             }
         record = RunRecord(
             **info,
@@ -221,6 +238,8 @@ class Writer:
             self.write("calls", calls, spooled=False)
         self._retry_pending()
         if not self.begun or self.store is None:
+            self.conclusion.without_experiments(session)
+            self.conclusion.write_reports(None, int(session.exitstatus), self.summaries, None)
             return
         from .health import judge
 
@@ -234,15 +253,24 @@ class Writer:
             pytest.ExitCode.TESTS_FAILED,
             pytest.ExitCode.NO_TESTS_COLLECTED,
         )
+        status = "interrupted" if interrupted else "complete"
         try:
             self.summaries = self.store.summaries(self.session_id)
             self.health = judge(self.store, self.session_id, self.summaries, self.settings)
             self.health.lost = self._lost
             if self.health.failed and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            self.conclusion.judge(
+                session,
+                self.store,
+                self.health,
+                tests_failed=exitstatus == pytest.ExitCode.TESTS_FAILED,
+                interrupted=interrupted,
+                lost=self._lost,
+            )
             self.store.finish_session(
                 self.session_id,
-                status="interrupted" if interrupted else "complete",
+                status=status,
                 exitstatus=int(session.exitstatus),
                 health=self.health.as_json(),
             )
@@ -251,6 +279,7 @@ class Writer:
             self._lost += 1
             self._write_errors.append(f"{type(exc).__name__}: {exc}")
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        self.conclusion.write_reports(status, int(session.exitstatus), self.summaries, self.health)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         from .health import problem_lines, recovery_lines
@@ -261,10 +290,16 @@ class Writer:
             terminalreporter.write_line(line, yellow=True)
         if self.begun and self.summaries:
             write_summary(
-                terminalreporter, self.summaries, str(self.settings.db_path), self.session_id
+                terminalreporter,
+                self.summaries,
+                str(self.settings.db_path),
+                self.session_id,
+                self.conclusion.verdict,
             )
         for line, red in problem_lines(self.health):
             terminalreporter.write_line(line, red=red, yellow=not red, bold=red)
+        for line, color in self.conclusion.terminal_lines():
+            terminalreporter.write_line(line, **({color: True} if color else {}))
         if self._spool_errors:
             terminalreporter.write_line(
                 f"warning: {len(self._spool_errors)} run(s) could not be spooled (last: "

@@ -1,0 +1,317 @@
+"""Gates evaluated on what the database holds: an experiment's runs, cases and metric values.
+
+Only evaluated runs (``passed`` / ``failed``) give values; errored runs are the error
+budget's business and never count as passes. Executions of one case are repeats of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .gates import RUNS, Gate, compare, parse_gate
+from .stats import EVALUATED
+
+__all__ = [
+    "ExperimentData",
+    "GateResult",
+    "applicable_gates",
+    "evaluate_gate",
+    "load_experiment",
+    "percentile",
+    "unstable_metrics",
+]
+
+
+@dataclass(slots=True)
+class Run:
+    run_id: str
+    case_id: str | None
+    execution_index: int
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ExperimentData:
+    """One experiment of one session, as stored."""
+
+    id: int
+    session_id: str
+    name: str
+    num_executions: int
+    runs: list[Run]
+    #: Metric name to kind (bool, int, float), over all its stored values.
+    kinds: dict[str, str]
+    #: Gates declared on the experiment in code, in order.
+    code_gates: list[str]
+    #: Metric name to what its @metric declares (gates, min, max, better, judge).
+    specs: dict[str, dict[str, Any]]
+
+    @property
+    def evaluated(self) -> list[Run]:
+        return [r for r in self.runs if r.status in EVALUATED]
+
+    def cases(self, metric: str) -> dict[str | None, list[float]]:
+        """The metric's values over evaluated runs, by case, in execution order."""
+        by_case: dict[str | None, list[float]] = {}
+        for run in sorted(self.evaluated, key=lambda r: (r.case_id or "", r.execution_index)):
+            if metric == RUNS:
+                value: float | None = 1.0 if run.status == "passed" else 0.0
+            else:
+                value = run.metrics.get(metric)
+            if value is not None:
+                by_case.setdefault(run.case_id, []).append(value)
+        return by_case
+
+    def missing_executions(self) -> int:
+        """Executions of the cases that ran that are not stored (a partial session: one test
+        run from an IDE, ``-k``, ``-x``)."""
+        seen: dict[str | None, set[int]] = {}
+        for run in self.runs:
+            seen.setdefault(run.case_id, set()).add(run.execution_index)
+        return sum(self.num_executions - len(indexes) for indexes in seen.values())
+
+    def better(self, metric: str, gates: Iterable[Gate]) -> str:
+        """Which way the metric improves: as its ``@metric(better=...)`` says, else as the
+        first of the experiment's ``gates`` on it says (``>=`` up, ``<=`` down), else up."""
+        declared = self.specs.get(metric, {}).get("better")
+        if declared:
+            return str(declared)
+        for gate in gates:
+            if gate.metric == metric and gate.op != "==":
+                return "higher" if gate.higher_is_better else "lower"
+        return "higher"
+
+
+def load_experiment(conn: sqlite3.Connection, experiment_id: int) -> ExperimentData:
+    """Read one experiment's runs and metric values."""
+    session_id, name, num_executions = conn.execute(
+        "SELECT session_id, name, num_executions FROM experiments WHERE id = ?", (experiment_id,)
+    ).fetchone()
+    runs: dict[str, Run] = {}
+    code_gates: list[str] = []
+    specs: dict[str, dict[str, Any]] = {}
+    for run_id, case, index, status, run_data in conn.execute(
+        "SELECT id, case_id, execution_index, status, run_data FROM experiment_runs "
+        "WHERE experiment_id = ? ORDER BY execution_index, started_at",
+        (experiment_id,),
+    ):
+        runs[run_id] = Run(run_id, case, int(index), status)
+        data = json.loads(run_data)
+        for text in data.get("gates", []):
+            if text not in code_gates:
+                code_gates.append(text)
+        for metric, spec in data.get("metric_specs", {}).items():
+            merged = specs.setdefault(metric, {})
+            judge = merged.get("judge", False) or spec.get("judge", False)
+            merged.update(spec, judge=judge)
+    kinds: dict[str, str] = {}
+    for run_id, metric, value, kind in conn.execute(
+        "SELECT m.run_id, m.name, m.value, m.kind FROM metrics m "
+        "JOIN experiment_runs r ON r.id = m.run_id WHERE r.experiment_id = ?",
+        (experiment_id,),
+    ):
+        runs[run_id].metrics[metric] = float(value)
+        kinds[metric] = kind if kinds.get(metric, kind) == kind else "float"
+    return ExperimentData(
+        experiment_id,
+        str(session_id),
+        str(name),
+        int(num_executions),
+        list(runs.values()),
+        kinds,
+        code_gates,
+        specs,
+    )
+
+
+def applicable_gates(data: ExperimentData, ini: Iterable[Gate], cli: Iterable[Gate]) -> list[Gate]:
+    """The experiment's gates, later sources replacing earlier ones with the same metric and
+    statistic: ``@metric`` defaults, then ``@experiment``, then the ini file, then the
+    command line. An unqualified ini or command-line gate applies where its metric exists."""
+    chosen: dict[tuple[str, str], Gate] = {}
+    for metric, spec in data.specs.items():
+        for text in spec.get("gates", []):
+            gate = parse_gate(text, source="metric", where=f"@metric on {metric!r}", metric=metric)
+            chosen[gate.key] = gate.for_experiment(data.name)
+    for text in data.code_gates:
+        gate = parse_gate(text, source="code", where=f"@experiment {data.name!r}")
+        chosen[gate.key] = gate.for_experiment(data.name)
+    for gates in (ini, cli):
+        for gate in gates:
+            if gate.experiment not in (None, data.name):
+                continue
+            if gate.experiment is None and gate.metric != RUNS and gate.metric not in data.kinds:
+                continue
+            chosen[gate.key] = gate.for_experiment(data.name)
+    return list(chosen.values())
+
+
+@dataclass(slots=True)
+class GateResult:
+    """A gate as evaluated: ``passed``, ``failed``, or ``error`` (it could not be evaluated)."""
+
+    gate: Gate
+    verdict: str
+    observed: float | None = None
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "passed"
+
+    def as_json(self) -> dict[str, Any]:
+        g = self.gate
+        return {
+            "gate": str(g),
+            "source": g.source,
+            "metric": g.metric,
+            "statistic": g.statistic,
+            "op": g.op,
+            "threshold": g.threshold,
+            "observed": self.observed,
+            "verdict": self.verdict,
+            "detail": self.detail,
+        }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation between closest ranks (as
+    numpy's default)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+class _Unevaluable(Exception):
+    pass
+
+
+def _statistic(base: str, values: list[float]) -> float:
+    if not values:
+        raise _Unevaluable("no evaluated run recorded it")
+    if base in ("mean", "pass_rate"):
+        return statistics.fmean(values)
+    if base == "median":
+        return statistics.median(values)
+    if base == "min":
+        return min(values)
+    if base == "max":
+        return max(values)
+    if base == "std":
+        if len(values) < 2:
+            raise _Unevaluable("std needs at least 2 evaluated runs")
+        return statistics.stdev(values)
+    return percentile(values, float(base[1:]))
+
+
+def _pass_k(cases: dict[str | None, list[float]], k: int, every: bool) -> float:
+    """pass^k (every one of k executions passes) or pass@k (at least one does), averaged
+    over cases, each estimated without bias from its n executions with c passes."""
+    scores = []
+    for case, values in cases.items():
+        n, c = len(values), int(sum(values))
+        if n < k:
+            raise _Unevaluable(
+                f"it needs at least {k} evaluated executions per case; case "
+                f"{case or '(the only one)'!r} has {n}"
+            )
+        if every:
+            scores.append(math.comb(c, k) / math.comb(n, k))
+        else:
+            scores.append(1 - math.comb(n - c, k) / math.comb(n, k))
+    return statistics.fmean(scores)
+
+
+def _observe(gate: Gate, data: ExperimentData) -> tuple[float, str]:
+    """The observed value of the gate's statistic, and which case decided it."""
+    cases = data.cases(gate.metric)
+    if not cases:
+        raise _Unevaluable("no evaluated run recorded it")
+    stat = gate.statistic
+    boolean = gate.metric == RUNS or data.kinds.get(gate.metric) == "bool"
+    if ("pass" in stat) and not boolean:
+        raise _Unevaluable(
+            f"{stat} needs a bool metric (or '{RUNS}'); {gate.metric!r} is "
+            f"{data.kinds.get(gate.metric)}: use mean, median or a percentile"
+        )
+    if stat.startswith(("pass^", "pass@")):
+        return _pass_k(cases, int(stat[5:]), every=stat[4] == "^"), ""
+    if not stat.startswith("each_case."):
+        return _statistic(stat, [v for values in cases.values() for v in values]), ""
+    per_case = {case: _statistic(gate.base, values) for case, values in cases.items()}
+    failing = [c for c, v in per_case.items() if not compare(v, gate.op, gate.threshold)]
+    pick = failing or list(per_case)
+    worst = (min if gate.higher_is_better else max)(pick, key=lambda c: per_case[c])
+    return per_case[worst], f"worst case {worst or '(the only one)'!r}"
+
+
+def evaluate_gate(gate: Gate, data: ExperimentData) -> GateResult:
+    """Evaluate one gate on one experiment."""
+    if gate.metric != RUNS and gate.metric not in data.kinds:
+        known = ", ".join(sorted(data.kinds)) or "none"
+        return GateResult(
+            gate,
+            "error",
+            detail=f"experiment {data.name!r} recorded no metric {gate.metric!r} (it recorded: "
+            f"{known})",
+        )
+    try:
+        observed, which = _observe(gate, data)
+    except _Unevaluable as exc:
+        return GateResult(gate, "error", detail=f"cannot be evaluated: {exc}")
+    verdict = "passed" if compare(observed, gate.op, gate.threshold) else "failed"
+    return GateResult(gate, verdict, observed, which)
+
+
+def unstable_metrics(data: ExperimentData, gates: list[Gate]) -> list[dict[str, Any]]:
+    """Cases whose executions fall on both sides of a gate's threshold, and the spread of LLM
+    judge metrics across executions of the same case."""
+    found: list[dict[str, Any]] = []
+    by_cases: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+    for gate in gates:
+        if gate.base == "std" or (gate.metric != RUNS and gate.metric not in data.kinds):
+            continue
+        cases = {c: v for c, v in data.cases(gate.metric).items() if len(v) > 1}
+        straddling = tuple(
+            sorted(
+                c or ""
+                for c, values in cases.items()
+                if len({compare(v, gate.op, gate.threshold) for v in values}) == 2
+            )
+        )
+        if not straddling:
+            continue
+        entry = by_cases.get((gate.metric, straddling))
+        if entry is None:
+            entry = by_cases[(gate.metric, straddling)] = {
+                "metric": gate.metric,
+                "kind": "threshold",
+                "gates": [],
+                "cases": list(straddling),
+                "of_cases": len(cases),
+            }
+            found.append(entry)
+        entry["gates"].append(str(gate))
+    for metric, spec in sorted(data.specs.items()):
+        if not spec.get("judge"):
+            continue
+        spreads = [statistics.stdev(v) for v in data.cases(metric).values() if len(v) > 1]
+        if spreads and max(spreads) > 0:
+            found.append(
+                {
+                    "metric": metric,
+                    "kind": "judge",
+                    "spread": statistics.fmean(spreads),
+                    "of_cases": len(spreads),
+                }
+            )
+    return found
