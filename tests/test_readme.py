@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -27,3 +29,16 @@ def test_readme_has_exactly_two_setup_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert readme_commands()[1] in ci_lines
+
+
+def test_every_option_the_readme_names_exists(pytester: pytest.Pytester) -> None:
+    text = (ROOT / "README.md").read_text()
+    options = set(re.findall(r"(--llm-[a-z-]+[a-z])", text))
+    ini_keys = set(re.findall(r"`(llm_[a-z_]+)`", text)) - {"llm_run"}  # llm_run: the fixture
+    assert {"--llm-gate", "--llm-compare", "--llm-report-json", "--llm-report-md"} <= options
+    assert "llm_gates" in ini_keys
+    result = pytester.runpytest("--help")
+    help_text = "\n".join(result.outlines)
+    missing = sorted(o for o in options if o not in help_text)
+    missing += sorted(k for k in ini_keys if f"  {k} (" not in help_text)
+    assert not missing, f"the README names options pytest does not know: {missing}"

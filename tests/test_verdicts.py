@@ -49,6 +49,8 @@ def test_naming(case, llm_run):
     bot = SimpleBot(model_name="namer", temperature=CONFIG.get("temperature", 0.7))
     assert bot(ask(case)).content.startswith("Reply to:")
     value = CONFIG["values"][case][llm_run.execution_index]
+    if value == CONFIG.get("error_on"):
+        ask()  # a PromptError (no topic): the run errors
     score(value)
     ok(value)
     judge(value)
@@ -149,6 +151,22 @@ def test_failures_a_pass_rate_gate_tolerates(
     assert run.result.ret == 0
     assert gates_of(run) == {"runs: pass_rate >= 0.8": ("passed", 0.875, "code")}
     run.result.stdout.fnmatch_lines(["*1 failing run(s) tolerated*"])
+
+    # A run that errored is within the error budget's tolerance, and not a pass.
+    setup(
+        pytester,
+        n=4,
+        values={"a": [5, 2, 7, 8], "b": [6, 6, 6, 3]},
+        fail_on=2,
+        error_on=3,
+        gates=["pass_rate >= 0.8"],
+    )
+    run = run_session("--llm-error-budget", "0.2")
+    run.result.assert_outcomes(passed=7, failed=2)
+    assert run.result.ret == 0
+    assert gates_of(run) == {"runs: pass_rate >= 0.8": ("passed", pytest.approx(6 / 7), "code")}
+    assert run.db is not None
+    assert run.db.count("experiment_runs", "status = 'error'") == 1
 
     # Another test failed: not the gate's to tolerate.
     setup(pytester, **tolerant, gates=["pass_rate >= 0.8"], other_fails=True)
@@ -288,6 +306,8 @@ def test_a_regression_is_caught_with_the_prompt_diff(
     first.result.stdout.fnmatch_lines(["*no comparison: no earlier complete session of 'naming'*"])
     assert first.db is not None
     baseline = first.db.one("SELECT id FROM sessions")
+    # A later partial session (one execution, from an IDE) is not a baseline.
+    assert run_session("--llm-experiment", "naming", "-k", "a-exec-0").result.ret == 0
 
     setup(pytester, template="Name one {{ topic }}, briefly.", **WORSE)
     run = run_session(

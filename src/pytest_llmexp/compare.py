@@ -49,21 +49,26 @@ def find_baseline(
     conn: sqlite3.Connection, name: str, session_id: str, wanted: str | None
 ) -> int | None:
     """The experiment ``name`` of the baseline session: ``wanted`` if given (a resolved
-    session id), else the last complete session before this one that evaluated it."""
+    session id), else the last complete session before this one that ran all of its
+    executions and evaluated some."""
     evaluated = ", ".join(f"'{s}'" for s in EVALUATED)
     if wanted is not None:
         row = conn.execute(
             "SELECT id FROM experiments WHERE session_id = ? AND name = ?", (wanted, name)
         ).fetchone()
         return None if row is None else int(row[0])
+    # Not a partial session (one execution from an IDE, -k): every case it ran ran fully.
     row = conn.execute(
         f"""
         SELECT e.id FROM experiments e JOIN sessions s ON s.id = e.session_id
+        JOIN experiment_runs r ON r.experiment_id = e.id
         WHERE e.name = ? AND s.status = 'complete' AND s.id != ?
           AND s.started_at <= (SELECT started_at FROM sessions WHERE id = ?)
-          AND EXISTS (SELECT 1 FROM experiment_runs r
-                      WHERE r.experiment_id = e.id AND r.status IN ({evaluated}))
-        ORDER BY s.started_at DESC LIMIT 1
+        GROUP BY e.id
+        HAVING sum(r.status IN ({evaluated})) > 0
+           AND count(DISTINCT coalesce(r.case_id, '') || ':' || r.execution_index)
+               = e.num_executions * count(DISTINCT coalesce(r.case_id, ''))
+        ORDER BY max(s.started_at) DESC LIMIT 1
         """,
         (name, session_id, session_id),
     ).fetchone()

@@ -283,16 +283,20 @@ def unstable_metrics(data: ExperimentData, gates: list[Gate]) -> list[dict[str, 
         cases = {c: v for c, v in data.cases(gate.metric).items() if len(v) > 1}
         straddling = tuple(
             sorted(
-                c or ""
-                for c, values in cases.items()
-                if len({compare(v, gate.op, gate.threshold) for v in values}) == 2
+                (
+                    c
+                    for c, values in cases.items()
+                    if len({compare(v, gate.op, gate.threshold) for v in values}) == 2
+                ),
+                key=lambda c: c or "",
             )
         )
         if not straddling:
             continue
-        entry = by_cases.get((gate.metric, straddling))
+        key = (gate.metric, tuple(c or "" for c in straddling))
+        entry = by_cases.get(key)
         if entry is None:
-            entry = by_cases[(gate.metric, straddling)] = {
+            entry = by_cases[key] = {
                 "metric": gate.metric,
                 "kind": "threshold",
                 "gates": [],

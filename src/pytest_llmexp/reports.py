@@ -126,9 +126,10 @@ def to_markdown(report: dict[str, Any]) -> str:
             ]
         for found in experiment.get("unstable", []):
             if found["kind"] == "threshold":
+                cases = ", ".join(c or "(the only case)" for c in found["cases"])
                 lines.append(
-                    f"- unstable: `{found['metric']}`: case(s) {', '.join(found['cases'])} "
-                    f"have executions on both sides of `{' and '.join(found['gates'])}`"
+                    f"- unstable: `{found['metric']}`: executions of {cases} fall on both "
+                    f"sides of the threshold of `{' and '.join(found['gates'])}`"
                 )
             else:
                 lines.append(

@@ -96,9 +96,14 @@ def verdict_lines(verdict: ExperimentVerdict) -> list[tuple[str, str | None]]:
         )
     for found in verdict.unstable:
         if found["kind"] == "threshold":
+            which = (
+                "its executions fall"
+                if found["of_cases"] == 1
+                else f"{len(found['cases'])} of {found['of_cases']} cases have executions"
+            )
             text = (
-                f"  unstable: {found['metric']}: {len(found['cases'])} of {found['of_cases']} "
-                f"case(s) have executions on both sides of {' and '.join(found['gates'])}"
+                f"  unstable: {found['metric']}: {which} on both sides of the threshold of "
+                f"{' and '.join(found['gates'])}"
             )
         else:
             text = (
