@@ -740,3 +740,32 @@ def test_a_session_end_that_cannot_be_stored_fails_the_session(
     assert run.db.one("SELECT status FROM sessions") == "running"
     assert "succeeded when retried" not in run.output
     assert run.output.count("ERROR: 1 result(s) could not be stored in") == 1
+
+
+def test_a_session_without_experiments_loads_nothing_heavy(
+    run_session, pytester: pytest.Pytester, mode: str
+) -> None:
+    # The plugin loads into every session of its environment: without experiments, neither
+    # the LLM client, the database, nor the verdict machinery may be imported.
+    pytester.makeconftest(
+        """
+        import json, os, sys
+
+        def pytest_unconfigure(config):
+            name = getattr(config, "workerinput", {}).get("workerid", "main")
+            with open(f"modules-{name}.json", "w") as out:
+                json.dump(sorted(sys.modules), out)
+        """
+    )
+    pytester.makepyfile("def test_plain():\n    assert True\n")
+    run = run_session()
+    run.result.assert_outcomes(passed=1)
+    heavy = {"openai", "jinja2", "sqlite_utils", "pydantic", "httpx"}
+    heavy |= {
+        f"pytest_llmexp.{m}"
+        for m in ("store", "bots", "prompts", "gates", "evaluate", "verdicts", "compare", "reports")
+    }
+    files = list(pytester.path.glob("modules-*.json"))
+    assert len(files) == (3 if mode == "xdist" else 1)  # the controller and its two workers
+    for file in files:
+        assert heavy.isdisjoint(json.loads(file.read_text())), file.name

@@ -84,12 +84,12 @@ class _Spec:
 
 def _spec(definition: pytest.Item | Any, override: int | None) -> _Spec | None:
     """The experiment name, execution count and gates of a test, or ``None``."""
-    from .errors import GateError
-    from .gates import check_gates
-
     mark = definition.get_closest_marker("experiment")
     if mark is None:
         return None
+    from .errors import GateError
+    from .gates import check_gates
+
     test = definition.name.split("[")[0]
     where = f"@experiment on {test}"
     if len(mark.args) > 1:

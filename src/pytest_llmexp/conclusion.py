@@ -89,9 +89,10 @@ class Conclusion:
         )
 
     def without_experiments(self, session: pytest.Session) -> None:
-        from .verdicts import SessionVerdict
-
+        """No experiment ran: a gate from the command line gates nothing, which fails."""
         if self.settings.cli_gates:
+            from .verdicts import SessionVerdict
+
             self.verdict = SessionVerdict(
                 unmatched=[
                     f"gate {g.text!r} (cli): no experiment ran" for g in self.settings.cli_gates

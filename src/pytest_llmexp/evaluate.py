@@ -21,6 +21,7 @@ __all__ = [
     "ExperimentData",
     "GateResult",
     "applicable_gates",
+    "applies",
     "evaluate_gate",
     "load_experiment",
     "percentile",
@@ -145,12 +146,18 @@ def applicable_gates(data: ExperimentData, ini: Iterable[Gate], cli: Iterable[Ga
         chosen[gate.key] = gate.for_experiment(data.name)
     for gates in (ini, cli):
         for gate in gates:
-            if gate.experiment not in (None, data.name):
-                continue
-            if gate.experiment is None and gate.metric != RUNS and gate.metric not in data.kinds:
-                continue
-            chosen[gate.key] = gate.for_experiment(data.name)
+            if applies(gate, data):
+                chosen[gate.key] = gate.for_experiment(data.name)
     return list(chosen.values())
+
+
+def applies(gate: Gate, data: ExperimentData) -> bool:
+    """Whether an ini or command-line gate is about this experiment: it names it, or names no
+    experiment and a metric it recorded (a gate naming its experiment applies even to a
+    metric it did not record: that is the gate's error to report)."""
+    if gate.experiment not in (None, data.name):
+        return False
+    return gate.experiment is not None or gate.metric == RUNS or gate.metric in data.kinds
 
 
 @dataclass(slots=True)

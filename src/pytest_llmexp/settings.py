@@ -300,6 +300,8 @@ def build_settings(config: pytest.Config) -> Settings:
 
 
 def _gates(values: list[str], source: Literal["ini", "cli"], where: str) -> tuple[Gate, ...]:
+    if not values:
+        return ()
     from .errors import GateError
     from .gates import parse_gate
 

@@ -13,6 +13,7 @@ from .evaluate import (
     ExperimentData,
     GateResult,
     applicable_gates,
+    applies,
     evaluate_gate,
     load_experiment,
     unstable_metrics,
@@ -101,29 +102,23 @@ class SessionVerdict:
 
 
 def _judge_experiment(
-    conn: sqlite3.Connection,
-    data: ExperimentData,
-    ini: list[Gate],
-    cli: list[Gate],
-    *,
-    evaluable: str | None,
+    data: ExperimentData, gates: list[Gate], not_evaluable: str | None
 ) -> ExperimentVerdict:
     verdict = ExperimentVerdict(
         data.name, data.id, data.num_executions, len({r.case_id for r in data.runs})
     )
     verdict.failing_runs = sum(r.status in ("failed", "error", "crashed") for r in data.runs)
-    gates = applicable_gates(data, ini, cli)
+    verdict.unstable = unstable_metrics(data, gates)
     missing = data.missing_executions()
-    if evaluable is None and missing:
-        evaluable = (
+    if not_evaluable is None and missing:
+        not_evaluable = (
             f"{missing} execution(s) of the cases that ran are missing (a partial session, "
             "e.g. one test from an IDE, -k or -x)"
         )
-    verdict.unstable = unstable_metrics(data, gates)
     if not gates:
         return verdict
-    if evaluable is not None:
-        verdict.not_evaluated = evaluable
+    if not_evaluable is not None:
+        verdict.not_evaluated = not_evaluable
         return verdict
     verdict.gates = [evaluate_gate(gate, data) for gate in gates]
     verdict.gate_passed = all(result.passed for result in verdict.gates)
@@ -131,13 +126,6 @@ def _judge_experiment(
         result.gate.metric == RUNS for result in verdict.gates
     )
     return verdict
-
-
-def _applies(gate: Gate, data: ExperimentData) -> bool:
-    if gate.experiment not in (None, data.name):
-        return False
-    # A gate naming its experiment applies even to a missing metric: that is an error.
-    return gate.experiment is not None or gate.metric == RUNS or gate.metric in data.kinds
 
 
 def judge_session(
@@ -167,7 +155,7 @@ def judge_session(
     ran = ", ".join(d.name for d in experiments) or "none"
     for gates, into in ((cli_gates, verdict.unmatched), (ini_gates, verdict.unused)):
         for gate in gates:
-            if not any(_applies(gate, data) for data in experiments):
+            if not any(applies(gate, data) for data in experiments):
                 into.append(
                     f"gate {gate.text!r} ({gate.source}) applies to nothing that ran: no "
                     f"experiment{' ' + repr(gate.experiment) if gate.experiment else ''} of this "
@@ -177,9 +165,8 @@ def judge_session(
     if compare not in (None, "last"):
         baseline_session = resolve_session(conn, compare)
     for data in experiments:
-        result = _judge_experiment(
-            conn, data, list(ini_gates), list(cli_gates), evaluable=not_evaluable
-        )
+        applicable = applicable_gates(data, ini_gates, cli_gates)
+        result = _judge_experiment(data, applicable, not_evaluable)
         if compare is not None:
             baseline = find_baseline(conn, data.name, session_id, baseline_session)
             if baseline is None:
@@ -189,7 +176,6 @@ def judge_session(
                     else f"no earlier complete session of {data.name!r} in the database"
                 )
             else:
-                applicable = applicable_gates(data, ini_gates, cli_gates)
                 result.comparison = compare_experiments(conn, baseline, data, applicable)
         verdict.experiments[data.name] = result
     return verdict
