@@ -282,3 +282,36 @@ def test_unified_diff_ends_lines() -> None:
     assert unified_diff("Name a {{ x }}.", "Name a {{ x }}, briefly.", "a", "b") == (
         "--- a\n+++ b\n@@ -1 +1 @@\n-Name a {{ x }}.\n+Name a {{ x }}, briefly.\n"
     )
+
+
+def test_a_verdict_that_cannot_be_computed_fails_the_session(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from types import SimpleNamespace
+
+    from pytest_llmexp import verdicts
+    from pytest_llmexp.conclusion import Conclusion
+    from pytest_llmexp.health import Health
+    from pytest_llmexp.settings import Settings
+    from pytest_llmexp.store import Store
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("a stored gate from another version")
+
+    monkeypatch.setattr(verdicts, "judge_session", broken)
+    settings = Settings((), tmp_path / "db", None, None, None, 1.0, 0)
+    conclusion = Conclusion(settings, "s1")
+    session: Any = SimpleNamespace(exitstatus=pytest.ExitCode.OK)
+    store = Store(tmp_path / "db")
+    try:
+        conclusion.judge(session, store, Health(), tests_failed=False, interrupted=False, lost=0)
+    finally:
+        store.close()
+    assert session.exitstatus == pytest.ExitCode.INTERNAL_ERROR
+    assert conclusion.terminal_lines() == [
+        (
+            "ERROR: the verdict could not be computed: ValueError: a stored gate from another "
+            "version",
+            "red",
+        )
+    ]

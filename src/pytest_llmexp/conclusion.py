@@ -3,6 +3,7 @@ JSON and Markdown reports."""
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -54,18 +55,27 @@ class Conclusion:
         elif health.over_budget:
             not_evaluable = "more runs errored than the error budget allows"
         settings = self.settings
-        with store.reading() as conn:
-            verdict = judge_session(
-                conn,
-                self.session_id,
-                ini_gates=settings.ini_gates,
-                cli_gates=settings.cli_gates,
-                compare=settings.compare,
-                fail_on_regression=settings.fail_on_regression,
-                not_evaluable=not_evaluable,
-            )
+        try:
+            with store.reading() as conn:
+                verdict = judge_session(
+                    conn,
+                    self.session_id,
+                    ini_gates=settings.ini_gates,
+                    cli_gates=settings.cli_gates,
+                    compare=settings.compare,
+                    fail_on_regression=settings.fail_on_regression,
+                    not_evaluable=not_evaluable,
+                )
+            save_verdict(store, verdict)
+        except sqlite3.Error:
+            raise  # the writer's: results that cannot be stored
+        except Exception as exc:
+            # The runs are stored and the session must still be closed; an unknown verdict
+            # must not let a CI job pass.
+            self.reasons = [f"the verdict could not be computed: {type(exc).__name__}: {exc}"]
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+            return
         self.verdict = verdict
-        save_verdict(store, verdict)
         if verdict.failed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         elif (
@@ -140,7 +150,7 @@ class Conclusion:
         lines: list[tuple[str, str | None]] = []
         verdict = self.verdict
         if verdict is None:
-            return lines
+            return [(f"ERROR: {reason}", "red") for reason in self.reasons]
         lines += [(f"ERROR: {text}", "red") for text in verdict.unmatched]
         lines += [(f"note: {text}", "yellow") for text in verdict.unused]
         judged = [v for v in verdict.experiments.values() if v.gates or v.comparison]
