@@ -227,6 +227,7 @@ def test_gate_errors_in_code_and_options(
     for option, message in [
         (("--llm-gate", "score: p200 > 1"), "*--llm-gate: gate 'score: p200 > 1': a percentile*"),
         (("--llm-compare", "test_scored.py"), "*it is a path: write --llm-compare=SESSION_ID*"),
+        (("--llm-report-md", "."), "*--llm-report-md: expected a file path, got '.'*"),
         (("--llm-compare=0123abcd",), "*--llm-compare 0123abcd: no session with this id*"),
     ]:
         run = run_session(*option)
@@ -247,6 +248,10 @@ def test_partial_and_untrustworthy_sessions_are_not_gated(
     assert gates_of(run) == {}
     assert last_experiment(run)["gate_passed"] is None
     run.result.stdout.fnmatch_lines(["*gates not evaluated: 3 execution(s) of the cases*"])
+    # A report that cannot be written (its directory would be a file) fails the session.
+    run = run_session("-k", "a-exec-0", "--llm-report-json", "config.json/report.json")
+    assert run.result.ret == 3
+    run.result.stdout.fnmatch_lines(["ERROR: cannot write the report: *config.json*"])
     # Every run errored: over the error budget, the gates are not a verdict.
     fake_llm.fail_next(400, times=1000)
     run = run_session("--llm-experiment", "naming")

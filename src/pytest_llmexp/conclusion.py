@@ -114,11 +114,13 @@ class Conclusion:
 
     def write_reports(
         self,
+        session: pytest.Session,
         status: str | None,
-        exitstatus: int,
         summaries: dict[str, dict[str, Any]],
         health: Health | None,
     ) -> None:
+        """Write the JSON and Markdown reports asked for; one that cannot be written fails
+        the session, as a CI job would otherwise publish nothing and pass."""
         settings = self.settings
         if settings.report_json is None and settings.report_md is None:
             return
@@ -129,7 +131,7 @@ class Conclusion:
             session={
                 "id": self.session_id if status is not None else None,
                 "status": status,
-                "exitstatus": exitstatus,
+                "exitstatus": int(session.exitstatus),
                 "database": str(settings.db_path),
                 "health": None if health is None else health.as_json(),
             },
@@ -144,6 +146,7 @@ class Conclusion:
                 write_report(settings.report_md, to_markdown(report))
         except OSError as exc:
             self.report_error = f"cannot write the report: {exc}"
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
     def terminal_lines(self) -> list[tuple[str, str | None]]:
         """The verdict's closing lines, each with its color."""

@@ -239,7 +239,7 @@ class Writer:
         self._retry_pending()
         if not self.begun or self.store is None:
             self.conclusion.without_experiments(session)
-            self.conclusion.write_reports(None, int(session.exitstatus), self.summaries, None)
+            self.conclusion.write_reports(session, None, self.summaries, None)
             return
         from .health import judge
 
@@ -279,7 +279,7 @@ class Writer:
             self._lost += 1
             self._write_errors.append(f"{type(exc).__name__}: {exc}")
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
-        self.conclusion.write_reports(status, int(session.exitstatus), self.summaries, self.health)
+        self.conclusion.write_reports(session, status, self.summaries, self.health)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         from .health import problem_lines, recovery_lines
