@@ -119,21 +119,21 @@ def parse_gate(
     source: GateSource,
     where: str,
     metric: str | None = None,
-    experiment: str | None = None,
 ) -> Gate:
     """Parse one gate.
 
-    ``metric`` is given for a ``@metric(gate=...)`` (the gate names no subject), and
-    ``experiment`` for ``@experiment(gates=...)`` (the subject names no experiment).
+    ``metric`` is given for a ``@metric(gate=...)``: the gate names no subject. A gate from
+    code (``source="code"``) names no experiment: it is on one.
     """
     __tracebackhide__ = True
     if not isinstance(text, str):
         raise GateError(f"{where}: a gate is a string ({_EXAMPLE}), got {text!r}")
     match = _GATE.match(text)
     if match is None:
+        form = "[EXPERIMENT.]METRIC:" if source in ("ini", "cli") else "[METRIC:]"
         raise GateError(
-            f"{where}: gate {text!r} does not parse; write [metric:] statistic op number, "
-            f"with op one of {', '.join(OPS)}: {_EXAMPLE}"
+            f"{where}: gate {text!r} does not parse; write {form} STATISTIC OP NUMBER, "
+            f"with OP one of {', '.join(OPS)}: {_EXAMPLE}"
         )
     subject, stat, op, number = match.group("subject", "stat", "op", "number")
     try:
@@ -145,7 +145,7 @@ def parse_gate(
     problem = _check_statistic(stat)
     if problem is not None:
         raise GateError(f"{where}: gate {text!r}: {problem}")
-    gate_experiment = experiment
+    gate_experiment: str | None = None
     if metric is not None:
         if subject is not None:
             raise GateError(
