@@ -191,19 +191,33 @@ def test_gates_that_cannot_be_evaluated_fail_clearly(
     run = run_session("--llm-gate", "naming.nosuch: mean > 1", "--llm-gate", "typo: mean > 1")
     run.result.assert_outcomes(passed=2)
     assert run.result.ret == 1
-    assert {gate: verdict for gate, (verdict, _, _) in gates_of(run).items()} == {
-        "score: std <= 1": "error",
-        "ok: pass^2 >= 0.5": "error",
-        "nosuch: mean > 1": "error",
+    assert run.db is not None
+    rows = run.db.rows("SELECT gate, source, verdict, observed, detail FROM gate_results")
+    assert {r["gate"]: (r["source"], r["verdict"], r["observed"], r["detail"]) for r in rows} == {
+        "score: std <= 1": (
+            "code",
+            "error",
+            None,
+            "cannot be evaluated: std needs at least 2 evaluated runs",
+        ),
+        "ok: pass^2 >= 0.5": (
+            "code",
+            "error",
+            None,
+            "cannot be evaluated: it needs at least 2 evaluated executions per case; case 'a' "
+            "has 1",
+        ),
+        "nosuch: mean > 1": (
+            "cli",
+            "error",
+            None,
+            "experiment 'naming' recorded no metric 'nosuch' (it recorded: judge, ok, score)",
+        ),
     }
+    assert last_experiment(run)["gate_passed"] == 0
+    # A gate that applies to nothing has no experiment to be stored with: the terminal says it.
     run.result.stdout.fnmatch_lines(
         [
-            "*gate ERROR  score: std <= 1 (code); cannot be evaluated: std needs at least 2 "
-            "evaluated runs",
-            "*gate ERROR  ok: pass^2 >= 0.5 (code); cannot be evaluated: it needs at least 2 "
-            "evaluated executions per case; case 'a' has 1",
-            "*gate ERROR  nosuch: mean > 1 (cli); experiment 'naming' recorded no metric "
-            "'nosuch' (it recorded: judge, ok, score)",
             "ERROR: gate 'typo: mean > 1' (cli) applies to nothing that ran: no experiment of "
             "this session recorded 'typo' (experiments that ran: naming)",
         ]

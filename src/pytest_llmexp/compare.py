@@ -21,6 +21,8 @@ __all__ = [
     "bootstrap_difference",
     "compare_experiments",
     "find_baseline",
+    "resolve_session",
+    "unified_diff",
 ]
 
 BOOTSTRAP_RESAMPLES = 2000

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .health import Health
     from .verdicts import SessionVerdict
 
-__all__ = ["FORMAT", "build_report", "failure_reasons", "to_markdown", "write_report"]
+__all__ = ["FORMAT", "build_report", "failure_reasons", "to_json", "to_markdown", "write_report"]
 
 FORMAT = "pytest-llmexp-report/1"
 
