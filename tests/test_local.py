@@ -203,6 +203,37 @@ def test_no_server_starts_for_a_session_without_experiments(
 
 
 @pytest.mark.local
+@linux_only
+def test_replay_never_starts_the_local_model(
+    local_session, pytester: pytest.Pytester, mode: str
+) -> None:
+    pytester.makepyfile(
+        llama_procs=LLAMA_PROCS,
+        test_replayed="""
+        import llama_procs
+        from pytest_llmexp import SimpleBot, experiment
+
+        @experiment(num_executions=2)
+        def test_one():
+            assert llama_procs.servers() == []
+            SimpleBot(model_name="any")("hello")
+        """,
+    )
+    run = local_session("--llm-cache", "replay")
+    run.result.assert_outcomes(failed=2)
+    run.result.stdout.fnmatch_lines(["llmexp: local model * (*not started: --llm-cache replay*"])
+    assert run.db is not None
+    errors = run.db.rows("SELECT error_type, error_message FROM experiment_runs")
+    assert [r["error_type"] for r in errors] == ["ReplayMiss"] * 2
+    # The key names the local model, as a recording on it would have.
+    assert all("model 'gemma-3-270m" in r["error_message"] for r in errors)
+    assert all(
+        r["error_message"].endswith("import a cassette with `llmexp cache import`") for r in errors
+    )
+    assert run.db.count("message_log") == 0
+
+
+@pytest.mark.local
 def test_a_corrupt_cached_model_is_assembled_again(
     _model_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -23,6 +23,9 @@ SCHEMA = {
         "versions",
         "git_sha",
         "health",
+        "cache_mode",
+        "replay_of",
+        "cache_served",
     },
     "experiments": {
         "id",
@@ -48,6 +51,7 @@ SCHEMA = {
         "retries",
         "run_data",
         "case_id",
+        "replayed_from",
     },
     "prompts": {"id", "hash", "function_name", "role", "template", "previous_version_id"},
     "gate_results": {
@@ -87,7 +91,11 @@ SCHEMA = {
         "error",
         "error_type",
         "truncated",
+        "cache_key",
+        "request",
+        "replayed_from",
     },
+    "llm_cache": {"key", "message_log_id", "recorded_at"},
     "metrics": {"run_id", "name", "value", "kind"},
     "run_prompts": {"run_id", "prompt_id"},
     "run_bots": {"run_id", "bot_id"},
@@ -107,7 +115,12 @@ def test_a_new_database_has_every_table_and_column(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         applied = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
-    assert applied == ["m001_create_tables", "m002_add_fault_columns", "m003_add_verdict_tables"]
+    assert applied == [
+        "m001_create_tables",
+        "m002_add_fault_columns",
+        "m003_add_verdict_tables",
+        "m004_add_cache_tables",
+    ]
 
 
 def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
@@ -115,7 +128,7 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     Store(path).close()
     Store(path).close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 3
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 4
 
 
 def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from .errors import (
     MetricBoundFailure,
     MetricError,
     PromptError,
+    ReplayMiss,
     StoreError,
     StructuredOutputError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "MetricBoundFailure",
     "MetricError",
     "PromptError",
+    "ReplayMiss",
     "RunContext",
     "SimpleBot",
     "StoreError",

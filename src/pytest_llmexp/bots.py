@@ -13,13 +13,13 @@ import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import endpoint
+from . import cache, endpoint
 from .calls import CallFailed, request_completion
 from .errors import BotError, LLMCallError, StructuredOutputError
 from .prompts import Message
 from .recording import clip_messages, record_call, utcnow
 from .records import BotRecord, CallRecord, PromptRecord
-from .schemas import enumerate_int_ranges, refuses_json_schema, schema_name
+from .schemas import enumerate_int_ranges, refuses_json_schema, schema_name, validate_reply
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -168,9 +168,10 @@ class _Bot:
         if self.temperature is not None:
             request["temperature"] = self.temperature
         request.update(extra)
-        client = endpoint.get_client()
         timestamp = utcnow()
         started = time.perf_counter()
+        tags = [[m.prompt.function_name, m.prompt.hash] if m.prompt else None for m in messages]
+        plan = cache.plan_call(bot, payload, tags, self.completion_kwargs)
 
         def record(messages: list[dict[str, Any]], **fields: Any) -> None:
             stored, truncated = clip_messages(messages)
@@ -186,10 +187,27 @@ class _Bot:
                     latency_ms=(time.perf_counter() - started) * 1000,
                     messages=stored,
                     truncated=truncated,
+                    cache_key=plan.key,
+                    request=plan.request,
                     **fields,
                 ),
             )
 
+        if plan.entry is not None:
+            served = plan.entry
+            record(
+                [*payload, {"role": "assistant", "content": served.content}],
+                response_model=served.response_model,
+                prompt_tokens=served.prompt_tokens,
+                completion_tokens=served.completion_tokens,
+                retries=0,
+                finish_reason=served.finish_reason,
+                error=None,
+                replayed_from=served.message_log_id,
+            )
+            plan.answered()
+            return served.content
+        client = endpoint.get_client()
         try:
             reply = request_completion(
                 client,
@@ -227,6 +245,7 @@ class _Bot:
             finish_reason=reply.finish_reason,
             error=None if content is not None else "the reply has no message content",
             error_type=None if content is not None else "EmptyReply",
+            record=plan.record,
         )
         if content is None:
             raise LLMCallError(
@@ -234,6 +253,7 @@ class _Bot:
                 f"content (finish_reason={reply.finish_reason!r})",
                 cause_type="EmptyReply",
             )
+        plan.answered()
         return content
 
 
@@ -326,23 +346,6 @@ class StructuredBot(_Bot, Generic[ModelT]):
         endpoint.remember_json_object()
         return self._complete(conversation, response_format=self._response_format("json_object"))
 
-    def _validate(self, text: str) -> ModelT:
-        """The reply as the pydantic model. Raw control characters (a newline, a tab) inside
-        JSON strings are read as themselves, as ``json.loads(strict=False)`` does: small
-        models emit them, and what they mean is unambiguous."""
-        from pydantic import ValidationError
-
-        try:
-            return self.pydantic_model.model_validate_json(text)
-        except ValidationError as exc:
-            if any(e["type"] != "json_invalid" for e in exc.errors()):
-                raise
-            try:
-                lenient = json.loads(text, strict=False)
-            except ValueError:
-                raise exc from None
-            return self.pydantic_model.model_validate_json(json.dumps(lenient))
-
     def __call__(self, *messages: MessageInput) -> ModelT:
         __tracebackhide__ = True
         from pydantic import ValidationError
@@ -352,7 +355,7 @@ class StructuredBot(_Bot, Generic[ModelT]):
         for attempt in range(1, attempts + 1):
             text = self._complete_json(conversation)
             try:
-                return self._validate(text)
+                return validate_reply(self.pydantic_model, text)
             except ValidationError as exc:
                 problems = "; ".join(
                     f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"

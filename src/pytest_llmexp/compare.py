@@ -31,17 +31,17 @@ BOOTSTRAP_SEED = 0
 _BOT_FIELDS = ("class_name", "model_name", "temperature", "system_prompt", "response_schema")
 
 
-def resolve_session(conn: sqlite3.Connection, wanted: str) -> str:
+def resolve_session(conn: sqlite3.Connection, wanted: str, option: str = "--llm-compare") -> str:
     """The session id that ``wanted`` (an id or a unique prefix of one) names."""
     rows = conn.execute(
         "SELECT id FROM sessions WHERE id LIKE ? || '%' ORDER BY started_at DESC LIMIT 3",
         (wanted,),
     ).fetchall()
     if not rows:
-        raise ExperimentError(f"--llm-compare {wanted}: no session with this id in the database")
+        raise ExperimentError(f"{option} {wanted}: no session with this id in the database")
     if len(rows) > 1:
         raise ExperimentError(
-            f"--llm-compare {wanted}: the prefix matches several sessions "
+            f"{option} {wanted}: the prefix matches several sessions "
             f"({', '.join(r[0][:12] for r in rows)}...); give more of the id"
         )
     return str(rows[0][0])

@@ -9,6 +9,7 @@ Hierarchy::
     ├── BotError                 a bot used wrongly (no model, bad messages)
     ├── LLMCallError             the endpoint failed (timeout, HTTP error, bad body)
     │   └── StructuredOutputError  the reply never validated against the pydantic model
+    ├── ReplayMiss               a call the cache mode must replay has no recorded reply
     ├── ExperimentError          misuse of an experiment or the current run
     ├── LocalModelError          the embedded local model is missing or its server did not start
     └── StoreError               message_log.db cannot be opened, migrated or written
@@ -30,6 +31,7 @@ __all__ = [
     "MetricBoundFailure",
     "MetricError",
     "PromptError",
+    "ReplayMiss",
     "StoreError",
     "StructuredOutputError",
 ]
@@ -101,6 +103,12 @@ class StructuredOutputError(LLMCallError):
         super().__init__(message, cause_type="StructuredOutputError")
         self.raw_reply = raw_reply
         self.attempts = attempts
+
+
+class ReplayMiss(LLMExpError):
+    """A call that must be served from the store (``--llm-cache replay``, or a generation
+    under ``--llm-replay-from``) has no recorded reply; the message says what differed from
+    the nearest recorded call."""
 
 
 class ExperimentError(LLMExpError):

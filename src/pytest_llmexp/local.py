@@ -9,8 +9,9 @@ server when the session ends, whatever the reason.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
@@ -26,6 +27,7 @@ __all__ = [
     "LocalModelPlugin",
     "LocalXdistHooks",
     "header_lines",
+    "local_mode",
     "worker_client_settings",
 ]
 
@@ -42,17 +44,22 @@ def worker_client_settings(workerinput: dict[str, Any]) -> endpoint.ClientSettin
 def header_lines(settings: Settings, server: LocalServer | None) -> list[str]:
     """What the session header says about the local model (nothing if it is not involved)."""
     if server is not None:
+        when = (
+            "not started: --llm-cache replay serves every call from the store"
+            if settings.cache == "replay"
+            else "started when experiments run"
+        )
         lines = [
             f"llmexp: local model {server.model.file_name} (llama.cpp on 127.0.0.1:"
-            f"{server.port}, started when experiments run)"
+            f"{server.port}, {when})"
         ]
-        if settings.local == "auto":
+        if settings.local == "auto" and settings.cache != "replay":
             lines.append(
                 "llmexp: no OPENAI_API_KEY or base URL is set, so every bot calls the local "
                 f"model; {_OPENAI_HINT}"
             )
         return lines
-    if settings.local_unavailable:
+    if settings.local_unavailable and settings.cache != "replay":
         from .llama import INSTALL_HINT
 
         return [
@@ -65,8 +72,10 @@ def header_lines(settings: Settings, server: LocalServer | None) -> list[str]:
 class LocalModelPlugin:
     """Owns the session's local model server on the controller or the only process."""
 
-    def __init__(self, server: LocalServer) -> None:
+    def __init__(self, server: LocalServer, *, needed: bool = True) -> None:
         self.server = server
+        #: ``--llm-cache replay`` serves every call from the store: no server is started.
+        self.needed = needed
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
@@ -82,6 +91,8 @@ class LocalModelPlugin:
     def start(self) -> None:
         from .errors import LocalModelError
 
+        if not self.needed:
+            return
         try:
             self.server.start()
         except LocalModelError as exc:
@@ -105,3 +116,31 @@ class LocalXdistHooks:
         """Load the model before the scheduler sends any experiment out."""
         if any(is_execution_id(nodeid) for nodeid in ids):
             self.local.start()
+
+
+def local_mode(
+    model: str | None, model_where: str, base_url: str | None, url_where: str
+) -> tuple[Literal["explicit", "auto"] | None, bool]:
+    """Whether the session uses the embedded local model, and whether it lacks any model."""
+    from .llama import INSTALL_HINT, LOCAL, missing_packages
+
+    if model == LOCAL:
+        if base_url is not None:
+            raise pytest.UsageError(
+                f"{model_where} {LOCAL} starts its own server on 127.0.0.1; remove "
+                f"{url_where} ({endpoint.display_url(base_url)}), or name a model that endpoint "
+                "serves"
+            )
+        missing = missing_packages()
+        if missing:
+            raise pytest.UsageError(
+                f"{model_where} {LOCAL}: the embedded local model needs {', '.join(missing)}, "
+                f"which is not installed: {INSTALL_HINT}"
+            )
+        return "explicit", False
+    url = endpoint.resolved_base_url(endpoint.ClientSettings(base_url=base_url))
+    if model or url or os.environ.get("OPENAI_API_KEY"):
+        return None, False
+    if missing_packages():
+        return None, True
+    return "auto", False

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, overload
 
 from .errors import MetricBoundFailure, MetricError
-from .recording import current_run
+from .recording import current_run, measuring
 from .records import MetricRecord
 
 __all__ = ["MetricFunction", "metric", "to_metric_record"]
@@ -144,7 +144,8 @@ class MetricFunction:
         __tracebackhide__ = True
         run = current_run()
         calls_before = run.usage()[0] if run is not None else 0
-        value = self.__wrapped__(*args, **kwargs)
+        with measuring():
+            value = self.__wrapped__(*args, **kwargs)
         record = to_metric_record(self.name, value)
         if run is not None:
             judge = run.usage()[0] > calls_before

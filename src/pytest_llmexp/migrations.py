@@ -155,3 +155,27 @@ def m003_add_verdict_tables(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX gate_results_experiment ON gate_results (experiment_id)")
+
+
+@migrations()
+def m004_add_cache_tables(db: Database) -> None:
+    # Per call: its cache key, what the key was made of (for explaining a replay miss), and
+    # the recorded call it was served from. Per run: the run it re-scored. Per session: the
+    # cache mode and the session it replayed. llm_cache: the recorded call for each key.
+    db.execute("ALTER TABLE message_log ADD COLUMN cache_key TEXT")
+    db.execute("ALTER TABLE message_log ADD COLUMN request TEXT")
+    db.execute("ALTER TABLE message_log ADD COLUMN replayed_from TEXT")
+    db.execute("CREATE INDEX message_log_cache_key ON message_log (cache_key)")
+    db.execute("ALTER TABLE experiment_runs ADD COLUMN replayed_from TEXT")
+    db.execute("ALTER TABLE sessions ADD COLUMN cache_mode TEXT")
+    db.execute("ALTER TABLE sessions ADD COLUMN replay_of TEXT")
+    db.execute("ALTER TABLE sessions ADD COLUMN cache_served INTEGER")
+    db.execute(
+        """
+        CREATE TABLE llm_cache (
+            key TEXT PRIMARY KEY,
+            message_log_id TEXT NOT NULL REFERENCES message_log(id),
+            recorded_at TEXT NOT NULL
+        )
+        """
+    )

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import endpoint, recording
+from . import cache, endpoint, recording
 from .collect import MARKER_HELP, generate_executions, select_experiments
 from .local import LocalModelPlugin, LocalXdistHooks, header_lines, worker_client_settings
 from .relay import RunRelay
 from .settings import SETTINGS_KEY, add_options, build_settings
 from .spend import SpendGuard
-from .spool import Spool
+from .spool import Spool, cassette_path
 from .writer import Writer, XdistHooks
 
 if TYPE_CHECKING:
@@ -67,6 +67,13 @@ def pytest_configure(config: pytest.Config) -> None:
             max_calls=settings.max_calls,
             max_tokens=settings.max_tokens,
         )
+    cache.configure(
+        cache.CacheSettings(
+            mode=settings.cache,
+            cassette=cassette_path(settings.db_path, session_id),
+            replay_of=settings.replay_from,
+        )
+    )
     relay = RunRelay(worker, Spool(settings.db_path, session_id, worker), spend)
     config.stash[_RELAY_KEY] = relay
     config.pluginmanager.register(relay, "llmexp-relay")
@@ -77,7 +84,8 @@ def _start_local(config: pytest.Config, client: endpoint.ClientSettings) -> endp
     to run (see :mod:`.local`)."""
     from .llama import LocalServer
 
-    local = LocalModelPlugin(LocalServer())
+    settings = config.stash[SETTINGS_KEY]
+    local = LocalModelPlugin(LocalServer(), needed=settings.cache != "replay")
     config.stash[_LOCAL_KEY] = local
     config.pluginmanager.register(local, "llmexp-local")
     if config.pluginmanager.hasplugin("xdist"):
@@ -106,6 +114,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         if plugin is not None:
             config.pluginmanager.unregister(plugin)
     endpoint.configure(endpoint.ClientSettings())
+    cache.configure(cache.CacheSettings())
     recording.set_orphan_writer(recording.default_orphan_writer)
     recording.set_storage_limit(recording.DEFAULT_STORAGE_LIMIT)
 

@@ -40,6 +40,8 @@ __all__ = [
     "current_run",
     "default_orphan_writer",
     "drain_orphans",
+    "in_metric",
+    "measuring",
     "record_call",
     "record_prompt",
     "set_orphan_writer",
@@ -134,6 +136,19 @@ class RunContext(_Collected):
         self._metrics: dict[str, MetricRecord] = {}
         self._metadata: dict[str, Any] = {}
         self._metric_specs: dict[str, MetricSpec] = {}
+        self._occurrences: dict[str, int] = {}
+        #: The stored run whose generations this run replays (``--llm-replay-from``).
+        self.replayed_from: str | None = None
+
+    def occurrence(self, request: str) -> int:
+        """How many identical requests (same ``request`` digest) this run got a reply to."""
+        with self._lock:
+            return self._occurrences.get(request, 0)
+
+    def answered(self, request: str) -> None:
+        """Count a reply to ``request``: a failed call (then retried) does not count."""
+        with self._lock:
+            self._occurrences[request] = self._occurrences.get(request, 0) + 1
 
     def add_metric(self, metric: MetricRecord, spec: MetricSpec | None = None) -> None:
         with self._lock:
@@ -170,11 +185,13 @@ class RunContext(_Collected):
         with self._lock:
             self._metadata[key] = json.loads(text)
 
-    def usage(self) -> tuple[int, int]:
-        """The run's LLM calls so far, and their tokens (prompt + completion)."""
+    def usage(self, *, live: bool = False) -> tuple[int, int]:
+        """The run's LLM calls so far, and their tokens (prompt + completion); ``live``: only
+        the calls that reached the endpoint, not those served from the cache."""
         with self._lock:
-            tokens = sum((c.prompt_tokens or 0) + (c.completion_tokens or 0) for c in self._calls)
-            return len(self._calls), tokens
+            calls = [c for c in self._calls if not (live and c.replayed_from)]
+            tokens = sum((c.prompt_tokens or 0) + (c.completion_tokens or 0) for c in calls)
+            return len(calls), tokens
 
     def start_json(self) -> str:
         """What the writer needs to record this run if its process dies before it ends."""
@@ -218,6 +235,7 @@ class RunContext(_Collected):
                 case_id=self.case_id,
                 gates=self.gates,
                 metric_specs=dict(self._metric_specs),
+                replayed_from=self.replayed_from,
             )
 
 
@@ -242,6 +260,7 @@ class _OrphanLog(_Collected):
 
 
 _current: ContextVar[RunContext | None] = ContextVar("pytest_llmexp_run", default=None)
+_measuring: ContextVar[bool] = ContextVar("pytest_llmexp_measuring", default=False)
 _process_run: RunContext | None = None
 _orphans = _OrphanLog()
 
@@ -285,6 +304,21 @@ def activate(run: RunContext, *, process_wide: bool = False) -> Iterator[RunCont
         _current.reset(token)
         if process_wide:
             _process_run = None
+
+
+@contextmanager
+def measuring() -> Iterator[None]:
+    """Mark the code inside as a metric function: its LLM calls are a judge's."""
+    token = _measuring.set(True)
+    try:
+        yield
+    finally:
+        _measuring.reset(token)
+
+
+def in_metric() -> bool:
+    """Whether the calling code runs inside a ``@metric`` function."""
+    return _measuring.get()
 
 
 def record_prompt(prompt: PromptRecord) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 RunStatus = Literal["passed", "failed", "error", "skipped", "crashed"]
 MetricKind = Literal["bool", "int", "float"]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class _Record(BaseModel):
@@ -57,6 +62,37 @@ class CallRecord(_Record):
     error_type: str | None = None
     #: A message's text was longer than the storage cap and was cut.
     truncated: bool = False
+    #: The call's cache key, and what it was made of (see :mod:`.cache`); ``None`` outside runs.
+    cache_key: str | None = None
+    request: dict[str, Any] | None = None
+    #: The recorded call (a ``message_log`` id) this reply was served from, not the endpoint.
+    replayed_from: str | None = None
+    #: Store this call as the recorded reply of its key (``--llm-cache record`` or ``auto``).
+    record: bool = False
+
+    def row(self, run_id: str | None, bot_id: int) -> tuple[Any, ...]:
+        """The call's ``message_log`` row, in the column order the store inserts."""
+        return (
+            self.id,
+            run_id,
+            bot_id,
+            self.timestamp,
+            self.model_name,
+            self.response_model,
+            self.temperature,
+            _json(self.messages),
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.latency_ms,
+            self.retries,
+            self.finish_reason,
+            self.error,
+            self.error_type,
+            int(self.truncated),
+            self.cache_key,
+            None if self.request is None else _json(self.request),
+            self.replayed_from,
+        )
 
 
 class MetricRecord(_Record):
@@ -108,6 +144,8 @@ class RunRecord(Recording):
     #: The gates its experiment declares in code (``@experiment(gates=...)``).
     gates: list[str] = Field(default_factory=list)
     metric_specs: dict[str, MetricSpec] = Field(default_factory=dict)
+    #: The stored run whose generations this run replayed (``--llm-replay-from``).
+    replayed_from: str | None = None
 
     def run_data(self) -> dict[str, Any]:
         """The JSON summary stored in ``experiment_runs.run_data``."""

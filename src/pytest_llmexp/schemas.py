@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-__all__ = ["enumerate_int_ranges", "refuses_json_schema", "schema_name"]
+__all__ = ["enumerate_int_ranges", "refuses_json_schema", "schema_name", "validate_reply"]
+
+ModelT = TypeVar("ModelT", bound="BaseModel")
 
 # What servers say when they do not take response_format={"type": "json_schema", ...}, e.g.
 # llama-cpp-python: "Input should be 'text' or 'json_object'".
@@ -59,3 +62,21 @@ def _bound(node: dict[str, Any], inclusive: str, exclusive: str, step: int) -> i
 def schema_name(model: type[BaseModel]) -> str:
     """The pydantic model's name as OpenAI accepts it for a ``json_schema`` format."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "response"
+
+
+def validate_reply(model: type[ModelT], text: str) -> ModelT:
+    """The reply ``text`` as ``model``. Raw control characters (a newline, a tab) inside JSON
+    strings are read as themselves, as ``json.loads(strict=False)`` does: small models emit
+    them, and what they mean is unambiguous."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        if any(e["type"] != "json_invalid" for e in exc.errors()):
+            raise
+        try:
+            lenient = json.loads(text, strict=False)
+        except ValueError:
+            raise exc from None
+        return model.model_validate_json(json.dumps(lenient))

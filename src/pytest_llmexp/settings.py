@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,17 +11,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from .endpoint import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_TIMEOUT,
-    ClientSettings,
-    display_url,
-    resolved_base_url,
-)
+from .endpoint import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from .local import local_mode
 from .recording import DEFAULT_STORAGE_LIMIT
 from .validation import DEFAULT_DB, DEFAULT_ERROR_BUDGET
 
 if TYPE_CHECKING:
+    from .cache import CacheMode
     from .gates import Gate
 
 __all__ = ["SETTINGS_KEY", "Settings", "add_options", "build_settings"]
@@ -59,6 +54,10 @@ class Settings:
     fail_on_regression: bool = False
     report_json: Path | None = None
     report_md: Path | None = None
+    #: ``--llm-cache``: off, record, replay or auto.
+    cache: CacheMode = "off"
+    #: ``--llm-replay-from``: the stored session (id or prefix) whose generations are replayed.
+    replay_from: str | None = None
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -167,6 +166,21 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="write the verdict as Markdown tables to PATH (e.g. $GITHUB_STEP_SUMMARY).",
     )
+    group.addoption(
+        "--llm-cache",
+        metavar="MODE",
+        help="record and replay LLM calls: off (the default), record (store each reply), "
+        "replay (serve every call from the store, never call the endpoint), auto (replay what "
+        "is stored, record the rest) (ini: llm_cache).",
+    )
+    group.addoption(
+        "--llm-replay-from",
+        metavar="SESSION_ID",
+        help="re-score stored session SESSION_ID: rerun its experiments on its stored "
+        "generations and measure them with the current metrics, with no LLM call (LLM-judge "
+        "calls it lacks follow --llm-cache).",
+    )
+    parser.addini("llm_cache", "record and replay LLM calls: off, record, replay or auto")
     parser.addini(
         "llm_gates", "gates, one per line: [EXPERIMENT.]METRIC: STAT OP NUMBER", "linelist"
     )
@@ -254,7 +268,7 @@ def build_settings(config: pytest.Config) -> Settings:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _bad(where, base_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8080/v1")
 
-    local, local_unavailable = _local_mode(model, model_where, base_url, where)
+    local, local_unavailable = local_mode(model, model_where, base_url, where)
 
     timeout = _number(
         config,
@@ -343,7 +357,16 @@ def _verdict_options(config: pytest.Config) -> dict[str, Any]:
         fail_on_regression = bool(config.getini("llm_fail_on_regression"))
     if fail_on_regression and compare is None:
         compare = "last"
+    cache, where = _value(config, "llm_cache")
+    modes = ("off", "record", "replay", "auto")
+    if cache is not None and cache not in modes:
+        raise _bad(where, cache, "one of " + ", ".join(modes))
+    replay_from = config.getoption("llm_replay_from")
+    if replay_from is not None and not _SESSION_PREFIX.match(replay_from):
+        raise _bad("--llm-replay-from", replay_from, "a session id (or its first 4+ hex digits)")
     return {
+        "cache": cache or "off",
+        "replay_from": replay_from,
         "ini_gates": _gates(list(config.getini("llm_gates")), "ini", "ini llm_gates"),
         "cli_gates": _gates(list(config.getoption("llm_gate") or []), "cli", "--llm-gate"),
         "compare": compare,
@@ -351,30 +374,3 @@ def _verdict_options(config: pytest.Config) -> dict[str, Any]:
         "report_json": _report_path(config, "llm_report_json"),
         "report_md": _report_path(config, "llm_report_md"),
     }
-
-
-def _local_mode(
-    model: str | None, model_where: str, base_url: str | None, url_where: str
-) -> tuple[Literal["explicit", "auto"] | None, bool]:
-    """Whether the session uses the embedded local model, and whether it lacks any model."""
-    from .llama import INSTALL_HINT, LOCAL, missing_packages
-
-    if model == LOCAL:
-        if base_url is not None:
-            raise pytest.UsageError(
-                f"{model_where} {LOCAL} starts its own server on 127.0.0.1; remove "
-                f"{url_where} ({display_url(base_url)}), or name a model that endpoint serves"
-            )
-        missing = missing_packages()
-        if missing:
-            raise pytest.UsageError(
-                f"{model_where} {LOCAL}: the embedded local model needs {', '.join(missing)}, "
-                f"which is not installed: {INSTALL_HINT}"
-            )
-        return "explicit", False
-    url = resolved_base_url(ClientSettings(base_url=base_url))
-    if model or url or os.environ.get("OPENAI_API_KEY"):
-        return None, False
-    if missing_packages():
-        return None, True
-    return "auto", False

@@ -26,7 +26,7 @@ class SpendGuard:
         self.max_tokens = max_tokens
 
     def add_run(self, run: RunContext) -> None:
-        calls, tokens = run.usage()
+        calls, tokens = run.usage(live=True)
         if calls:
             self.ledger.add(calls, tokens)
 

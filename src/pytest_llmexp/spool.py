@@ -25,6 +25,7 @@ __all__ = [
     "SpendLedger",
     "Spool",
     "SpoolLine",
+    "cassette_path",
     "read_spool",
     "remove_empty",
     "remove_session_files",
@@ -34,12 +35,17 @@ __all__ = [
 
 Kind = Literal["run", "calls"]
 SpoolLine = tuple[Kind, dict[str, Any]]
-_SUFFIXES = (".lock", ".jsonl", ".spend")
+_SUFFIXES = (".lock", ".jsonl", ".spend", ".cassette")
 
 
 def spool_dir(db_path: Path) -> Path:
     """The spool directory of a database (like SQLite's own ``-wal`` beside it)."""
     return db_path.with_name(db_path.name + "-spool")
+
+
+def cassette_path(db_path: Path, session_id: str) -> Path:
+    """The session's cassette: what it may replay (see :mod:`.cache`), deleted with its spool."""
+    return spool_dir(db_path) / f"{session_id}.cassette"
 
 
 def _open(path: Path, flags: int) -> int:

@@ -65,13 +65,14 @@ def experiment_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str
 
 
 def session_spend(conn: sqlite3.Connection, session_id: str) -> tuple[int, int, int]:
-    """A session's LLM calls in runs, their tokens (prompt + completion), and the runs the
-    spend guard skipped."""
+    """A session's LLM calls in runs that reached the endpoint (replayed calls cost nothing),
+    their tokens (prompt + completion), and the runs the spend guard skipped."""
     calls, tokens = conn.execute(
         "SELECT count(c.id), coalesce(sum(c.prompt_tokens), 0) + "
         "coalesce(sum(c.completion_tokens), 0) FROM message_log c "
         "JOIN experiment_runs r ON r.id = c.run_id "
-        "JOIN experiments e ON e.id = r.experiment_id WHERE e.session_id = ?",
+        "JOIN experiments e ON e.id = r.experiment_id "
+        "WHERE e.session_id = ? AND c.replayed_from IS NULL",
         (session_id,),
     ).fetchone()
     skipped = conn.execute(

@@ -27,7 +27,7 @@ from .stats import experiment_summary, session_spend
 from .validation import DEFAULT_DB
 
 if TYPE_CHECKING:
-    from .records import BotRecord, CallRecord, PromptRecord, Recording, RunRecord
+    from .records import BotRecord, PromptRecord, Recording, RunRecord
 
 __all__ = ["DEFAULT_DB", "Store", "default_store", "environment_versions", "git_sha"]
 
@@ -137,13 +137,16 @@ class Store:
         endpoint: str | None = None,
         session_id: str | None = None,
         status: str = "running",
+        cache_mode: str | None = None,
+        replay_of: str | None = None,
     ) -> str:
         """Insert a session row (``running`` unless told otherwise) and return its id."""
         session_id = session_id or uuid.uuid4().hex
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO sessions (id, kind, started_at, status, argv, versions, git_sha, "
-                "endpoint, rootdir) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "endpoint, rootdir, cache_mode, replay_of) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     session_id,
                     kind,
@@ -154,6 +157,8 @@ class Store:
                     git_sha(rootdir or os.getcwd()),
                     endpoint,
                     rootdir,
+                    cache_mode,
+                    replay_of,
                 ),
             )
         return session_id
@@ -175,8 +180,10 @@ class Store:
                     (status, _json(summary), experiment_id),
                 )
             conn.execute(
-                "UPDATE sessions SET status = ?, exitstatus = ?, finished_at = ?, health = ? "
-                "WHERE id = ?",
+                "UPDATE sessions SET status = ?, exitstatus = ?, finished_at = ?, health = ?, "
+                "cache_served = (SELECT count(*) FROM message_log c JOIN experiment_runs r ON "
+                "r.id = c.run_id JOIN experiments e ON e.id = r.experiment_id WHERE "
+                "e.session_id = sessions.id AND c.replayed_from IS NOT NULL) WHERE id = ?",
                 (status, exitstatus, utcnow(), _json(health) if health else None, session_id),
             )
 
@@ -219,7 +226,8 @@ class Store:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO experiment_runs (id, experiment_id, execution_index, "
                 "worker, nodeid, status, error_type, error_message, started_at, duration_s, "
-                "retries, run_data, case_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "retries, run_data, case_id, replayed_from) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.run_id,
                     experiment_id,
@@ -234,6 +242,7 @@ class Store:
                     sum(c.retries for c in run.calls),
                     _json(run.run_data()),
                     run.case_id,
+                    run.replayed_from,
                 ),
             )
             if cursor.rowcount == 0:
@@ -265,9 +274,18 @@ class Store:
         self.conn.executemany(
             "INSERT OR IGNORE INTO message_log (id, run_id, bot_id, timestamp, model_name, "
             "response_model, temperature, message_log, prompt_tokens, completion_tokens, "
-            "latency_ms, retries, finish_reason, error, error_type, truncated) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [_call_row(c, run_id, bot_ids[c.bot_hash]) for c in recording.calls],
+            "latency_ms, retries, finish_reason, error, error_type, truncated, cache_key, "
+            f"request, replayed_from) VALUES ({', '.join('?' * 19)})",
+            [c.row(run_id, bot_ids[c.bot_hash]) for c in recording.calls],
+        )
+        # Only a whole, successful reply is worth replaying; the newest recording of a key wins.
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO llm_cache (key, message_log_id, recorded_at) VALUES (?, ?, ?)",
+            [
+                (c.cache_key, c.id, c.timestamp)
+                for c in recording.calls
+                if c.record and c.cache_key and c.error is None and not c.truncated
+            ],
         )
 
     def _prompt_id(self, prompt: PromptRecord) -> int:
@@ -339,27 +357,6 @@ class Store:
                 name: experiment_summary(self.conn, eid)
                 for eid, name in self._experiments(session_id)
             }
-
-
-def _call_row(call: CallRecord, run_id: str | None, bot_id: int) -> tuple[Any, ...]:
-    return (
-        call.id,
-        run_id,
-        bot_id,
-        call.timestamp,
-        call.model_name,
-        call.response_model,
-        call.temperature,
-        _json(call.messages),
-        call.prompt_tokens,
-        call.completion_tokens,
-        call.latency_ms,
-        call.retries,
-        call.finish_reason,
-        call.error,
-        call.error_type,
-        int(call.truncated),
-    )
 
 
 _default_stores: dict[str, Store] = {}

@@ -60,6 +60,9 @@ class Writer:
         self.interrupted_workers: set[str] = set()
         self.sigterm = SigtermAsInterrupt()
         self.conclusion = Conclusion(settings, self.session_id)
+        #: The stored session whose generations this one replays (``--llm-replay-from``).
+        self.replay_of: str | None = None
+        self.cache_line: str | None = None
 
     def _store(self) -> Store:
         if self.store is None:
@@ -91,10 +94,19 @@ class Writer:
                 f"beside the database ({exc}); choose a writable path with --llm-db",
                 returncode=pytest.ExitCode.USAGE_ERROR,
             )
+        from .cachedb import prepare_cassette
+        from .errors import ExperimentError
+        from .spool import cassette_path
         from .verdicts import check_compare_target
 
         with store.reading() as conn:
             problem = check_compare_target(conn, self.settings.compare)
+        try:
+            self.replay_of = prepare_cassette(
+                store, cassette_path(self.settings.db_path, self.session_id), self.settings
+            )
+        except ExperimentError as exc:
+            problem = problem or str(exc)
         if problem is not None:
             store.close()
             self.store = None
@@ -108,6 +120,8 @@ class Writer:
                 argv=list(self.config.invocation_params.args),
                 rootdir=str(self.config.rootpath),
                 endpoint=endpoint_label(),
+                cache_mode=self.settings.cache,
+                replay_of=self.replay_of,
             )
         except sqlite3.Error as exc:
             pytest.exit(
@@ -241,6 +255,7 @@ class Writer:
             self.conclusion.without_experiments(session)
             self.conclusion.write_reports(session, None, self.summaries, None)
             return
+        from .cachedb import cache_line
         from .health import judge
 
         self._reconcile()
@@ -274,6 +289,10 @@ class Writer:
                 exitstatus=int(session.exitstatus),
                 health=self.health.as_json(),
             )
+            with self.store.reading() as conn:
+                self.cache_line = cache_line(
+                    conn, self.session_id, self.settings.cache, self.replay_of
+                )
         except sqlite3.Error as exc:
             # The session's end and its summaries are results too.
             self._lost += 1
@@ -296,6 +315,8 @@ class Writer:
                 self.session_id,
                 self.conclusion.verdict,
             )
+        if self.cache_line is not None:
+            terminalreporter.write_line(self.cache_line)
         for line, red in problem_lines(self.health):
             terminalreporter.write_line(line, red=red, yellow=not red, bold=red)
         for line, color in self.conclusion.terminal_lines():
