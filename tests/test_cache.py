@@ -120,6 +120,17 @@ def generations(db: Database, session: str) -> dict[tuple[str, int], dict[str, A
     }
 
 
+def judgements(db: Database, session: str) -> dict[tuple[str, int], float]:
+    """The judge metric of each run of the session, by (case, execution)."""
+    rows = db.rows(
+        "SELECT r.case_id, r.execution_index, m.value FROM metrics m JOIN experiment_runs r "
+        "ON r.id = m.run_id JOIN experiments e ON e.id = r.experiment_id "
+        "WHERE e.session_id = ? AND m.name = 'judged'",
+        session,
+    )
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
 def session_row(db: Database, session: str) -> dict[str, Any]:
     row = db.one(
         "SELECT cache_mode, cache_served, replay_of, status FROM sessions WHERE id = ?", session
@@ -129,8 +140,9 @@ def session_row(db: Database, session: str) -> dict[str, Any]:
 
 @pytest.fixture
 def recorded(pytester: pytest.Pytester, run_session: Callable[..., Run], fake_llm: FakeLLM) -> Run:
-    """A session of 2 cases x 2 executions recorded with --llm-cache record."""
-    setup(pytester)
+    """A session of 2 cases x 2 executions, with an LLM judge, recorded with --llm-cache
+    record: 8 calls."""
+    setup(pytester, judge=True)
     numbered(fake_llm)
     first = run_session("--llm-cache", "record")
     first.result.assert_outcomes(passed=4)
@@ -149,12 +161,12 @@ def test_record_then_replay_with_the_server_gone(
     assert first.db is not None
     recorded_session = last_session(first.db)
     stored = generations(first.db, recorded_session)
-    assert len(fake_llm.requests) == 4
+    assert len(fake_llm.requests) == 8
     # Repeats are independent: every execution got its own reply.
     assert len({g["reply"] for g in stored.values()}) == 4
-    assert first.db.count("llm_cache") == 4
+    assert first.db.count("llm_cache") == 8
     assert session_row(first.db, recorded_session)["cache_mode"] == "record"
-    assert "llmexp cache: record: 0 call(s) served from the store, 4 made, 4 recorded" in (
+    assert "llmexp cache: record: 0 call(s) served from the store, 8 made, 8 recorded" in (
         first.output
     )
 
@@ -173,9 +185,12 @@ def test_record_then_replay_with_the_server_gone(
     assert {k: g["size"] for k, g in replayed.items()} == {k: g["size"] for k, g in stored.items()}
     # Execution 1 replays execution 1's reply, never execution 0's.
     assert {k: g["from"] for k, g in replayed.items()} == {k: g["id"] for k, g in stored.items()}
+    # The judge's calls were replayed too: every call of the session came from the store.
+    judged = judgements(second.db, replayed_session)
+    assert len(judged) == 4 and judged == judgements(first.db, recorded_session)
     assert session_row(second.db, replayed_session) == {
         "cache_mode": "replay",
-        "cache_served": 4,
+        "cache_served": 8,
         "replay_of": None,
         "status": "complete",
     }
@@ -188,12 +203,12 @@ def test_record_then_replay_with_the_server_gone(
     third = run_session("--llm-cache", "auto", "--llm-num-executions", "3")
     third.result.assert_outcomes(passed=6)
     assert third.db is not None
-    assert len(fake_llm.requests) == 2
+    assert sorted(r["model"] for r in fake_llm.requests) == ["judge", "judge", "namer", "namer"]
     auto_session = last_session(third.db)
-    assert session_row(third.db, auto_session)["cache_served"] == 4
+    assert session_row(third.db, auto_session)["cache_served"] == 8
     new = {k: g for k, g in generations(third.db, auto_session).items() if g["from"] is None}
     assert sorted(new) == [("cat", 2), ("dog", 2)]
-    assert third.db.count("llm_cache") == 6
+    assert third.db.count("llm_cache") == 12
 
 
 def test_a_changed_prompt_is_a_miss_that_names_it(
@@ -334,8 +349,10 @@ def test_a_cassette_file_round_trips_through_export_and_import(
     assert llmexp(["cache", "export", "--db", db, "-o", str(cassette)]) == 0
     text = cassette.read_text()
     entries = [json.loads(line) for line in text.splitlines()]
-    assert len(entries) == 4 and {e["v"] for e in entries} == {1}
-    assert {(e["case"], e["execution"]): e["reply"]["content"] for e in entries} == {
+    assert len(entries) == 8 and {e["v"] for e in entries} == {1}
+    assert sorted(e["model"] for e in entries) == ["judge"] * 4 + ["namer"] * 4
+    generator = [e for e in entries if e["model"] == "namer"]
+    assert {(e["case"], e["execution"]): e["reply"]["content"] for e in generator} == {
         k: g["reply"] for k, g in generated.items()
     }
     # Nothing key-like, and nothing of the machine it was recorded on.
@@ -348,8 +365,8 @@ def test_a_cassette_file_round_trips_through_export_and_import(
     assert llmexp(["--db", fresh, "cache", "import", str(cassette)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        f"imported 4 call(s) into {fresh}; 0 already there",
-        f"imported 0 call(s) into {fresh}; 4 already there",
+        f"imported 8 call(s) into {fresh}; 0 already there",
+        f"imported 0 call(s) into {fresh}; 8 already there",
     ]
 
     offline(monkeypatch)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from .cache import MODES
 from .endpoint import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from .local import local_mode
 from .recording import DEFAULT_STORAGE_LIMIT
@@ -343,7 +344,7 @@ _SESSION_PREFIX = re.compile(r"^[0-9a-f]{4,32}$")
 
 
 def _verdict_options(config: pytest.Config) -> dict[str, Any]:
-    """Gates, comparison and report options."""
+    """Gates, comparison, report, cache and re-scoring options."""
     compare = config.getoption("llm_compare")
     if compare is not None and compare != "last" and not _SESSION_PREFIX.match(compare):
         hint = (
@@ -358,9 +359,8 @@ def _verdict_options(config: pytest.Config) -> dict[str, Any]:
     if fail_on_regression and compare is None:
         compare = "last"
     cache, where = _value(config, "llm_cache")
-    modes = ("off", "record", "replay", "auto")
-    if cache is not None and cache not in modes:
-        raise _bad(where, cache, "one of " + ", ".join(modes))
+    if cache is not None and cache not in MODES:
+        raise _bad(where, cache, "one of " + ", ".join(MODES))
     replay_from = config.getoption("llm_replay_from")
     if replay_from is not None and not _SESSION_PREFIX.match(replay_from):
         raise _bad("--llm-replay-from", replay_from, "a session id (or its first 4+ hex digits)")
