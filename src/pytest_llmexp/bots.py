@@ -6,7 +6,6 @@ repeated executions of an experiment stay independent.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -150,7 +149,7 @@ class _Bot:
                 "params": params,
             }
             record = BotRecord(
-                hash=hashlib.sha256(_canonical(config).encode()).hexdigest(),
+                hash=cache.digest(config),
                 system_prompt_hash=system.prompt.hash if system and system.prompt else None,
                 **config,
             )

@@ -111,7 +111,8 @@ def settings() -> CacheSettings:
 
 
 def digest(value: Any) -> str:
-    """The SHA-256 of ``value`` as canonical JSON (sorted keys, no spaces)."""
+    """The SHA-256 of ``value`` as canonical JSON (sorted keys, no spaces): the hash of a
+    bot configuration, of a response schema, of a request."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -21,7 +21,6 @@ from .endpoint import redact
 from .errors import ExperimentError, StoreError
 
 if TYPE_CHECKING:
-    from .settings import Settings
     from .store import Store
 
 __all__ = [
@@ -69,17 +68,12 @@ def check_replay_source(conn: sqlite3.Connection, wanted: str) -> str:
     return session_id
 
 
-def prepare_cassette(store: Store, path: Path, settings: Settings) -> str | None:
-    """Build the session's cassette if the session replays anything, and return the id of
-    the session it re-scores (``--llm-replay-from``); an unusable source is an
-    :class:`ExperimentError`."""
-    session = None
-    if settings.replay_from is not None:
-        with store.reading() as conn:
-            session = check_replay_source(conn, settings.replay_from)
-    if session is not None or settings.cache in ("replay", "auto"):
-        build_cassette(store, path, cache=settings.cache in ("replay", "auto"), session=session)
-    return session
+def prepare_cassette(store: Store, path: Path, mode: str, replay_of: str | None) -> None:
+    """Build the session's cassette if the session replays anything: the cache
+    (``--llm-cache replay`` or ``auto``), a stored session (``--llm-replay-from``), or both."""
+    cache = mode in ("replay", "auto")
+    if cache or replay_of is not None:
+        build_cassette(store, path, cache=cache, session=replay_of)
 
 
 def build_cassette(store: Store, path: Path, *, cache: bool, session: str | None) -> int:

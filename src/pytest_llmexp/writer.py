@@ -94,25 +94,27 @@ class Writer:
                 f"beside the database ({exc}); choose a writable path with --llm-db",
                 returncode=pytest.ExitCode.USAGE_ERROR,
             )
-        from .cachedb import prepare_cassette
+        from .cachedb import check_replay_source, prepare_cassette
         from .errors import ExperimentError
         from .spool import cassette_path
         from .verdicts import check_compare_target
 
         with store.reading() as conn:
             problem = check_compare_target(conn, self.settings.compare)
-        try:
-            self.replay_of = prepare_cassette(
-                store, cassette_path(self.settings.db_path, self.session_id), self.settings
-            )
-        except ExperimentError as exc:
-            problem = problem or str(exc)
+            if problem is None and self.settings.replay_from is not None:
+                try:
+                    self.replay_of = check_replay_source(conn, self.settings.replay_from)
+                except ExperimentError as exc:
+                    problem = str(exc)
         if problem is not None:
             store.close()
             self.store = None
             pytest.exit(f"pytest-llmexp: {problem}", returncode=pytest.ExitCode.USAGE_ERROR)
         try:
             self.recovered = recover(store, self.spool_dir, own_session=self.session_id)
+            # After recovery, so that what a killed session recorded can be replayed.
+            cassette = cassette_path(self.settings.db_path, self.session_id)
+            prepare_cassette(store, cassette, self.settings.cache, self.replay_of)
             store.begin_session(
                 kind="pytest",
                 session_id=self.session_id,
