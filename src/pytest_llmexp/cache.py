@@ -37,7 +37,6 @@ __all__ = [
     "digest",
     "plan_call",
     "request_digest",
-    "settings",
 ]
 
 CacheMode = Literal["off", "record", "replay", "auto"]
@@ -103,11 +102,6 @@ def configure(new: CacheSettings) -> None:
         if _cassette is not None:
             _cassette.close()
         _settings, _cassette = new, None
-
-
-def settings() -> CacheSettings:
-    """This process's cache settings."""
-    return _settings
 
 
 def digest(value: Any) -> str:

@@ -114,15 +114,17 @@ def build_cassette(store: Store, path: Path, *, cache: bool, session: str | None
     return count
 
 
-def cache_line(
-    conn: sqlite3.Connection, session_id: str, mode: str, replay_of: str | None
-) -> str | None:
-    """The summary line about the cache (``None`` when it was off and nothing was replayed)."""
-    if mode == "off" and replay_of is None:
+def cache_line(conn: sqlite3.Connection, session_id: str) -> str | None:
+    """The summary line about the cache, from the finished session's row (``None`` when the
+    cache was off and nothing was replayed)."""
+    mode, replay_of, served = conn.execute(
+        "SELECT cache_mode, replay_of, cache_served FROM sessions WHERE id = ?", (session_id,)
+    ).fetchone()
+    if mode in (None, "off") and replay_of is None:
         return None
-    made, served, recorded = conn.execute(
-        "SELECT count(*) - count(c.replayed_from), count(c.replayed_from), count(k.key) "
-        f"FROM message_log c LEFT JOIN llm_cache k ON k.message_log_id = c.id {_IN_SESSION}",
+    made, recorded = conn.execute(
+        "SELECT count(*) - count(c.replayed_from), count(k.key) FROM message_log c "
+        f"LEFT JOIN llm_cache k ON k.message_log_id = c.id {_IN_SESSION}",
         (session_id,),
     ).fetchone()
     head = f"llmexp cache: {mode}"

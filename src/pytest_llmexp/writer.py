@@ -292,9 +292,7 @@ class Writer:
                 health=self.health.as_json(),
             )
             with self.store.reading() as conn:
-                self.cache_line = cache_line(
-                    conn, self.session_id, self.settings.cache, self.replay_of
-                )
+                self.cache_line = cache_line(conn, self.session_id)
         except sqlite3.Error as exc:
             # The session's end and its summaries are results too.
             self._lost += 1
