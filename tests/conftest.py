@@ -178,3 +178,11 @@ def _default_endpoint() -> Iterator[None]:
     endpoint.configure(endpoint.ClientSettings())
     yield
     endpoint.configure(outer)
+
+
+@pytest.fixture(scope="session")
+def history(_fake_server: FakeLLM, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A message_log.db holding four real sessions (see ``history.py``), built once."""
+    from history import build_history
+
+    return build_history(_fake_server, tmp_path_factory.mktemp("history"))

@@ -139,6 +139,100 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    from .commands import COMMANDS
+
+    listing = argparse.ArgumentParser(add_help=False, parents=[common])
+    listing.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+    def command(name: str, help: str, *, json: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[listing if json else common], help=help)
+        sub.set_defaults(run=COMMANDS[name])
+        return sub
+
+    def session_of(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--session",
+            help="the session (an id, a unique prefix, or 'last'; default: the most recent "
+            "session that ran the experiment)",
+        )
+
+    for name, what in (("sessions", "sessions"), ("experiments", "experiments")):
+        sub = command(name, f"the most recent {what}, with status, runs and metric means")
+        if name == "experiments":
+            sub.add_argument("name", nargs="?", help="only the experiment of this name")
+        sub.add_argument("-n", "--limit", type=_positive, default=20, help="how many (20)")
+    show = command("show", "an experiment's metric statistics, gates, and failing runs")
+    show.add_argument("experiment", help="the experiment's name")
+    session_of(show)
+    runs = command("runs", "an experiment's runs, with their status and metric values")
+    runs.add_argument("experiment", help="the experiment's name")
+    runs.add_argument(
+        "--status",
+        action="append",
+        choices=("passed", "failed", "error", "crashed", "skipped"),
+        help="only runs of this status (repeatable)",
+    )
+    session_of(runs)
+    run = command("run", "one run: its conversation, prompts with versions, bots and metrics")
+    run.add_argument("run_id", metavar="RUN_ID", help="a run id, or a unique prefix of one")
+    prompts = command("prompts", "each prompt's version history, or a diff of two versions")
+    prompts.add_argument("name", nargs="?", help="only the prompt function of this name")
+    prompts.add_argument(
+        "--diff",
+        nargs="*",
+        metavar="VERSION",
+        help="show a diff: of the last two versions (no VERSION), of VERSION and the one "
+        "before it, or of two VERSIONs",
+    )
+    compare = command("compare", "compare two stored sessions, metric by metric")
+    compare.add_argument("baseline", metavar="BASELINE", help="the baseline session")
+    compare.add_argument("current", metavar="CURRENT", help="the session compared with it")
+    compare.add_argument(
+        "--experiment", action="append", default=[], help="only this experiment (repeatable)"
+    )
+    export = command("export", "one row per run, metrics as columns", json=False)
+    export.add_argument("experiment", help="the experiment's name")
+    export.add_argument("--format", choices=("csv", "jsonl", "json"), default="csv")
+    export.add_argument("-o", "--output", default="-", help="the file to write (default: stdout)")
+    session_of(export)
+    export.add_argument(
+        "--all-sessions", action="store_true", help="the runs of every session that ran it"
+    )
+    gate = command(
+        "gate",
+        "evaluate the gates on a stored, complete session: exit 0 passed, 1 failed",
+    )
+    gate.add_argument("session", metavar="SESSION", help="a session id, prefix, or 'last'")
+    gate.add_argument(
+        "--gate",
+        action="append",
+        default=[],
+        help="one more gate, [EXPERIMENT.]METRIC: STATISTIC OP NUMBER (repeatable)",
+    )
+    report = command("report", "write the self-contained HTML report", json=False)
+    report.add_argument("-o", "--output", default="llmexp-report.html", help="the file to write")
+    report.add_argument("--session", help="report this session (default: each experiment's latest)")
+    report.add_argument(
+        "--experiment", action="append", default=[], help="only this experiment (repeatable)"
+    )
+    report.add_argument(
+        "--trend", type=_positive, default=20, help="sessions shown in the trends (20)"
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmexp", description=__doc__)
     parser.add_argument(
@@ -150,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _read_commands(commands, common)
     commands.add_parser(
         "recover",
         parents=[common],
@@ -182,7 +277,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     load.add_argument("file", help="a file written by llmexp cache export")
     load.set_defaults(run=_import)
     args = parser.parse_args(argv)
-    return int(args.run(args))
+    from .commands import Failed
+
+    try:
+        return int(args.run(args))
+    except Failed as exc:
+        print(f"llmexp {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `llmexp runs x | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,9 +10,9 @@ import sqlite3
 import statistics
 from typing import Any
 
-from .errors import ExperimentError
 from .evaluate import ExperimentData, load_experiment, percentile
 from .gates import Gate
+from .lookup import find_id
 from .stats import EVALUATED
 
 __all__ = [
@@ -33,18 +33,7 @@ _BOT_FIELDS = ("class_name", "model_name", "temperature", "system_prompt", "resp
 
 def resolve_session(conn: sqlite3.Connection, wanted: str, option: str = "--llm-compare") -> str:
     """The session id that ``wanted`` (an id or a unique prefix of one) names."""
-    rows = conn.execute(
-        "SELECT id FROM sessions WHERE id LIKE ? || '%' ORDER BY started_at DESC LIMIT 3",
-        (wanted,),
-    ).fetchall()
-    if not rows:
-        raise ExperimentError(f"{option} {wanted}: no session with this id in the database")
-    if len(rows) > 1:
-        raise ExperimentError(
-            f"{option} {wanted}: the prefix matches several sessions "
-            f"({', '.join(r[0][:12] for r in rows)}...); give more of the id"
-        )
-    return str(rows[0][0])
+    return find_id(conn, "sessions", wanted, what="session", option=option, order="started_at DESC")
 
 
 def find_baseline(
@@ -184,7 +173,7 @@ def _prompts(conn: sqlite3.Connection, experiment_id: int) -> dict[str, list[tup
     return found
 
 
-def _prompt_changes(conn: sqlite3.Connection, base_id: int, cur_id: int) -> list[dict[str, Any]]:
+def prompt_changes(conn: sqlite3.Connection, base_id: int, cur_id: int) -> list[dict[str, Any]]:
     before, after = _prompts(conn, base_id), _prompts(conn, cur_id)
     changes = []
     for name in sorted(set(before) | set(after)):
@@ -229,7 +218,7 @@ def _bot_values(conn: sqlite3.Connection, experiment_id: int) -> dict[str, set[s
     return values
 
 
-def _bot_changes(conn: sqlite3.Connection, base_id: int, cur_id: int) -> list[dict[str, Any]]:
+def bot_changes(conn: sqlite3.Connection, base_id: int, cur_id: int) -> list[dict[str, Any]]:
     before, after = _bot_values(conn, base_id), _bot_values(conn, cur_id)
     changes = []
     for key in sorted(set(before) | set(after)):
@@ -264,6 +253,6 @@ def compare_experiments(
         "metrics": [_compare_metric(base, current, m, gates) for m in metrics],
         "only_in_baseline": sorted(set(base.kinds) - set(current.kinds)),
         "only_in_current": sorted(set(current.kinds) - set(base.kinds)),
-        "prompts": _prompt_changes(conn, baseline_id, current.id),
-        "bots": _bot_changes(conn, baseline_id, current.id),
+        "prompts": prompt_changes(conn, baseline_id, current.id),
+        "bots": bot_changes(conn, baseline_id, current.id),
     }

@@ -4,6 +4,7 @@ JSON and Markdown reports."""
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -118,10 +119,13 @@ class Conclusion:
         status: str | None,
         summaries: dict[str, dict[str, Any]],
         health: Health | None,
+        store: Store | None = None,
     ) -> None:
-        """Write the JSON and Markdown reports asked for; one that cannot be written fails
-        the session, as a CI job would otherwise publish nothing and pass."""
+        """Write the JSON, Markdown and HTML reports asked for; one that cannot be written
+        fails the session, as a CI job would otherwise publish nothing and pass."""
         settings = self.settings
+        if settings.report_html is not None and store is not None and status is not None:
+            self._write_html(session, store, settings.report_html)
         if settings.report_json is None and settings.report_md is None:
             return
         from .reports import build_report, to_json, to_markdown, write_report
@@ -146,6 +150,22 @@ class Conclusion:
                 write_report(settings.report_md, to_markdown(report))
         except OSError as exc:
             self.report_error = f"cannot write the report: {exc}"
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+
+    def _write_html(self, session: pytest.Session, store: Store, path: Path) -> None:
+        from .htmlreport import build_html
+        from .reports import write_report
+
+        try:
+            with store.reading() as conn:
+                html = build_html(conn, session=self.session_id, database=store.path.name)
+            write_report(path, html)
+        except OSError as exc:
+            self.report_error = f"cannot write the HTML report: {exc}"
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        except Exception as exc:
+            # The session is stored; the report is not, and a CI job must not pass without it.
+            self.report_error = f"the HTML report could not be built: {type(exc).__name__}: {exc}"
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
     def terminal_lines(self) -> list[tuple[str, str | None]]:

@@ -55,6 +55,7 @@ class Settings:
     fail_on_regression: bool = False
     report_json: Path | None = None
     report_md: Path | None = None
+    report_html: Path | None = None
     #: ``--llm-cache``: off, record, replay or auto.
     cache: CacheMode = "off"
     #: ``--llm-replay-from``: the stored session (id or prefix) whose generations are replayed.
@@ -166,6 +167,12 @@ def add_options(parser: pytest.Parser) -> None:
         "--llm-report-md",
         metavar="PATH",
         help="write the verdict as Markdown tables to PATH (e.g. $GITHUB_STEP_SUMMARY).",
+    )
+    group.addoption(
+        "--llm-report",
+        metavar="PATH",
+        help="write the HTML report of this session's experiments to PATH: one file that opens "
+        "with no network (also: llmexp report).",
     )
     group.addoption(
         "--llm-cache",
@@ -373,4 +380,5 @@ def _verdict_options(config: pytest.Config) -> dict[str, Any]:
         "fail_on_regression": fail_on_regression,
         "report_json": _report_path(config, "llm_report_json"),
         "report_md": _report_path(config, "llm_report_md"),
+        "report_html": _report_path(config, "llm_report"),
     }

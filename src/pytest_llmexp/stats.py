@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import statistics
 from typing import Any
 
-__all__ = ["EVALUATED", "RUN_STATUSES", "experiment_summary", "session_spend"]
+__all__ = ["EVALUATED", "RUN_STATUSES", "experiment_summary", "interval", "session_spend"]
 
 RUN_STATUSES = ("passed", "failed", "error", "skipped", "crashed")
 #: Run statuses whose metrics count in aggregates: the run was evaluated.
@@ -81,3 +82,34 @@ def session_spend(conn: sqlite3.Connection, session_id: str) -> tuple[int, int, 
         (session_id,),
     ).fetchone()[0]
     return int(calls), int(tokens), int(skipped)
+
+
+# Student's t at 97.5% for 1..30 degrees of freedom: a 95% two-sided interval of a mean.
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def interval(values: list[float], kind: str = "float") -> tuple[float | None, float | None]:
+    """The 95% interval of the mean of ``values``: Wilson's score interval for a bool metric
+    (a proportion, kept within [0, 1]), else Student's t; None with fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return None, None
+    if kind == "bool":
+        z = 1.959964
+        p = statistics.fmean(values)
+        center = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        return max(0.0, center - half), min(1.0, center + half)
+    df = n - 1
+    if df <= len(_T975):
+        t = _T975[df - 1]
+    else:  # Cornish-Fisher: within 0.001 of t beyond 30 degrees of freedom
+        z = 1.959964
+        t = z + (z**3 + z) / (4 * df)
+    mean = statistics.fmean(values)
+    half = t * statistics.stdev(values) / math.sqrt(n)
+    return mean - half, mean + half

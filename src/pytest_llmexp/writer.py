@@ -298,7 +298,7 @@ class Writer:
             self._lost += 1
             self._write_errors.append(f"{type(exc).__name__}: {exc}")
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
-        self.conclusion.write_reports(session, status, self.summaries, self.health)
+        self.conclusion.write_reports(session, status, self.summaries, self.health, self.store)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         from .health import problem_lines, recovery_lines

@@ -1,0 +1,366 @@
+"""Reading message_log.db for people: sessions, experiments, runs, conversations, prompt
+histories and metric trends, as JSON-safe builtins (the ``llmexp`` command and the HTML report
+format them)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import statistics
+from datetime import datetime
+from typing import Any
+
+from .errors import ExperimentError
+from .lookup import find_experiment, nearest
+from .stats import experiment_summary, interval
+from .trends import metric_values
+
+__all__ = [
+    "experiment_detail",
+    "experiments",
+    "export_rows",
+    "prompt_history",
+    "run_detail",
+    "runs",
+    "sessions",
+]
+
+
+def _duration(started: str | None, finished: str | None) -> float | None:
+    if not started or not finished:
+        return None
+    return (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+
+
+def _gate_state(values: list[Any]) -> str | None:
+    """One verdict over experiments' ``gate_passed``: failed, passed, or None (none gated)."""
+    judged = [v for v in values if v is not None]
+    if not judged:
+        return None
+    return "passed" if all(judged) else "failed"
+
+
+def sessions(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
+    """The most recent sessions, newest first."""
+    found = []
+    for row in conn.execute(
+        "SELECT id, kind, started_at, finished_at, status, exitstatus, cache_mode, health "
+        "FROM sessions ORDER BY started_at DESC LIMIT ?",
+        (limit,),
+    ):
+        session_id, kind, started, finished, status, exitstatus, cache_mode, health = row
+        names, gated = [], []
+        counts = dict.fromkeys(("passed", "failed", "error", "crashed", "skipped"), 0)
+        for name, gate_passed in conn.execute(
+            "SELECT name, gate_passed FROM experiments WHERE session_id = ? ORDER BY id",
+            (session_id,),
+        ):
+            names.append(name)
+            gated.append(gate_passed)
+        for status_, count in conn.execute(
+            "SELECT r.status, count(*) FROM experiment_runs r JOIN experiments e "
+            "ON e.id = r.experiment_id WHERE e.session_id = ? GROUP BY r.status",
+            (session_id,),
+        ):
+            counts[status_] = count
+        found.append(
+            {
+                "id": session_id,
+                "kind": kind,
+                "started_at": started,
+                "duration_s": _duration(started, finished),
+                "status": status,
+                "exitstatus": exitstatus,
+                "experiments": names,
+                "runs": counts,
+                "gates": _gate_state(gated),
+                "cache_mode": cache_mode,
+                "calls": json.loads(health).get("calls") if health else None,
+            }
+        )
+    return found
+
+
+def _summary(conn: sqlite3.Connection, experiment_id: int, stored: str | None) -> dict[str, Any]:
+    # A running or killed session's experiments have no stored summary yet.
+    return json.loads(stored) if stored else experiment_summary(conn, experiment_id)
+
+
+def experiments(
+    conn: sqlite3.Connection, name: str | None = None, limit: int = 20
+) -> list[dict[str, Any]]:
+    """Experiments of the most recent sessions (of one name, if given), newest first."""
+    if name is not None:
+        find_experiment(conn, name)  # an unknown name is an error with suggestions
+    rows = conn.execute(
+        "SELECT e.id, e.name, e.session_id, s.started_at, s.status, e.num_executions, "
+        "e.gate_passed, e.summary FROM experiments e JOIN sessions s ON s.id = e.session_id "
+        "WHERE ? IS NULL OR e.name = ? ORDER BY s.started_at DESC, e.id DESC LIMIT ?",
+        (name, name, limit),
+    ).fetchall()
+    found = []
+    for experiment_id, name_, session_id, started, status, executions, gate_passed, stored in rows:
+        summary = _summary(conn, experiment_id, stored)
+        found.append(
+            {
+                "id": experiment_id,
+                "name": name_,
+                "session_id": session_id,
+                "started_at": started,
+                "session_status": status,
+                "num_executions": executions,
+                "runs": summary["runs"],
+                "gates": None if gate_passed is None else ("passed" if gate_passed else "failed"),
+                "means": {m: s["mean"] for m, s in summary["metrics"].items()},
+            }
+        )
+    return found
+
+
+def experiment_detail(conn: sqlite3.Connection, experiment_id: int) -> dict[str, Any]:
+    """One experiment: per-metric statistics with their interval, values, gates, the runs that
+    did not pass with their reasons, and the stored comparison with a baseline."""
+    name, session_id, executions, gate_passed, stored, comparison, started, status = conn.execute(
+        "SELECT e.name, e.session_id, e.num_executions, e.gate_passed, e.summary, "
+        "e.comparison, s.started_at, s.status FROM experiments e "
+        "JOIN sessions s ON s.id = e.session_id WHERE e.id = ?",
+        (experiment_id,),
+    ).fetchone()
+    summary = _summary(conn, experiment_id, stored)
+    values, _ = metric_values(conn, experiment_id)
+    for metric, stats in summary["metrics"].items():
+        low, high = interval(values.get(metric, []), stats["kind"])
+        stats.update(
+            median=statistics.median(values[metric]) if values.get(metric) else None,
+            ci_low=low,
+            ci_high=high,
+            values=values.get(metric, []),
+        )
+    gates = [
+        dict(zip(("gate", "source", "observed", "verdict", "detail"), row, strict=True))
+        for row in conn.execute(
+            "SELECT gate, source, observed, verdict, detail FROM gate_results "
+            "WHERE experiment_id = ? ORDER BY id",
+            (experiment_id,),
+        )
+    ]
+    cases = conn.execute(
+        "SELECT count(DISTINCT coalesce(case_id, '')) FROM experiment_runs WHERE experiment_id = ?",
+        (experiment_id,),
+    ).fetchone()[0]
+    return {
+        "id": experiment_id,
+        "name": name,
+        "session_id": session_id,
+        "started_at": started,
+        "session_status": status,
+        "num_executions": executions,
+        "cases": cases,
+        "runs": summary["runs"],
+        "errors": summary["errors"],
+        "metrics": summary["metrics"],
+        "gate_passed": gate_passed if gate_passed is None else bool(gate_passed),
+        "gates": gates,
+        "not_passed": [r for r in runs(conn, experiment_id) if r["status"] != "passed"],
+        "comparison": json.loads(comparison) if comparison else None,
+    }
+
+
+def runs(conn: sqlite3.Connection, experiment_id: int) -> list[dict[str, Any]]:
+    """The experiment's runs in case and execution order, each with its metric values."""
+    metrics: dict[str, dict[str, float]] = {}
+    for run_id, metric, value in conn.execute(
+        "SELECT m.run_id, m.name, m.value FROM metrics m JOIN experiment_runs r "
+        "ON r.id = m.run_id WHERE r.experiment_id = ? ORDER BY m.rowid",
+        (experiment_id,),
+    ):
+        metrics.setdefault(run_id, {})[metric] = value
+    return [
+        {
+            "id": run_id,
+            "case": case,
+            "execution": index,
+            "status": status,
+            "duration_s": duration,
+            "error_type": error_type,
+            "error_message": message,
+            "metrics": metrics.get(run_id, {}),
+        }
+        for run_id, case, index, status, duration, error_type, message in conn.execute(
+            "SELECT id, case_id, execution_index, status, duration_s, error_type, "
+            "error_message FROM experiment_runs WHERE experiment_id = ? "
+            "ORDER BY coalesce(case_id, ''), execution_index, started_at",
+            (experiment_id,),
+        )
+    ]
+
+
+def _calls(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
+    calls = []
+    for row in conn.execute(
+        "SELECT c.id, b.class_name, c.model_name, c.temperature, c.message_log, "
+        "c.prompt_tokens, c.completion_tokens, c.latency_ms, c.retries, c.error_type, c.error, "
+        "c.replayed_from FROM message_log c LEFT JOIN bots b ON b.id = c.bot_id "
+        "WHERE c.run_id = ? ORDER BY c.timestamp, c.rowid",
+        (run_id,),
+    ):
+        call_id, bot, model, temperature, log, prompt_tokens, completion_tokens = row[:7]
+        latency, retries, error_type, error, replayed_from = row[7:]
+        calls.append(
+            {
+                "id": call_id,
+                "bot": bot,
+                "model": model,
+                "temperature": temperature,
+                "messages": json.loads(log) if log else [],
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "latency_ms": latency,
+                "retries": retries,
+                "error": f"{error_type}: {error}" if error else None,
+                "replayed_from": replayed_from,
+            }
+        )
+    return calls
+
+
+def run_detail(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
+    """One run: its place, outcome, conversation (every LLM call), prompts with their
+    versions, bot configurations and metric values."""
+    row = conn.execute(
+        "SELECT r.id, e.name, e.session_id, r.case_id, r.execution_index, r.status, r.worker, "
+        "r.started_at, r.duration_s, r.error_type, r.error_message, r.replayed_from "
+        "FROM experiment_runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = ?",
+        (run_id,),
+    ).fetchone()
+    keys = (
+        "id",
+        "experiment",
+        "session_id",
+        "case",
+        "execution",
+        "status",
+        "worker",
+        "started_at",
+        "duration_s",
+        "error_type",
+        "error_message",
+        "replayed_from",
+    )
+    detail: dict[str, Any] = dict(zip(keys, row, strict=True))
+    detail["metrics"] = {
+        name: {"value": value, "kind": kind}
+        for name, value, kind in conn.execute(
+            "SELECT name, value, kind FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,)
+        )
+    }
+    detail["prompts"] = [
+        dict(zip(("name", "role", "version", "template"), p, strict=True))
+        for p in conn.execute(
+            "SELECT p.function_name, p.role, substr(p.hash, 1, 8), p.template FROM run_prompts rp "
+            "JOIN prompts p ON p.id = rp.prompt_id WHERE rp.run_id = ? ORDER BY p.function_name",
+            (run_id,),
+        )
+    ]
+    detail["bots"] = [
+        {
+            "class_name": b[0],
+            "model": b[1],
+            "temperature": b[2],
+            "system_prompt": b[3],
+            "response_schema": json.loads(b[4]) if b[4] else None,
+            "params": {k: v for k, v in json.loads(b[5] or "{}").items() if k != "base_url"},
+        }
+        for b in conn.execute(
+            "SELECT b.class_name, b.model_name, b.temperature, b.system_prompt, "
+            "b.response_schema, b.params FROM run_bots rb JOIN bots b ON b.id = rb.bot_id "
+            "WHERE rb.run_id = ? ORDER BY b.id",
+            (run_id,),
+        )
+    ]
+    detail["calls"] = _calls(conn, run_id)
+    return detail
+
+
+def prompt_history(
+    conn: sqlite3.Connection, name: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Each prompt function's versions, oldest first, with when each was first and last used
+    and in how many runs."""
+    if name is not None:
+        known = [str(r[0]) for r in conn.execute("SELECT DISTINCT function_name FROM prompts")]
+        if name not in known:
+            close = nearest(name, known)
+            hint = f"did you mean {', '.join(close)}?" if close else "no prompt is stored yet"
+            raise ExperimentError(f"no prompt {name!r} in the database; {hint}")
+    history: dict[str, list[dict[str, Any]]] = {}
+    for row in conn.execute(
+        """
+        SELECT p.function_name, p.module, p.role, p.hash, p.template, p.created_at,
+               count(r.id), min(r.started_at), max(r.started_at)
+        FROM prompts p LEFT JOIN run_prompts rp ON rp.prompt_id = p.id
+        LEFT JOIN experiment_runs r ON r.id = rp.run_id
+        WHERE ? IS NULL OR p.function_name = ?
+        GROUP BY p.id ORDER BY p.function_name, p.created_at, p.id
+        """,
+        (name, name),
+    ):
+        function, module, role, digest, template, created, used, first, last = row
+        history.setdefault(function, []).append(
+            {
+                "version": digest[:8],
+                "hash": digest,
+                "module": module,
+                "role": role,
+                "template": template,
+                "created_at": created,
+                "runs": used,
+                "first_used": first,
+                "last_used": last,
+            }
+        )
+    return history
+
+
+def export_rows(conn: sqlite3.Connection, experiment_ids: list[int]) -> list[dict[str, Any]]:
+    """One row per run of the experiments, with each metric as a column (``metric.NAME`` when
+    a metric's name is taken by a fixed column)."""
+    rows = []
+    fixed = (
+        "session_id",
+        "started_at",
+        "experiment",
+        "run_id",
+        "case",
+        "execution",
+        "status",
+        "error_type",
+        "duration_s",
+    )
+    names: list[str] = []
+    for experiment_id in experiment_ids:
+        name, session_id, started = conn.execute(
+            "SELECT e.name, e.session_id, s.started_at FROM experiments e "
+            "JOIN sessions s ON s.id = e.session_id WHERE e.id = ?",
+            (experiment_id,),
+        ).fetchone()
+        for run in runs(conn, experiment_id):
+            row = dict.fromkeys(fixed)
+            row.update(
+                session_id=session_id,
+                started_at=started,
+                experiment=name,
+                run_id=run["id"],
+                case=run["case"],
+                execution=run["execution"],
+                status=run["status"],
+                error_type=run["error_type"],
+                duration_s=run["duration_s"],
+            )
+            for metric, value in run["metrics"].items():
+                column = f"metric.{metric}" if metric in fixed else metric
+                names.append(column)
+                row[column] = value
+            rows.append(row)
+    columns = list(fixed) + list(dict.fromkeys(names))
+    return [{c: row.get(c) for c in columns} for row in rows]

@@ -1,0 +1,84 @@
+"""A metric's values in one experiment, and the trend of its mean across sessions with
+what changed between them (prompt versions, bot settings)."""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+from typing import Any
+
+from .stats import EVALUATED, interval
+
+__all__ = ["metric_values", "trend"]
+
+
+def metric_values(
+    conn: sqlite3.Connection, experiment_id: int
+) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Each metric's values over the evaluated runs, and its kind."""
+    values: dict[str, list[float]] = {}
+    kinds: dict[str, str] = {}
+    placeholders = ", ".join("?" * len(EVALUATED))
+    for metric, value, kind in conn.execute(
+        f"SELECT m.name, m.value, m.kind FROM metrics m JOIN experiment_runs r ON r.id = m.run_id "
+        f"WHERE r.experiment_id = ? AND r.status IN ({placeholders}) "
+        "ORDER BY m.name, r.case_id, r.execution_index",
+        (experiment_id, *EVALUATED),
+    ):
+        values.setdefault(str(metric), []).append(float(value))
+        kinds[metric] = kind if kinds.get(metric, kind) == kind else "float"
+    return values, kinds
+
+
+def _values(values: list[str]) -> str:
+    return ", ".join(values) or "-"
+
+
+def trend(
+    conn: sqlite3.Connection, name: str, limit: int = 20, until: str | None = None
+) -> list[dict[str, Any]]:
+    """Experiment ``name`` over its most recent sessions (up to session ``until``), oldest
+    first: per metric the mean of evaluated runs with its 95% interval, and what changed
+    since the previous session (prompt versions, bot settings)."""
+    from .compare import bot_changes, prompt_changes
+
+    rows = conn.execute(
+        "SELECT e.id, e.session_id, s.started_at, s.status FROM experiments e "
+        "JOIN sessions s ON s.id = e.session_id WHERE e.name = ? AND (? IS NULL OR "
+        "s.started_at <= (SELECT started_at FROM sessions WHERE id = ?)) "
+        "ORDER BY s.started_at DESC, e.id DESC LIMIT ?",
+        (name, until, until, limit + 1),
+    ).fetchall()[::-1]
+    points = []
+    for position, (experiment_id, session_id, started, status) in enumerate(rows):
+        point: dict[str, Any] = {
+            "experiment_id": experiment_id,
+            "session_id": session_id,
+            "started_at": started,
+            "session_status": status,
+            "metrics": {},
+            "changes": [],
+        }
+        values_of, kinds = metric_values(conn, experiment_id)
+        for metric, values in values_of.items():
+            low, high = interval(values, kinds[metric])
+            point["metrics"][metric] = {
+                "n": len(values),
+                "mean": statistics.fmean(values),
+                "ci_low": low,
+                "ci_high": high,
+            }
+        if position:
+            previous = rows[position - 1][0]
+            point["changes"] = [
+                f"prompt {c['prompt']} {_values(c['from'])} -> {_values(c['to'])}"
+                for c in prompt_changes(conn, previous, experiment_id)
+            ] + [
+                f"bot {c['setting']} changed"
+                if c["setting"] == "system_prompt"
+                else f"bot {c['setting']} {_values(c['from'])} -> {_values(c['to'])}"
+                for c in bot_changes(conn, previous, experiment_id)
+            ]
+        points.append(point)
+    # The extra oldest session only tells what changed at the first one shown.
+    return points[1:] if len(points) > limit else points

@@ -1,0 +1,217 @@
+"""The HTML report, opened from disk in a real headless Chromium (driven by Playwright): its
+charts and run table render, a click opens a run's conversation, and the page asks the
+network for nothing. Then ``pytest --llm-report`` in an inner session, both modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Database
+from history import MARKUP, History
+from pytest_llmexp.cli import main
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _chromium() -> str:
+    path = os.environ.get("LLMEXP_CHROMIUM") or shutil.which("chromium")
+    if path is None:
+        reason = "the report tests need Debian's chromium (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs every test, and {reason}", pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
+    executable = _chromium()
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def report(history: History, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    assert main(["--db", str(history.path), "report", "-o", str(path)]) == 0
+    return path
+
+
+@pytest.fixture
+def page(browser: Any, report: Path) -> Iterator[Any]:
+    """The report opened from disk; every request the page makes and every script error is
+    kept on it."""
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    opened = context.new_page()
+    opened.requests, opened.errors = [], []
+    opened.on("request", lambda request: opened.requests.append(request.url))
+    opened.on("pageerror", lambda error: opened.errors.append(str(error)))
+    opened.on("console", lambda m: opened.errors.append(m.text) if m.type == "error" else None)
+    opened.goto(report.as_uri())
+    yield opened
+    context.close()
+
+
+def latest_runs(db: Database, name: str = "namer") -> list[Any]:
+    return db.rows(
+        "SELECT r.id, r.status, r.case_id FROM experiment_runs r JOIN experiments e "
+        "ON e.id = r.experiment_id WHERE e.id = (SELECT e2.id FROM experiments e2 JOIN sessions s "
+        "ON s.id = e2.session_id WHERE e2.name = ? ORDER BY s.started_at DESC LIMIT 1)",
+        name,
+    )
+
+
+def test_charts_and_run_table_render(page: Any, history: History, report: Path) -> None:
+    db = Database(history.path)
+    section = page.locator("section.experiment[data-name='namer']")
+    assert section.locator("h2").inner_text().startswith("namer")
+    # One distribution and one trend per metric, drawn with a visible size.
+    for metric in ("coolness", "short", "words"):
+        charts = section.locator(f".metric-charts[data-metric='{metric}']")
+        histogram = charts.locator("svg.distribution")
+        box = histogram.bounding_box()
+        assert box is not None and box["width"] > 200 and box["height"] > 100
+        heights = [
+            float(h)
+            for h in histogram.locator("rect.bar").evaluate_all(
+                "bars => bars.map(b => b.getBoundingClientRect().height)"
+            )
+        ]
+        assert sum(h > 0 for h in heights) >= 1
+        # Three namer sessions: three points, the latest drawn hollow.
+        assert charts.locator("svg.trend circle.point").count() == 3
+        assert charts.locator("svg.trend circle.point.latest").count() == 1
+    # The prompt changed at the second session, the temperature at the third.
+    markers = section.locator(".metric-charts[data-metric='words'] svg.trend .change-marker")
+    assert markers.count() == 2
+    titles = markers.locator("title").all_text_contents()
+    assert "prompt namer_system" in titles[0]
+    assert "bot temperature 0.7 -> 0.2" in titles[1]
+    runs = latest_runs(db)
+    rows = section.locator("tr.run")
+    assert rows.count() == len(runs)
+    assert {rows.nth(i).get_attribute("data-run") for i in range(rows.count())} == {
+        r[0] for r in runs
+    }
+    gates = section.locator("table.gates tr.gate")
+    assert gates.count() == db.count(
+        "gate_results g JOIN experiments e ON e.id = g.experiment_id",
+        "e.session_id = ?",
+        history.sessions[2],
+    )
+    assert page.locator("section.experiment[data-name='halted']").count() == 1
+    assert page.errors == []
+    db.close()
+
+
+def test_filters_and_a_click_open_a_conversation(page: Any, history: History) -> None:
+    db = Database(history.path)
+    section = page.locator("section.experiment[data-name='namer']")
+    runs = latest_runs(db)
+    failed = [r for r in runs if r[1] == "failed"]
+    section.locator("select[name=status]").select_option("failed")
+    assert section.locator("tr.run:visible").count() == len(failed)
+    assert section.locator(".shown").inner_text() == f"{len(failed)} of {len(runs)} run(s)"
+    section.locator("select[name=case]").select_option("data pipelines")
+    expected = [r for r in failed if r[2] == "data pipelines"]
+    assert section.locator("tr.run:visible").count() == len(expected)
+    section.locator("select[name=status]").select_option("")
+    section.locator("select[name=case]").select_option("")
+    assert section.locator("tr.run:visible").count() == len(runs)
+
+    run_id = db.one(
+        "SELECT c.run_id FROM message_log c JOIN experiment_runs r ON r.id = c.run_id "
+        "WHERE c.message_log LIKE ? AND r.experiment_id = (SELECT experiment_id FROM "
+        "experiment_runs WHERE id = ?) LIMIT 1",
+        f"%{MARKUP[:8]}%",
+        runs[0][0],
+    )
+    panel = page.locator("#conversation")
+    assert not panel.is_visible()
+    section.locator(f"tr.run[data-run='{run_id}']").click()
+    assert panel.is_visible()
+    assert panel.get_attribute("data-run") == run_id
+    calls = [
+        json.loads(r[0])
+        for r in db.rows(
+            "SELECT message_log FROM message_log WHERE run_id = ? ORDER BY timestamp", run_id
+        )
+    ]
+    shown = panel.locator(".call")
+    assert shown.count() == len(calls)
+    for i, messages in enumerate(calls):
+        texts = shown.nth(i).locator(".message pre.text").all_inner_texts()
+        assert texts == [m["content"] for m in messages]
+    # A reply holding markup is shown as text: no element was made from it.
+    assert panel.locator("img").count() == 0
+    assert page.title() == "LLM experiments report"
+    page.keyboard.press("Escape")
+    assert not panel.is_visible()
+    assert page.errors == []
+    db.close()
+
+
+def test_the_page_makes_no_network_request(page: Any, report: Path) -> None:
+    page.locator("tr.run").first.click()
+    page.wait_for_timeout(200)
+    assert page.requests == [report.as_uri()]
+    html = report.read_text()
+    # Nor could it: no element of the file loads anything, and the CSS fetches nothing.
+    assert re.findall(r"<(?:link|img|script|iframe|object|embed)\b[^>]*\b(?:src|href)=", html) == []
+    assert "url(" not in html and "@import" not in html
+
+
+def test_a_screenshot_is_taken(page: Any, tmp_path: Path) -> None:
+    target = tmp_path / "report.png"
+    page.screenshot(path=str(target), full_page=True)
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pytest_writes_the_report_at_session_end(run_session, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_one="""
+        from pytest_llmexp import SimpleBot, experiment, metric
+
+        @metric
+        def size(reply: str) -> int:
+            return len(reply)
+
+        @experiment(num_executions=3)
+        def test_one():
+            size(SimpleBot("You are terse.", model_name="m")("hello").content)
+        """
+    )
+    run = run_session("--llm-report", "out/report.html")
+    assert run.result.ret == 0
+    assert run.db is not None
+    html = (pytester.path / "out" / "report.html").read_text()
+    run_ids = [r[0] for r in run.db.rows("SELECT id FROM experiment_runs")]
+    assert len(run_ids) == 3
+    for run_id in run_ids:
+        assert f'data-run="{run_id}"' in html
+    session = run.db.one("SELECT id FROM sessions")
+    assert f"<code>{session[:12]}</code> (complete)" in html
+
+    failed = run_session("--llm-report", "/proc/none/report.html")
+    assert failed.result.ret == 3
+    assert "ERROR: cannot write the HTML report" in failed.output
+    assert failed.db is not None
+    assert failed.db.rows("SELECT status FROM sessions ORDER BY started_at")[-1][0] == "complete"
