@@ -345,6 +345,41 @@ def test_an_unknown_session_suggests_the_nearest_ids(history: History, capsys) -
     assert code == 2 and f"(nearest: {history.sessions[1][:12]}" in err
 
 
+@pytest.mark.parametrize(
+    ("config", "text", "where"),
+    [
+        ("pytest.ini", "[pytest]\nllm_db = results/exp.db\n", "results/exp.db"),
+        ("pyproject.toml", "[tool.pytest.ini_options]\naddopts = '-q'\n", "message_log.db"),
+        ("setup.cfg", "[tool:pytest]\nllm_db = exp.db\n", "exp.db"),
+    ],
+)
+def test_without_db_the_database_is_the_one_pytest_uses_here(
+    history: History,
+    tmp_path: Path,
+    capsys,
+    monkeypatch: pytest.MonkeyPatch,
+    config: str,
+    text: str,
+    where: str,
+) -> None:
+    monkeypatch.delenv("LLMEXP_DB", raising=False)
+    (tmp_path / config).write_text(text)
+    inside = tmp_path / "tests" / "unit"
+    inside.mkdir(parents=True)
+    monkeypatch.chdir(inside)
+    code = main(["sessions"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"no database at {tmp_path / where} (from " in err
+    (tmp_path / where).parent.mkdir(exist_ok=True)
+    shutil.copy(history.path, tmp_path / where)
+    assert main(["sessions", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 4
+    monkeypatch.setenv("LLMEXP_DB", str(history.path))
+    (tmp_path / where).unlink()
+    assert main(["sessions", "--json"]) == 0
+
+
 def test_a_missing_database(tmp_path: Path, capsys) -> None:
     code = main(["sessions", "--db", str(tmp_path / "none.db")])
     assert code == 2

@@ -168,13 +168,14 @@ def experiment_detail(conn: sqlite3.Connection, experiment_id: int) -> dict[str,
 
 def runs(conn: sqlite3.Connection, experiment_id: int) -> list[dict[str, Any]]:
     """The experiment's runs in case and execution order, each with its metric values."""
-    metrics: dict[str, dict[str, float]] = {}
-    for run_id, metric, value in conn.execute(
-        "SELECT m.run_id, m.name, m.value FROM metrics m JOIN experiment_runs r "
+    metrics: dict[str, dict[str, float | int]] = {}
+    for run_id, metric, value, kind in conn.execute(
+        "SELECT m.run_id, m.name, m.value, m.kind FROM metrics m JOIN experiment_runs r "
         "ON r.id = m.run_id WHERE r.experiment_id = ? ORDER BY m.rowid",
         (experiment_id,),
     ):
-        metrics.setdefault(run_id, {})[metric] = value
+        # As recorded: a bool metric is stored 1/0, an int one whole.
+        metrics.setdefault(run_id, {})[metric] = value if kind == "float" else int(value)
     return [
         {
             "id": run_id,

@@ -237,8 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmexp", description=__doc__)
     parser.add_argument(
         "--db",
-        default=os.environ.get("LLMEXP_DB") or DEFAULT_DB,
-        help=f"the experiment database (default: $LLMEXP_DB, else ./{DEFAULT_DB})",
+        default=None,
+        help="the experiment database (default: $LLMEXP_DB, else the one pytest uses here: "
+        f"llm_db of the project's pytest configuration, else {DEFAULT_DB} in its rootdir)",
     )
     # --db is also accepted after the command: `llmexp cache export --db PATH`.
     common = argparse.ArgumentParser(add_help=False)
@@ -277,6 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     load.add_argument("file", help="a file written by llmexp cache export")
     load.set_defaults(run=_import)
     args = parser.parse_args(argv)
+    args.db_source = "--db"
+    if args.db is None and os.environ.get("LLMEXP_DB"):
+        args.db, args.db_source = os.environ["LLMEXP_DB"], "LLMEXP_DB"
+    elif args.db is None:
+        from .dbfile import project_db
+
+        path, args.db_source = project_db(Path.cwd(), DEFAULT_DB)
+        args.db = str(path)
     from .commands import Failed
 
     try:

@@ -33,8 +33,8 @@ def _reading(args: argparse.Namespace) -> Iterator[Any]:
     path = Path(args.db).resolve()
     if not path.is_file():
         raise Failed(
-            f"no database at {path}: run pytest with an @experiment test first, or pass "
-            "--db PATH (or set LLMEXP_DB)"
+            f"no database at {path} (from {args.db_source}): run pytest with an @experiment "
+            "test first, or pass --db PATH (or set LLMEXP_DB)"
         )
     try:
         store = Store(path)

@@ -31,21 +31,17 @@ def _svg(kind: str, label: str, body: list[str]) -> str:
 
 
 def _ticks(low: float, high: float, count: int = 4) -> list[float]:
-    """Round tick values covering [low, high]."""
+    """Round tick values from a multiple of the step at or below ``low`` to one at or above
+    ``high``: the axis spans them."""
     span = high - low or abs(high) or 1.0
     raw = span / count
     step = 10 ** math.floor(math.log10(raw))
-    for factor in (1, 2, 5, 10):
+    for factor in (1, 2, 2.5, 5, 10):
         if raw <= step * factor:
             step *= factor
             break
-    first = math.floor(low / step) * step
-    ticks, value = [], first
-    while value <= high + step * 1e-9:
-        if value >= low - step * 1e-9:
-            ticks.append(round(value, 10))
-        value += step
-    return ticks or [low]
+    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
+    return [round(i * step, 10) for i in range(first, max(last, first + 1) + 1)]
 
 
 def _bins(values: list[float], kind: str) -> list[tuple[str, float, float, int]]:
@@ -138,10 +134,11 @@ def trend_svg(metric: str, points: list[dict[str, Any]]) -> str:
         return _svg("trend", label, [_text(_W / 2, _H / 2, "no value", "middle")])
     lows = [m["ci_low"] if m["ci_low"] is not None else m["mean"] for _, _, m in valued]
     highs = [m["ci_high"] if m["ci_high"] is not None else m["mean"] for _, _, m in valued]
-    ticks = _ticks(min(lows), max(highs))
-    bottom, top = float(min(ticks[0], *lows)), float(max(ticks[-1], *highs))
-    if top == bottom:
-        bottom, top = bottom - 1, top + 1
+    low, high = float(min(lows)), float(max(highs))
+    if low == high:  # one value throughout: centre it
+        low, high = low - 1, high + 1
+    ticks = _ticks(low, high)
+    bottom, top = ticks[0], ticks[-1]
     plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
     body = _axes(plot_h, [(t, _fmt(t)) for t in ticks], top, bottom)
 
@@ -181,9 +178,13 @@ def trend_svg(metric: str, points: list[dict[str, Any]]) -> str:
             f'<circle class="point{latest}" cx="{x:.1f}" cy="{y_of(m["mean"]):.1f}" r="4">'
             f"<title>{escape(tip)}</title></circle>"
         )
-    first, last = points[0]["started_at"][:10], points[-1]["started_at"][:10]
-    body.append(_text(_LEFT, _H - _BOTTOM + 16, first, "start", "tick"))
-    if len(points) > 1:
+    if len(points) <= 8:
+        for i, point in enumerate(points):
+            name = point["session_id"][:6]
+            body.append(_text(x_of(i), _H - _BOTTOM + 16, name, "middle", "tick"))
+    else:
+        first, last = points[0]["started_at"][:10], points[-1]["started_at"][:10]
+        body.append(_text(_LEFT, _H - _BOTTOM + 16, first, "start", "tick"))
         body.append(_text(_W - _RIGHT, _H - _BOTTOM + 16, last, "end", "tick"))
     body.append(_text(_W / 2, _H - 4, f"{len(points)} session(s), oldest first", "middle", "tick"))
     return _svg("trend", label, body)
