@@ -42,3 +42,20 @@ def test_every_option_the_readme_names_exists(pytester: pytest.Pytester) -> None
     missing = sorted(o for o in options if o not in help_text)
     missing += sorted(k for k in ini_keys if f"  {k} (" not in help_text)
     assert not missing, f"the README names options pytest does not know: {missing}"
+
+
+def test_every_llmexp_command_the_readme_names_exists(capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_llmexp.cli import main
+
+    text = (ROOT / "README.md").read_text()
+    # As typed: in code spans and after a shell prompt.
+    named = set(re.findall(r"(?:`|\$ )llmexp ([a-z]+)\b", text))
+    assert {"sessions", "show", "run", "prompts", "compare", "export", "gate", "report"} <= named
+    assert "cache" in named
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    missing = sorted(c for c in named if not re.search(rf"^\s+{c}\s", listed, flags=re.M))
+    assert not missing, f"the README names llmexp commands that do not exist: {missing}"
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        assert (ROOT / image).is_file(), image

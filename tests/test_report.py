@@ -117,7 +117,11 @@ def test_charts_and_run_table_render(page: Any, history: History, report: Path) 
         "e.session_id = ?",
         history.sessions[2],
     )
-    assert page.locator("section.experiment[data-name='halted']").count() == 1
+    assert section.locator("svg.trend circle.point.incomplete").count() == 0
+    # The interrupted session's point is told apart: its mean is of part of its runs.
+    halted = page.locator("section.experiment[data-name='halted']")
+    assert halted.locator("svg.trend circle.point.incomplete").count() == 1
+    assert "(interrupted)" in halted.locator("p.meta").inner_text()
     assert page.errors == []
     db.close()
 

@@ -1,4 +1,4 @@
-"""The ``llmexp`` command: tools for message_log.db outside a pytest session."""
+"""The llmexp command: look at message_log.db, and tools for it outside a pytest session."""
 
 from __future__ import annotations
 
@@ -159,8 +159,11 @@ def _read_commands(
             "session that ran the experiment)",
         )
 
-    for name, what in (("sessions", "sessions"), ("experiments", "experiments")):
-        sub = command(name, f"the most recent {what}, with status, runs and metric means")
+    for name, what in (
+        ("sessions", "sessions, with status, runs and gate verdicts"),
+        ("experiments", "experiments, with status, runs and metric means"),
+    ):
+        sub = command(name, f"the most recent {what}")
         if name == "experiments":
             sub.add_argument("name", nargs="?", help="only the experiment of this name")
         sub.add_argument("-n", "--limit", type=_positive, default=20, help="how many (20)")

@@ -94,8 +94,8 @@ def _charts(detail: dict[str, Any], points: list[dict[str, Any]]) -> str:
             f'<figure class="chart distribution">{distribution_svg(metric, s["values"], s["kind"])}'
             f"<figcaption>this session</figcaption></figure>"
             f'<figure class="chart trend">{trend_svg(metric, points)}'
-            f"<figcaption>mean and 95% interval per session; P / B: a prompt / bot "
-            f"changed</figcaption></figure></div>"
+            f"<figcaption>mean and 95% interval per session (grey: not complete); P / B: "
+            f"a prompt / bot changed</figcaption></figure></div>"
         )
     return "".join(figures)
 

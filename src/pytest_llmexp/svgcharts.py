@@ -174,6 +174,8 @@ def trend_svg(metric: str, points: list[dict[str, Any]]) -> str:
             f"{point['session_status']}): mean {_fmt(round(m['mean'], 4))}{interval}, n = {m['n']}"
         )
         latest = " latest" if i == len(points) - 1 else ""
+        if point["session_status"] != "complete":
+            latest += " incomplete"  # interrupted or aborted: its mean is of part of the runs
         body.append(
             f'<circle class="point{latest}" cx="{x:.1f}" cy="{y_of(m["mean"]):.1f}" r="4">'
             f"<title>{escape(tip)}</title></circle>"

@@ -252,6 +252,12 @@ def _wrap(text: str, indent: str = "    ") -> list[str]:
     return [indent + line for line in out]
 
 
+def _short(value: Any) -> str:
+    """A parameter as a person scans it: a long digest cut to its start."""
+    text = str(value)
+    return text[:12] + _ELLIPSIS if len(text) > 40 and " " not in text else text
+
+
 def run_lines(run: dict[str, Any]) -> list[str]:
     case = f" [{run['case']}]" if run["case"] else ""
     took = "" if run["duration_s"] is None else f", {run['duration_s']:.2f}s"
@@ -270,7 +276,7 @@ def run_lines(run: dict[str, Any]) -> list[str]:
         lines.append("  none")
     lines += ["", "bots:"]
     for bot in run["bots"]:
-        extra = ", ".join(f"{k}={v}" for k, v in bot["params"].items())
+        extra = ", ".join(f"{k}={_short(v)}" for k, v in bot["params"].items())
         schema = bot["response_schema"]
         lines.append(
             f"  {bot['class_name']} model={bot['model']} temperature={num(bot['temperature'])}"
