@@ -88,6 +88,8 @@ def test_halted(llm_run):
 
 #: A reply with markup: the report must show it as text.
 MARKUP = '<img src=x onerror="document.title=1"> Script Kid'
+#: Key-shaped text a model repeated: stored as it came, masked in every output.
+SECRET = "sk-live-0123456789abcdefghij"
 
 
 @dataclass
@@ -101,7 +103,7 @@ def build_history(server: FakeLLM, directory: Path) -> History:
     """Run the four sessions in ``directory``; the replies are scripted, so the numbers are
     the same every time."""
     names = itertools.cycle(
-        ["Chief AI Wizard", "Data Lead", "AI Ninja", "Pipeline Builder Lead Person", MARKUP]
+        ["Chief AI Wizard", "Data Lead", "AI Ninja", "Pipeline Builder Lead Person", MARKUP, SECRET]
     )
     scores = itertools.cycle(["7", "4", "9", "5", "6"])
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from conftest import Database
-from history import MARKUP, History
+from history import MARKUP, SECRET, History
 from pytest_llmexp.cli import main
 
 
@@ -196,6 +196,24 @@ def test_run_shows_the_conversation_prompts_and_bots(
     assert code == 0
     assert MARKUP in out and "[assistant]" in out
     assert "namer_system (system) version" in out
+
+
+def test_key_shaped_text_a_model_said_is_masked(
+    history: History, db: Database, capsys, tmp_path: Path
+) -> None:
+    masked = SECRET[:9] + "***"
+    assert SECRET not in db.dump()
+    run_id = db.one(
+        "SELECT run_id FROM message_log WHERE message_log LIKE ? LIMIT 1", f"%{masked}%"
+    )
+    for args in (("run", run_id), ("run", run_id, "--json")):
+        code, out, _ = llmexp(history, capsys, *args)
+        assert code == 0
+        assert SECRET not in out and masked in out
+    target = tmp_path / "report.html"
+    assert main(["--db", str(history.path), "report", "-o", str(target)]) == 0
+    html = target.read_text()
+    assert SECRET not in html and masked in html
 
 
 def test_prompts_history_and_diff(history: History, db: Database, capsys) -> None:

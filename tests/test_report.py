@@ -213,9 +213,16 @@ def test_pytest_writes_the_report_at_session_end(run_session, pytester: pytest.P
         assert f'data-run="{run_id}"' in html
     session = run.db.one("SELECT id FROM sessions")
     assert f"<code>{session[:12]}</code> (complete)" in html
+    run.result.stdout.fnmatch_lines(["llmexp: HTML report: *out/report.html"])
 
     failed = run_session("--llm-report", "/proc/none/report.html")
     assert failed.result.ret == 3
     assert "ERROR: cannot write the HTML report" in failed.output
     assert failed.db is not None
     assert failed.db.rows("SELECT status FROM sessions ORDER BY started_at")[-1][0] == "complete"
+
+    pytester.makepyfile(test_one="def test_plain():\n    pass\n")
+    plain = run_session("--llm-report", "plain.html")
+    assert plain.result.ret == 0
+    assert not (pytester.path / "plain.html").exists()
+    plain.result.stdout.fnmatch_lines(["llmexp: no experiment ran: no HTML report was written*"])

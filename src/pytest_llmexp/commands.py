@@ -51,10 +51,13 @@ def _reading(args: argparse.Namespace) -> Iterator[Any]:
 
 
 def _emit(args: argparse.Namespace, data: Any, lines: list[str]) -> int:
+    from .endpoint import redact
+
+    # Output is pasted into issues and CI logs: key-shaped text is masked, as in a cassette.
     if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(redact(json.dumps(data, indent=2, ensure_ascii=False)))
     else:
-        print("\n".join(lines).rstrip())
+        print(redact("\n".join(lines).rstrip()))
     return 0
 
 
@@ -219,12 +222,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
+    from .errors import GateError
     from .gates import check_gates
     from .verdicts import judge_session
 
     try:
         extra = check_gates(args.gate, source="cli", where="--gate")
-    except Exception as exc:
+    except GateError as exc:
         raise Failed(str(exc)) from None
     with _reading(args) as conn:
         session_id = find_session(conn, args.session)

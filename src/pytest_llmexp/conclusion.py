@@ -32,6 +32,8 @@ class Conclusion:
         #: Failing runs did not fail the session: passing gates on runs tolerated them.
         self.tolerated = False
         self.report_error: str | None = None
+        #: Where the HTML report went, or why none was written.
+        self.report_note: str | None = None
 
     def judge(
         self,
@@ -124,8 +126,13 @@ class Conclusion:
         """Write the JSON, Markdown and HTML reports asked for; one that cannot be written
         fails the session, as a CI job would otherwise publish nothing and pass."""
         settings = self.settings
-        if settings.report_html is not None and store is not None and status is not None:
-            self._write_html(session, store, settings.report_html)
+        if settings.report_html is not None:
+            if store is not None and status is not None:
+                self._write_html(session, store, settings.report_html)
+            else:
+                self.report_note = (
+                    f"no experiment ran: no HTML report was written to {settings.report_html}"
+                )
         if settings.report_json is None and settings.report_md is None:
             return
         from .reports import build_report, to_json, to_markdown, write_report
@@ -160,6 +167,7 @@ class Conclusion:
             with store.reading() as conn:
                 html = build_html(conn, session=self.session_id, database=store.path.name)
             write_report(path, html)
+            self.report_note = f"HTML report: {path}"
         except OSError as exc:
             self.report_error = f"cannot write the HTML report: {exc}"
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
@@ -171,9 +179,11 @@ class Conclusion:
     def terminal_lines(self) -> list[tuple[str, str | None]]:
         """The verdict's closing lines, each with its color."""
         lines: list[tuple[str, str | None]] = []
+        if self.report_note is not None:
+            lines.append((f"llmexp: {self.report_note}", None))
         verdict = self.verdict
         if verdict is None:
-            return [(f"ERROR: {reason}", "red") for reason in self.reasons]
+            return lines + [(f"ERROR: {reason}", "red") for reason in self.reasons]
         lines += [(f"ERROR: {text}", "red") for text in verdict.unmatched]
         lines += [(f"note: {text}", "yellow") for text in verdict.unused]
         judged = [v for v in verdict.experiments.values() if v.gates or v.comparison]

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import browse
 from .compare import unified_diff
+from .endpoint import redact
 from .lookup import find_experiment
 from .svgcharts import distribution_svg, trend_svg
 from .textview import num
@@ -267,7 +268,8 @@ def build_html(
         '<p class="empty">The database holds no experiment yet: run pytest with an '
         "@experiment test.</p>"
     )
-    return f"""<!DOCTYPE html>
+    # Like a cassette, the report is a file people share: key-shaped text is masked.
+    return redact(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{_CSP}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -279,4 +281,4 @@ def build_html(
 aria-label="close">&times;</button><div class="content"></div></aside>
 <script type="application/json" id="llmexp-data">{_script_json({"runs": runs_data})}</script>
 <script>{_asset("report.js")}</script></body></html>
-"""
+""")
