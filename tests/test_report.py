@@ -122,6 +122,8 @@ def test_charts_and_run_table_render(page: Any, history: History, report: Path) 
     halted = page.locator("section.experiment[data-name='halted']")
     assert halted.locator("svg.trend circle.point.incomplete").count() == 1
     assert "(interrupted)" in halted.locator("p.meta").inner_text()
+    assert "is interrupted: its numbers cover only" in halted.locator("p.warning").inner_text()
+    assert section.locator("p.warning").count() == 0
     assert page.errors == []
     db.close()
 

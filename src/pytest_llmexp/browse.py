@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import ExperimentError
 from .lookup import find_experiment, nearest
-from .stats import experiment_summary, interval
+from .stats import RUN_STATUSES, experiment_summary, interval
 from .trends import metric_values
 
 __all__ = [
@@ -50,7 +50,7 @@ def sessions(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
     ):
         session_id, kind, started, finished, status, exitstatus, cache_mode, health = row
         names, gated = [], []
-        counts = dict.fromkeys(("passed", "failed", "error", "crashed", "skipped"), 0)
+        counts = dict.fromkeys(RUN_STATUSES, 0)
         for name, gate_passed in conn.execute(
             "SELECT name, gate_passed FROM experiments WHERE session_id = ? ORDER BY id",
             (session_id,),

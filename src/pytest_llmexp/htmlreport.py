@@ -26,6 +26,10 @@ _DASH = "\u2013"  # an en dash: no value
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 
 
+def _num(value: Any) -> str:
+    return _DASH if value is None else num(value)
+
+
 def _asset(name: str) -> str:
     return resources.files("pytest_llmexp").joinpath("assets", name).read_text(encoding="utf-8")
 
@@ -65,13 +69,13 @@ def _metrics_table(detail: dict[str, Any]) -> str:
     for metric, s in detail["metrics"].items():
         interval = _DASH if s["ci_low"] is None else f"[{num(s['ci_low'])}, {num(s['ci_high'])}]"
         cells = [
-            num(s["n"]),
-            num(s["mean"]),
+            _num(s["n"]),
+            _num(s["mean"]),
             interval,
-            num(s["std"]),
-            num(s["min"]),
-            num(s["median"]),
-            num(s["max"]),
+            _num(s["std"]),
+            _num(s["min"]),
+            _num(s["median"]),
+            _num(s["max"]),
         ]
         rows.append(
             f"<tr><td>{escape(metric)}</td><td>{escape(s['kind'])}</td>"
@@ -106,7 +110,7 @@ def _gates(detail: dict[str, Any]) -> str:
         return '<p class="empty">No gate was evaluated for this session.</p>'
     rows = "".join(
         f'<tr class="gate {escape(g["verdict"])}"><td><code>{escape(g["gate"])}</code></td>'
-        f'<td>{escape(g["source"])}</td><td class="num">{escape(num(g["observed"]))}</td>'
+        f'<td>{escape(g["source"])}</td><td class="num">{escape(_num(g["observed"]))}</td>'
         f'<td><span class="badge {escape(g["verdict"])}">{escape(g["verdict"])}</span></td>'
         f"<td>{escape(g['detail'] or '')}</td></tr>"
         for g in detail["gates"]
@@ -143,7 +147,7 @@ def _run_table(name: str, runs: list[dict[str, Any]]) -> str:
             f'<td class="num">{r["execution"]}</td>'
             f'<td><span class="badge {escape(r["status"])}">{escape(r["status"])}</span></td>'
             f'<td class="num">{time}</td>'
-            + "".join(f'<td class="num">{escape(num(r["metrics"].get(m)))}</td>' for m in metrics)
+            + "".join(f'<td class="num">{escape(_num(r["metrics"].get(m)))}</td>' for m in metrics)
             + f'<td class="error">{escape(error)}</td></tr>'
         )
     return (
@@ -230,6 +234,12 @@ def _section(
     counts = ", ".join(f"{c} {s}" for s, c in detail["runs"].items() if c) or "no run"
     verdict = {None: None, True: "passed", False: "failed"}[detail["gate_passed"]]
     anchor = "exp-" + "".join(c if c.isalnum() else "-" for c in name)
+    warning = ""
+    if detail["session_status"] != "complete":
+        warning = (
+            f'<p class="warning">This session is {escape(detail["session_status"])}: its numbers '
+            "cover only the runs it stored, and are not a verdict.</p>"
+        )
     return (
         f'<section class="experiment" id="{escape(anchor)}" data-name="{escape(name)}">'
         f"<h2>{escape(name)} {_badge(verdict)}</h2>"
@@ -237,7 +247,7 @@ def _section(
         f"({escape(detail['session_status'])}), started "
         f"{escape(detail['started_at'][:16].replace('T', ' '))} UTC · {detail['cases']} case(s) "
         f"&times; {detail['num_executions']} execution(s) · {escape(counts)} · trend over "
-        f"{len(points)} session(s)</p>"
+        f"{len(points)} session(s)</p>{warning}"
         f"<h3>Metrics</h3>{_metrics_table(detail)}"
         f'<div class="charts">{_charts(detail, points)}</div>'
         f"<h3>Gates</h3>{_gates(detail)}"
