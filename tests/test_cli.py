@@ -347,6 +347,8 @@ def test_gate_refuses_an_interrupted_session(history: History, capsys) -> None:
         (("gate", "last", "--gate", "namer.words: mean <= x"), "'x' is not a number"),
         (("prompts", "--diff"), "--diff compares two versions of one prompt: name it"),
         (("export", "halted", "--session", "first"), "no session with this id"),
+        (("export", "namer", "--session", "last", "--all-sessions"), "leave out --session"),
+        (("compare", "last", "last", "--experiment", "namer"), "did not run in both sessions"),
     ],
 )
 def test_errors_name_the_problem(

@@ -164,7 +164,7 @@ def _compare(args: argparse.Namespace) -> int:
                     f"experiment(s) {', '.join(missing)} did not run in both sessions (both "
                     f"ran: {', '.join(names) or 'none'})"
                 )
-            names = args.experiment
+            names = list(dict.fromkeys(args.experiment))
         if not names:
             raise Failed(
                 f"sessions {base[:12]} and {current[:12]} have no experiment in common: "
@@ -195,6 +195,8 @@ def _format_rows(rows: list[dict[str, Any]], kind: str) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.all_sessions and args.session is not None:
+        raise Failed("--all-sessions exports every session: leave out --session, or it")
     with _reading(args) as conn:
         if args.all_sessions:
             find_experiment(conn, args.experiment)
