@@ -7,34 +7,25 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from browser import chromium, launch, screenshots
 from conftest import Database
 from history import MARKUP, History
 from pytest_llmexp.cli import main
 
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 
 def _chromium() -> str:
-    path = os.environ.get("LLMEXP_CHROMIUM") or shutil.which("chromium")
+    path = chromium()
     if path is None:
         reason = "the report tests need Debian's chromium (apt-get install chromium)"
         if os.environ.get("CI"):
             pytest.fail(f"CI runs every test, and {reason}", pytrace=False)
-        pytest.skip(reason)
+        pytest.skip(reason=reason)
     return path
 
 
@@ -43,7 +34,7 @@ def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
     executable = _chromium()
     with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        launched = launch(playwright, executable)
         yield launched
         launched.close()
 
@@ -185,10 +176,14 @@ def test_the_page_makes_no_network_request(page: Any, report: Path) -> None:
     assert "url(" not in html and "@import" not in html
 
 
-def test_a_screenshot_is_taken(page: Any, tmp_path: Path) -> None:
-    target = tmp_path / "report.png"
-    page.screenshot(path=str(target), full_page=True)
-    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_the_readme_screenshots_are_made_by_tests_browser_py(
+    browser: Any, history: History, tmp_path: Path
+) -> None:
+    shots = screenshots(history.path, tmp_path, browser)
+    for shot in shots:
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The second has the conversation panel open over the page: the two differ.
+    assert shots[0].read_bytes() != shots[1].read_bytes()
 
 
 def test_pytest_writes_the_report_at_session_end(run_session, pytester: pytest.Pytester) -> None:
