@@ -176,6 +176,21 @@ def test_the_page_makes_no_network_request(page: Any, report: Path) -> None:
     assert "url(" not in html and "@import" not in html
 
 
+def test_only_the_reports_own_script_runs(page: Any) -> None:
+    # Markup that would run if it reached the page (it does not: text is set as text) is
+    # refused by the page's Content-Security-Policy as well.
+    page.evaluate(
+        "document.body.insertAdjacentHTML('beforeend', '<img src=x onerror=\"document.title=2\">')"
+    )
+    page.wait_for_timeout(200)
+    assert page.title() == "LLM experiments report"
+    assert any("Content Security Policy" in error for error in page.errors)
+    # The report's own script did run: its filters work.
+    section = page.locator("section.experiment[data-name='namer']")
+    section.locator("select[name=status]").select_option("failed")
+    assert section.locator("tr.run:visible").count() < section.locator("tr.run").count()
+
+
 def test_the_readme_screenshots_are_made_by_tests_browser_py(
     browser: Any, history: History, tmp_path: Path
 ) -> None:

@@ -21,13 +21,22 @@ from .trends import trend
 
 __all__ = ["build_html"]
 
-# Nothing the page holds may load anything: a report opened from disk stays offline.
 _DASH = "\u2013"  # an en dash: no value
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
+# Nothing the page holds may load anything, so a report opened from disk stays offline; and
+# only the report's own script may run (allowed by its hash), never markup a model wrote.
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src '{script}'; img-src data:"
 
 
 def _num(value: Any) -> str:
     return _DASH if value is None else num(value)
+
+
+def _digest(script: str) -> str:
+    """The CSP source that allows exactly this inline script."""
+    import base64
+    import hashlib
+
+    return "sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
 
 
 def _asset(name: str) -> str:
@@ -278,10 +287,11 @@ def build_html(
         '<p class="empty">The database holds no experiment yet: run pytest with an '
         "@experiment test.</p>"
     )
+    script = _asset("report.js")
     # Like a cassette, the report is a file people share: key-shaped text is masked.
     return redact(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_CSP}">
+<meta http-equiv="Content-Security-Policy" content="{_CSP.format(script=_digest(script))}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>LLM experiments report</title><style>{_asset("report.css")}</style></head>
 <body><header><h1>LLM experiments</h1><p class="meta">{escape(database)} · generated
@@ -290,5 +300,5 @@ def build_html(
 <aside id="conversation" hidden aria-live="polite"><button type="button" class="close"
 aria-label="close">&times;</button><div class="content"></div></aside>
 <script type="application/json" id="llmexp-data">{_script_json({"runs": runs_data})}</script>
-<script>{_asset("report.js")}</script></body></html>
+<script>{script}</script></body></html>
 """)
