@@ -5,7 +5,8 @@ Sessions, oldest first:
 
 1. ``namer`` (2 cases x 3 executions), serial: the baseline; all gates pass.
 2. ``namer`` with the system prompt changed, under ``-n 2``: "Ninja" names fail their run.
-3. ``namer`` at a lower temperature, serial; one reply holds markup that must stay text.
+3. ``namer`` at a lower temperature, serial, with a gate from the command line; one reply
+   holds markup that must stay text.
 4. ``halted``: its second execution calls ``pytest.exit``, so the session is interrupted.
 """
 
@@ -121,7 +122,10 @@ def build_history(server: FakeLLM, directory: Path) -> History:
     steps = [
         (NAMER.format(extra="", temperature=0.7), []),
         (NAMER.format(extra=" Keep it short.", temperature=0.7), ["-n", "2"]),
-        (NAMER.format(extra=" Keep it short.", temperature=0.2), []),
+        (
+            NAMER.format(extra=" Keep it short.", temperature=0.2),
+            ["--llm-gate", "namer.coolness: mean >= 1"],
+        ),
     ]
     server.reset()
     server.responder = reply

@@ -311,7 +311,18 @@ def test_gate_evaluates_a_stored_session(history: History, db: Database, capsys)
     latest_namer_session = history.sessions[2]
     code, out, _ = llmexp(history, capsys, "gate", latest_namer_session[:8])
     assert code == 0, out
-    assert "LLM verdict: passed (2 gate(s))" in out
+    # The gates from code, and the one the session was run with (--llm-gate), as stored.
+    assert "LLM verdict: passed (3 gate(s))" in out
+    data = as_json(history, capsys, "gate", latest_namer_session)
+    stored = db.one(
+        "SELECT g.observed FROM gate_results g JOIN experiments e ON e.id = g.experiment_id "
+        "WHERE e.session_id = ? AND g.source = 'cli'",
+        latest_namer_session,
+    )
+    cli = [g for g in data["experiments"]["namer"]["gates"] if g["source"] == "cli"]
+    assert [(g["metric"], g["observed"], g["verdict"]) for g in cli] == [
+        ("coolness", stored, "passed")
+    ]
     mean = db.one(
         "SELECT avg(m.value) FROM metrics m JOIN experiment_runs r ON r.id = m.run_id "
         "WHERE r.experiment_id = ? AND m.name = 'coolness'",
