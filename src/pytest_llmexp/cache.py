@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ReplayMiss
 from .recording import current_run, in_metric
+from .validation import CACHE_MODES, CacheMode
 
 if TYPE_CHECKING:
     from .records import BotRecord
@@ -39,8 +40,7 @@ __all__ = [
     "request_digest",
 ]
 
-CacheMode = Literal["off", "record", "replay", "auto"]
-MODES: tuple[CacheMode, ...] = ("off", "record", "replay", "auto")
+MODES: tuple[CacheMode, ...] = CACHE_MODES
 #: Cassette sources: a stored session's calls (``--llm-replay-from``) and the recorded cache.
 Source = Literal["session", "cache"]
 

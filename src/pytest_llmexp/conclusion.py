@@ -3,7 +3,6 @@ JSON and Markdown reports."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +56,8 @@ class Conclusion:
             not_evaluable = "the session was interrupted"
         elif health.over_budget:
             not_evaluable = "more runs errored than the error budget allows"
+        import sqlite3
+
         settings = self.settings
         try:
             with store.reading() as conn:

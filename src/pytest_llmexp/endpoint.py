@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import BotError
+from .validation import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     import openai
@@ -34,8 +35,6 @@ __all__ = [
     "structured_output",
 ]
 
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_MAX_RETRIES = 2
 # Endpoints such as llama.cpp, Ollama or vLLM take any key; the openai client insists on one.
 _PLACEHOLDER_KEY = "no-key-needed"
 _KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]+")

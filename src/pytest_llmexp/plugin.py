@@ -6,25 +6,27 @@ environment, experiments or not.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import cache, endpoint, recording
-from .collect import MARKER_HELP, generate_executions, select_experiments
-from .local import LocalModelPlugin, LocalXdistHooks, header_lines, worker_client_settings
-from .relay import RunRelay
+from .collect import ITEM_KEY, MARKER_HELP
 from .settings import SETTINGS_KEY, add_options, build_settings
-from .spend import SpendGuard
-from .spool import Spool, cassette_path
-from .writer import Writer, XdistHooks
 
 if TYPE_CHECKING:
+    from .endpoint import ClientSettings
+    from .local import LocalModelPlugin
     from .recording import RunContext
+    from .relay import RunRelay
+    from .writer import Writer
 
-_RELAY_KEY = pytest.StashKey[RunRelay]()
-_WRITER_KEY = pytest.StashKey[Writer]()
-_LOCAL_KEY = pytest.StashKey[LocalModelPlugin]()
+_RELAY_KEY: pytest.StashKey[RunRelay] = pytest.StashKey()
+_WRITER_KEY: pytest.StashKey[Writer] = pytest.StashKey()
+_LOCAL_KEY: pytest.StashKey[LocalModelPlugin] = pytest.StashKey()
+#: This process's session id and worker name ("main" without xdist).
+_WHO_KEY = pytest.StashKey[tuple[str, str]]()
+_BOTS = f"{__package__}.bots"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -35,6 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     settings = build_settings(config)
     config.stash[SETTINGS_KEY] = settings
+    from . import endpoint, recording
+
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     client = endpoint.ClientSettings(
         base_url=settings.base_url,
@@ -43,6 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
         model=settings.model,
     )
     if workerinput is not None:
+        from .local import worker_client_settings
+
         client = worker_client_settings(workerinput) or client
     elif settings.local:
         client = _start_local(config, client)
@@ -51,14 +57,37 @@ def pytest_configure(config: pytest.Config) -> None:
     recording.set_orphan_writer(None)
     recording.set_storage_limit(settings.max_stored_chars)
     if workerinput is None:
+        from .writer import ReportHooks, Writer, XdistHooks
+
         writer = Writer(config, settings, recording.utcnow())
         config.stash[_WRITER_KEY] = writer
         config.pluginmanager.register(writer, "llmexp-writer")
         if config.pluginmanager.hasplugin("xdist"):
             config.pluginmanager.register(XdistHooks(writer), "llmexp-xdist")
-        session_id, worker = writer.session_id, "main"
+        if _distributes(config):
+            # The controller sees no items; runs arrive from the workers' reports.
+            config.pluginmanager.register(ReportHooks(writer), "llmexp-reports")
+        config.stash[_WHO_KEY] = (writer.session_id, "main")
     else:
-        session_id, worker = workerinput["llmexp_session"], workerinput["workerid"]
+        config.stash[_WHO_KEY] = (workerinput["llmexp_session"], workerinput["workerid"])
+    if settings.cache != "off" or settings.replay_from is not None:
+        # Set up now, so that no call of this process can reach the endpoint unreplayed.
+        _relay(config)
+
+
+def _relay(config: pytest.Config) -> RunRelay:
+    """This process's run machinery (relay, spool, spend guard, cache), made on first need:
+    a session without experiments never makes it."""
+    relay = config.stash.get(_RELAY_KEY, None)
+    if relay is not None:
+        return relay
+    from . import cache
+    from .relay import RunRelay
+    from .spend import SpendGuard
+    from .spool import Spool, cassette_path
+
+    settings = config.stash[SETTINGS_KEY]
+    session_id, worker = config.stash[_WHO_KEY]
     spend = None
     if settings.max_calls is not None or settings.max_tokens is not None:
         spend = SpendGuard(
@@ -74,15 +103,24 @@ def pytest_configure(config: pytest.Config) -> None:
             replay_of=settings.replay_from,
         )
     )
-    relay = RunRelay(worker, Spool(settings.db_path, session_id, worker), spend)
-    config.stash[_RELAY_KEY] = relay
-    config.pluginmanager.register(relay, "llmexp-relay")
+    relay = config.stash[_RELAY_KEY] = RunRelay(
+        worker, Spool(settings.db_path, session_id, worker), spend
+    )
+    return relay
 
 
-def _start_local(config: pytest.Config, client: endpoint.ClientSettings) -> endpoint.ClientSettings:
+def _distributes(config: pytest.Config) -> bool:
+    """Whether pytest-xdist will run the tests on workers (``-n N`` with N > 0, ``--tx``)."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return False
+    return config.getoption("dist", "no") != "no" or bool(config.getoption("tx", None))
+
+
+def _start_local(config: pytest.Config, client: ClientSettings) -> ClientSettings:
     """Reserve the local model server's port; the server starts when experiments are about
     to run (see :mod:`.local`)."""
     from .llama import LocalServer
+    from .local import LocalModelPlugin, LocalXdistHooks
 
     settings = config.stash[SETTINGS_KEY]
     local = LocalModelPlugin(LocalServer(), needed=settings.cache != "replay")
@@ -105,6 +143,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         writer.close()
     for name in (
         "llmexp-relay",
+        "llmexp-reports",
         "llmexp-writer",
         "llmexp-xdist",
         "llmexp-local",
@@ -113,18 +152,28 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         plugin = config.pluginmanager.get_plugin(name)
         if plugin is not None:
             config.pluginmanager.unregister(plugin)
+    from . import endpoint, recording
+    from .validation import DEFAULT_STORAGE_LIMIT
+
     endpoint.configure(endpoint.ClientSettings())
-    cache.configure(cache.CacheSettings())
+    if relay is not None:
+        from . import cache
+
+        cache.configure(cache.CacheSettings())
     recording.set_orphan_writer(recording.default_orphan_writer)
-    recording.set_storage_limit(recording.DEFAULT_STORAGE_LIMIT)
+    recording.set_storage_limit(DEFAULT_STORAGE_LIMIT)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    from .collect import generate_executions
+
     generate_executions(metafunc, metafunc.config.stash[SETTINGS_KEY].num_executions)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from .collect import select_experiments
+
     settings = config.stash[SETTINGS_KEY]
     try:
         select_experiments(config, items, settings.experiments, settings.num_executions)
@@ -133,12 +182,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise
         # A usage error raised on an xdist worker is an INTERNALERROR per worker; instead
         # the worker runs nothing and the controller reports the error once.
-        config.stash[_RELAY_KEY].usage_error = str(exc)
+        _relay(config).usage_error = str(exc)
         config.hook.pytest_deselected(items=list(items))
         items.clear()
+    _register_run_hooks(config, items)
+
+
+def _register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Register the per-test hooks only where runs or calls can happen: this process has
+    experiment items, or a test module imported the bots. A session without experiments
+    pays nothing per test; calls made there are still stored when the session ends."""
+    if not any(ITEM_KEY in item.stash for item in items) and _BOTS not in sys.modules:
+        return
+    manager = config.pluginmanager
+    if not manager.hasplugin("llmexp-relay"):
+        manager.register(_relay(config), "llmexp-relay")
+    writer = config.stash.get(_WRITER_KEY, None)
+    if writer is not None and not manager.hasplugin("llmexp-reports"):
+        from .writer import ReportHooks
+
+        manager.register(ReportHooks(writer), "llmexp-reports")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    relay = config.stash.get(_RELAY_KEY, None)
+    if relay is None and hasattr(config, "workerinput"):
+        # A worker's calls outside runs, made after a lazy import of the bots, still travel.
+        relay = _relay(config)
+    if relay is not None:
+        relay.finish(session)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    from . import endpoint
+    from .local import header_lines
+
     settings = config.stash[SETTINGS_KEY]
     local = config.stash.get(_LOCAL_KEY, None)
     server = local.server if local is not None else None
@@ -161,7 +240,9 @@ def llm_run(request: pytest.FixtureRequest) -> RunContext:
     """The current experiment run: ``run_id``, ``experiment``, ``execution_index``,
     ``num_executions``, and ``set_metadata(key, value)`` to attach JSON-safe data to the run.
     """
-    current = recording.current_run()
+    from .recording import current_run
+
+    current = current_run()
     if current is None:
         pytest.fail(
             f"{request.node.nodeid}: the llm_run fixture belongs to experiments; decorate the "

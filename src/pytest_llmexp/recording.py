@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import ExperimentError, LLMExpError, MetricError
+from .validation import DEFAULT_STORAGE_LIMIT
 
 if TYPE_CHECKING:
     # Imported lazily below: the plugin imports this module in every pytest session.
@@ -40,6 +41,7 @@ __all__ = [
     "current_run",
     "default_orphan_writer",
     "drain_orphans",
+    "drain_orphans_json",
     "in_metric",
     "measuring",
     "record_call",
@@ -50,8 +52,6 @@ __all__ = [
 ]
 
 
-#: The longest message text stored; longer texts are cut and the call flagged ``truncated``.
-DEFAULT_STORAGE_LIMIT = 100_000
 _storage_limit = DEFAULT_STORAGE_LIMIT
 
 
@@ -284,6 +284,12 @@ def set_orphan_writer(writer: Callable[[Recording], None] | None) -> None:
 def drain_orphans() -> Recording | None:
     """Take the buffered calls made outside any run, if there are any."""
     return _orphans.drain()
+
+
+def drain_orphans_json() -> str | None:
+    """Calls made outside any run since the last drain, as JSON, if there were any."""
+    recording = _orphans.drain()
+    return None if recording is None else recording.model_dump_json()
 
 
 def current_run() -> RunContext | None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .collect import ITEM_KEY
+from .recording import drain_orphans_json
 
 if TYPE_CHECKING:
     from .recording import RunContext
@@ -180,7 +181,8 @@ class RunRelay:
             "every run: check OPENAI_API_KEY and --llm-base-url"
         )
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def finish(self, session: pytest.Session) -> None:
+        """Called from the plugin's ``pytest_sessionfinish``, registered or not."""
         # On an xdist worker, calls made after the last test (session fixture teardown)
         # travel in workeroutput, which the controller reads when the worker goes down.
         workeroutput = getattr(session.config, "workeroutput", None)
@@ -194,11 +196,3 @@ class RunRelay:
                     workeroutput["llmexp_calls_spooled"] = True
                 workeroutput["llmexp_calls"] = orphans
         self.spool.close()
-
-
-def drain_orphans_json() -> str | None:
-    """Calls made outside any run since the last drain, as JSON, if there were any."""
-    from .recording import drain_orphans
-
-    recording = drain_orphans()
-    return None if recording is None else recording.model_dump_json()

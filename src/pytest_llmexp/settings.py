@@ -11,11 +11,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from .cache import MODES
-from .endpoint import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from .local import local_mode
-from .recording import DEFAULT_STORAGE_LIMIT
-from .validation import DEFAULT_DB, DEFAULT_ERROR_BUDGET
+from .validation import (
+    CACHE_MODES,
+    DEFAULT_DB,
+    DEFAULT_ERROR_BUDGET,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_STORAGE_LIMIT,
+    DEFAULT_TIMEOUT,
+)
 
 if TYPE_CHECKING:
     from .cache import CacheMode
@@ -276,6 +279,8 @@ def build_settings(config: pytest.Config) -> Settings:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _bad(where, base_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8080/v1")
 
+    from .local import local_mode
+
     local, local_unavailable = local_mode(model, model_where, base_url, where)
 
     timeout = _number(
@@ -366,8 +371,8 @@ def _verdict_options(config: pytest.Config) -> dict[str, Any]:
     if fail_on_regression and compare is None:
         compare = "last"
     cache, where = _value(config, "llm_cache")
-    if cache is not None and cache not in MODES:
-        raise _bad(where, cache, "one of " + ", ".join(MODES))
+    if cache is not None and cache not in CACHE_MODES:
+        raise _bad(where, cache, "one of " + ", ".join(CACHE_MODES))
     replay_from = config.getoption("llm_replay_from")
     if replay_from is not None and not _SESSION_PREFIX.match(replay_from):
         raise _bad("--llm-replay-from", replay_from, "a session id (or its first 4+ hex digits)")

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from .errors import ExperimentError
 
-__all__ = ["DEFAULT_DB", "DEFAULT_ERROR_BUDGET", "check_experiment_name", "check_num_executions"]
+__all__ = [
+    "CACHE_MODES",
+    "DEFAULT_DB",
+    "DEFAULT_ERROR_BUDGET",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_STORAGE_LIMIT",
+    "DEFAULT_TIMEOUT",
+    "CacheMode",
+    "check_experiment_name",
+    "check_num_executions",
+]
 
+# The defaults live here, in a module the plugin imports anyway, so that validating the
+# options of a session without experiments imports nothing else.
 #: The share of runs that may error (infrastructure) before the session fails.
 DEFAULT_ERROR_BUDGET = 0.1
 DEFAULT_DB = "message_log.db"
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 2
+#: The longest message text stored; longer texts are cut and the call flagged ``truncated``.
+DEFAULT_STORAGE_LIMIT = 100_000
+#: ``--llm-cache`` modes.
+CacheMode = Literal["off", "record", "replay", "auto"]
+CACHE_MODES: tuple[CacheMode, ...] = ("off", "record", "replay", "auto")
 
 
 def check_num_executions(value: object, where: str) -> int:

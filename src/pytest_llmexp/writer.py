@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -11,17 +10,16 @@ import pytest
 
 from .collect import ITEM_KEY, case_id, execution_index, is_execution_id
 from .conclusion import Conclusion
-from .signals import SigtermAsInterrupt
 from .spool import SessionLock, remove_empty, remove_session_files, spool_dir, spooled_sessions
-from .summary import write_summary
 
 if TYPE_CHECKING:
     from .health import Health
     from .recovery import Ingested
     from .settings import Settings
+    from .signals import SigtermAsInterrupt
     from .store import Store
 
-__all__ = ["Writer", "XdistHooks"]
+__all__ = ["ReportHooks", "Writer", "XdistHooks"]
 
 
 class Writer:
@@ -56,9 +54,12 @@ class Writer:
         #: Runs stored from their reports: reconciling the spool skips them.
         self._stored: set[str] = set()
         self._spool_kept = False
+        #: Failed reports of executions, counted as pytest's ``session.testsfailed`` counts.
+        self._failed_executions = 0
         #: xdist workers that ended by KeyboardInterrupt.
         self.interrupted_workers: set[str] = set()
-        self.sigterm = SigtermAsInterrupt()
+        #: Installed when the session begins.
+        self.sigterm: SigtermAsInterrupt | None = None
         self.conclusion = Conclusion(settings, self.session_id)
         #: The stored session whose generations this one replays (``--llm-replay-from``).
         self.replay_of: str | None = None
@@ -80,10 +81,14 @@ class Writer:
         if self.begun:
             return
         self.begun = True
+        import sqlite3
+
         from .endpoint import endpoint_label
         from .recovery import recover
+        from .signals import SigtermAsInterrupt
 
         # From here on a cancelled CI job (SIGTERM) ends the session as Ctrl-C does.
+        self.sigterm = SigtermAsInterrupt()
         self.sigterm.install()
         store = self._store()
         try:
@@ -142,6 +147,8 @@ class Writer:
     def write(self, kind: Literal["run", "calls"], payload: str, *, spooled: bool) -> None:
         """Store a run or calls outside runs. A failed insert is tried again at session end:
         from the spool if it was spooled, else from memory."""
+        import sqlite3
+
         try:
             self._insert(kind, payload)
         except sqlite3.Error as exc:
@@ -161,6 +168,10 @@ class Writer:
             self._store().insert_recording(Recording.model_validate_json(payload))
 
     def _retry_pending(self) -> None:
+        if not self._pending:
+            return
+        import sqlite3
+
         pending, self._pending = self._pending, []
         for kind, payload in pending:
             try:
@@ -169,13 +180,10 @@ class Writer:
                 self._lost += 1
                 self._write_errors.append(f"{type(exc).__name__}: {exc}")
 
-    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        if report.failed:
-            self.conclusion.other_failures += 1
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.failed and not is_execution_id(report.nodeid):
-            self.conclusion.other_failures += 1
+    def take_report(self, report: pytest.TestReport) -> None:
+        """Store what a test report carries: a finished run, calls outside runs, a crash."""
+        if report.failed and not hasattr(report, "wasxfail") and is_execution_id(report.nodeid):
+            self._failed_executions += 1
         start = getattr(report, "llmexp_start", None)
         if start is not None:
             info = self._started[report.nodeid] = json.loads(start)
@@ -247,7 +255,7 @@ class Writer:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.usage_error is not None:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
-        from .relay import drain_orphans_json
+        from .recording import drain_orphans_json
 
         calls = drain_orphans_json()
         if calls is not None:
@@ -257,10 +265,14 @@ class Writer:
             self.conclusion.without_experiments(session)
             self.conclusion.write_reports(session, None, self.summaries, None)
             return
+        import sqlite3
+
         from .cachedb import cache_line
         from .health import judge
 
         self._reconcile()
+        # pytest counted every failed report (collection errors too); ours are executions.
+        self.conclusion.other_failures = session.testsfailed - self._failed_executions
         if self._lost:
             # Results that are not stored must not let a CI job pass.
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
@@ -301,13 +313,21 @@ class Writer:
         self.conclusion.write_reports(session, status, self.summaries, self.health, self.store)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        from .health import problem_lines, recovery_lines
-
         if self.usage_error is not None:
             terminalreporter.write_line(f"ERROR: {self.usage_error}", red=True, bold=True)
+        if self.begun:
+            self._session_lines(terminalreporter)
+        for line, color in self.conclusion.terminal_lines():
+            terminalreporter.write_line(line, **({color: True} if color else {}))
+        self._error_lines(terminalreporter)
+
+    def _session_lines(self, terminalreporter: pytest.TerminalReporter) -> None:
+        from .health import problem_lines, recovery_lines
+        from .summary import write_summary
+
         for line in recovery_lines(self.recovered):
             terminalreporter.write_line(line, yellow=True)
-        if self.begun and self.summaries:
+        if self.summaries:
             write_summary(
                 terminalreporter,
                 self.summaries,
@@ -319,8 +339,8 @@ class Writer:
             terminalreporter.write_line(self.cache_line)
         for line, red in problem_lines(self.health):
             terminalreporter.write_line(line, red=red, yellow=not red, bold=red)
-        for line, color in self.conclusion.terminal_lines():
-            terminalreporter.write_line(line, **({color: True} if color else {}))
+
+    def _error_lines(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self._spool_errors:
             terminalreporter.write_line(
                 f"warning: {len(self._spool_errors)} run(s) could not be spooled (last: "
@@ -345,7 +365,8 @@ class Writer:
             )
 
     def close(self) -> None:
-        self.sigterm.uninstall()
+        if self.sigterm is not None:
+            self.sigterm.uninstall()
         # A spool kept for recovery needs no lock file: a session without one is dead.
         self.lock.release(remove=True)
         remove_empty(self.spool_dir)
@@ -358,6 +379,17 @@ def _worker_id(report: pytest.TestReport) -> str:
     node: Any = getattr(report, "node", None)
     workerinput = getattr(node, "workerinput", None) or {}
     return str(workerinput.get("workerid", "?"))
+
+
+class ReportHooks:
+    """The writer's per-test hook, registered only where runs can arrive (see plugin.py), so
+    that a session without experiments pays nothing per test."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.writer.take_report(report)
 
 
 class XdistHooks:

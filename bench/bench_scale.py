@@ -1,0 +1,255 @@
+"""Benchmark 4, scale: a database of 100,000 runs with 10 metrics and one call each.
+
+The runs are two sessions of 50,000 executions of one experiment. One run is recorded for
+real (a StructuredBot call to the fake server and 10 @metric calls inside a run context);
+the others are copies with fresh ids and metric values, stored through ``Store.insert_run``
+as the writer stores runs. Then, each timed alternately:
+
+- the end-of-session work behind the terminal summary of a 50,000-run session (the
+  summaries, the verdict, the table), in process;
+- ``llmexp show``, ``llmexp compare`` and ``llmexp report``, as commands (wall time,
+  interpreter start included).
+
+It also prints the database's size per run beyond the message text, and the memory of a
+real 10,000-run pytest session, sampled as it runs (it must stay flat).
+
+    python bench/bench_scale.py [--repeats N] [--runs N]
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from harness import (
+    Result,
+    Sample,
+    base_env,
+    compile_package,
+    fake_server,
+    llm_env,
+    pytest_cmd,
+    repeats_arg,
+    within,
+    workdir,
+)
+from workloads import experiment
+
+METRICS = 10
+
+
+def runs_arg(default: int) -> int:
+    args = sys.argv[1:]
+    return int(args[args.index("--runs") + 1]) if "--runs" in args else default
+
+
+def template_run(url: str):  # -> RunRecord
+    """One run recorded for real: a structured call and 10 metrics."""
+    os.environ.update(OPENAI_BASE_URL=url, OPENAI_API_KEY="sk-bench")
+    from pydantic import BaseModel, Field
+
+    from pytest_llmexp import StructuredBot, metric, prompt
+    from pytest_llmexp.recording import RunContext, activate
+
+    class JobDescription(BaseModel):
+        name: str = Field(..., description="A job name.")
+        description: str = Field(..., description="A job description.")
+
+    @prompt("user")
+    def ask(description):
+        """Give me a name for a job that follows this description: {{ description }}."""
+
+    def make(i: int):
+        def value(response: JobDescription) -> float:
+            return len(response.name) / (i + 1)
+
+        value.__name__ = f"metric_{i}"
+        return metric(value)
+
+    metrics = [make(i) for i in range(METRICS)]
+    run = RunContext("scale", num_executions=1, execution_index=0, worker="main", nodeid=None)
+    with activate(run):
+        bot = StructuredBot(model_name="gpt-4o-mini", pydantic_model=JobDescription)
+        response = bot(ask("someone who builds full stack AI apps"))
+        for m in metrics:
+            m(response)
+    return run.finish("passed", None, None)
+
+
+def build(db: Path, url: str, runs: int) -> list[str]:
+    """Two sessions of ``runs // 2`` executions each; their ids."""
+    from pytest_llmexp.store import Store
+
+    template = template_run(url)
+    rng = random.Random(0)
+    store = Store(db)
+    sessions = []
+    per_session = runs // 2
+    for _ in range(2):
+        session = store.begin_session(kind="pytest", argv=["bench"])
+        sessions.append(session)
+        for index in range(per_session):
+            calls = [c.model_copy(update={"id": uuid.uuid4().hex}) for c in template.calls]
+            metrics = [
+                m.model_copy(update={"value": round(rng.uniform(0, 30), 3)})
+                for m in template.metrics
+            ]
+            run = template.model_copy(
+                update={
+                    "run_id": uuid.uuid4().hex,
+                    "num_executions": per_session,
+                    "execution_index": index,
+                    "calls": calls,
+                    "metrics": metrics,
+                }
+            )
+            store.insert_run(session, run)
+        store.finish_session(session, status="complete", exitstatus=0)
+    store.close()
+    return sessions
+
+
+def message_bytes(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT SUM(LENGTH(message_log)) FROM message_log").fetchone()[0])
+
+
+def summary_seconds(db: Path, session: str) -> Sample:
+    """The session-end work behind the terminal summary, in process."""
+    from pytest_llmexp.store import Store
+    from pytest_llmexp.summary import write_summary
+    from pytest_llmexp.verdicts import judge_session
+
+    class Terminal:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def write_sep(self, sep: str, title: str, **_: object) -> None:
+            self.lines.append(title)
+
+        def write_line(self, line: str, **_: object) -> None:
+            self.lines.append(line)
+
+    store = Store(db)
+    start = time.perf_counter()
+    summaries = store.summaries(session)
+    with store.reading() as conn:
+        verdict = judge_session(
+            conn,
+            session,
+            ini_gates=(),
+            cli_gates=(),
+            compare=None,
+            fail_on_regression=False,
+            not_evaluable=None,
+        )
+    terminal = Terminal()
+    write_summary(terminal, summaries, str(db), session, verdict)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - start
+    store.close()
+    assert any("metric_9" in line for line in terminal.lines), terminal.lines
+    return Sample(seconds)
+
+
+def command(db: Path, *args: str) -> Sample:
+    llmexp = [sys.executable, "-m", "pytest_llmexp.cli"]
+    start = time.perf_counter()
+    subprocess.run(
+        [*llmexp, "--db", str(db), *args], check=True, capture_output=True, env=base_env()
+    )
+    return Sample(time.perf_counter() - start)
+
+
+def rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(x.split()[1]) * 1024 for x in f if x.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def memory_profile(url_server, count: int) -> list[tuple[int, int]]:
+    """(runs stored, resident bytes of the pytest process) as a 10,000-run session runs."""
+    with workdir("memory") as where:
+        (where / "test_experiment.py").write_text(experiment(count))
+        db = where / "bench.db"
+        proc = subprocess.Popen(
+            pytest_cmd("test_experiment.py", f"--llm-db={db}"),
+            cwd=where,
+            env=llm_env(url_server),
+            stdout=subprocess.DEVNULL,
+        )
+        import sqlite3
+
+        points = []
+        while proc.poll() is None:
+            time.sleep(0.5)
+            stored = 0
+            if db.exists():
+                try:
+                    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1) as conn:
+                        stored = conn.execute("SELECT COUNT(*) FROM experiment_runs").fetchone()[0]
+                except sqlite3.Error:
+                    continue
+            points.append((stored, rss(proc.pid)))
+        assert proc.returncode == 0, proc.returncode
+    return [p for p in points if p[1]]
+
+
+def main() -> list[Result]:
+    repeats, runs = repeats_arg(5), runs_arg(100_000)
+    compile_package()
+    results = []
+    with fake_server() as server, workdir("scale") as where:
+        db = where / "big.db"
+        start = time.perf_counter()
+        first, second = build(db, server.url, runs)
+        print(f"built {runs} runs x {METRICS} metrics in {time.perf_counter() - start:.0f} s")
+        for suffix in ("-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        size, text = db.stat().st_size, message_bytes(db)
+        per_run = (size - text) / runs
+        print(
+            f"database: {size / 2**20:.1f} MiB, message text {text / 2**20:.1f} MiB, "
+            f"{per_run:.0f} bytes per run beyond the message text (target <= 2048)"
+        )
+        results.append(Result("Scale: bytes per run beyond text", per_run, 2048))
+        out = where / "report.html"
+        timings = [
+            ("terminal summary (50,000-run session)", lambda: summary_seconds(db, second)),
+            ("llmexp show scale", lambda: command(db, "show", "scale")),
+            (
+                "llmexp compare",
+                lambda: command(db, "compare", first[:12], second[:12]),
+            ),
+            ("llmexp report", lambda: command(db, "report", "-o", str(out))),
+        ]
+        for title, measure in timings:
+            results.append(within(f"Scale: {title}", measure, repeats=repeats, limit=0.5))
+        shutil.rmtree(where / "spool", ignore_errors=True)
+        count = max(runs // 10, 100)
+        points = memory_profile(server, count)
+        quarter = [rss for stored, rss in points if stored >= count // 4]
+        growth = (quarter[-1] - quarter[0]) / 2**20 if quarter else float("nan")
+        print(
+            f"\n## Memory of a {count}-run session\n"
+            + "\n".join(
+                f"{stored:>6} runs stored: {rss / 2**20:6.1f} MiB"
+                for stored, rss in points[:: max(len(points) // 12, 1)]
+            )
+            + f"\ngrowth from a quarter of the runs to the end: {growth:.1f} MiB"
+        )
+        results.append(Result("Scale: memory growth, 10,000 runs (MiB)", growth, 5.0))
+    return results
+
+
+if __name__ == "__main__":
+    main()
