@@ -30,6 +30,8 @@ from fakellm import FakeLLM  # noqa: E402
 class Sample:
     seconds: float
     peak_bytes: int = 0
+    #: CPU seconds (user + system) of the process tree.
+    cpu: float = 0.0
 
 
 @dataclass
@@ -45,6 +47,10 @@ class Side:
     @property
     def peak(self) -> int:
         return int(statistics.median(s.peak_bytes for s in self.samples))
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(s.cpu for s in self.samples)
 
 
 @dataclass
@@ -80,13 +86,17 @@ def compare(
         for side in sides:
             side.samples.append(side.measure())
     base = sides[0]
-    print(f"{'side':<34} {'min s':>8} {'median s':>9} {'max s':>8} {'peak MiB':>9} {'ratio':>6}")
+    print(
+        f"{'side':<34} {'min s':>8} {'median s':>9} {'max s':>8} {'CPU s':>7} {'peak MiB':>9} "
+        f"{'ratio':>6}"
+    )
     for side in sides:
         times = [s.seconds for s in side.samples]
         peak = f"{side.peak / 2**20:9.1f}" if side.peak else f"{'-':>9}"
+        cpu = f"{side.cpu:7.2f}" if side.cpu else f"{'-':>7}"
         print(
-            f"{side.name:<34} {min(times):8.3f} {side.median:9.3f} {max(times):8.3f} {peak} "
-            f"{side.median / base.median:6.3f}"
+            f"{side.name:<34} {min(times):8.3f} {side.median:9.3f} {max(times):8.3f} {cpu} "
+            f"{peak} {side.median / base.median:6.3f}"
         )
     ratio = sides[-1].median / base.median
     memory_ratio = sides[-1].peak / base.peak if memory_target and base.peak else None
@@ -210,8 +220,10 @@ def timed(cmd: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-3000:]}")
-    # ru_maxrss is the process's own peak in KiB, exact even for a short run.
-    return Sample(seconds, max(tree_peak, usage.ru_maxrss * 1024))
+    # ru_maxrss is the process's own peak in KiB, exact even for a short run; the CPU times
+    # include the descendants it waited for (xdist's workers).
+    cpu = usage.ru_utime + usage.ru_stime
+    return Sample(seconds, max(tree_peak, usage.ru_maxrss * 1024), cpu)
 
 
 def pytest_cmd(*args: str) -> list[str]:

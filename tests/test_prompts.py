@@ -114,3 +114,53 @@ def test_calls_inside_a_run_record_the_version() -> None:
     record = run.finish("passed")
     assert [(p.function_name, p.hash) for p in record.prompts] == [("ask", ask.hash)]
     assert record.prompts[0].module == __name__
+
+
+SIMPLE = [
+    "Hello {{ name }}.",
+    "{{name}}{{ other }}",
+    "{{ name }} and {{ name }}",
+    "Braces } {x} {{ name }}}} {",
+    "Multi\nline\n  {{ name }}\n\nend",
+    "Ünïcödé {{ name }} ✓",
+    "no variables at all",
+]
+JINJA = [
+    "{{ name | upper }}",
+    "{% if name %}{{ name }}{% endif %}",
+    "{# note #}{{ name }}",
+    "{{- name -}} x",
+    "{{{ name }}",
+    "{{ none }} {{ name }}",
+    "{{ name.attr }}",
+    "{{\tname }}",
+]
+
+
+@pytest.mark.parametrize("template", SIMPLE + JINJA)
+@pytest.mark.parametrize("value", ["Ada", 42, None, 1.5, ["a"], {"k": 1}, "{{ name }}", "a\nb"])
+def test_the_fast_path_renders_as_jinja2_does(template: str, value: object) -> None:
+    from jinja2 import TemplateError
+
+    from pytest_llmexp.prompts import _environment, simple_parts
+
+    def greet(name, other="x"):
+        pass
+
+    greet.__doc__ = template
+    assert (simple_parts(template) is not None) == (template in SIMPLE)
+    try:
+        expected = _environment().from_string(template).render(name=value, other="x")
+    except TemplateError:
+        return  # an attribute of a value that has none: the Jinja2 path's error, tested above
+    assert prompt("user")(greet)(value).content == expected
+
+
+def test_the_fast_path_reports_an_undefined_kwargs_variable() -> None:
+    @prompt("user")
+    def anything(**kwargs):
+        """Hello {{ who }}."""
+
+    assert anything(who="Ada").content == "Hello Ada."
+    with pytest.raises(PromptError, match=r"'who' is undefined; pass it when calling"):
+        anything()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,6 +131,23 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     Store(path).close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 4
+
+
+def test_the_fast_schema_check_knows_every_migration(tmp_path: Path) -> None:
+    from pytest_llmexp import schema
+    from pytest_llmexp.migrations import MIGRATION_SET, migrations
+
+    assert tuple(m.name for m in migrations._migrations) == schema.SCHEMA
+    assert schema.MIGRATION_SET == MIGRATION_SET
+    path = tmp_path / "message_log.db"
+    Store(path).close()
+    # Reopening a current database does not import sqlite_utils (a fresh interpreter).
+    code = (
+        "import sys; from pytest_llmexp.store import Store; "
+        f"Store({str(path)!r}).close(); print('sqlite_utils' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:

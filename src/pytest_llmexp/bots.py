@@ -18,7 +18,13 @@ from .errors import BotError, LLMCallError, StructuredOutputError
 from .prompts import Message
 from .recording import clip_messages, record_call, utcnow
 from .records import BotRecord, CallRecord, PromptRecord
-from .schemas import enumerate_int_ranges, refuses_json_schema, schema_name, validate_reply
+from .schemas import (
+    enumerate_int_ranges,
+    json_schema,
+    refuses_json_schema,
+    schema_name,
+    validate_reply,
+)
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -309,7 +315,7 @@ class StructuredBot(_Bot, Generic[ModelT]):
             )
         self.pydantic_model = pydantic_model
         self.max_validation_retries = max_validation_retries
-        self._schema = pydantic_model.model_json_schema()
+        self._schema = json_schema(pydantic_model)
         self._grammar_schema: dict[str, Any] | None = None
         super().__init__(system_prompt, model_name, temperature, completion_kwargs)
 

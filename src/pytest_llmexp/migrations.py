@@ -10,7 +10,7 @@ from sqlite_utils import Database, Migrations
 
 __all__ = ["MIGRATION_SET", "migrations"]
 
-MIGRATION_SET = "pytest_llmexp"
+MIGRATION_SET = "pytest_llmexp"  # the same as schema.MIGRATION_SET (a test pins both)
 migrations = Migrations(MIGRATION_SET)
 
 

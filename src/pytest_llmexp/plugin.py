@@ -57,7 +57,8 @@ def pytest_configure(config: pytest.Config) -> None:
     recording.set_orphan_writer(None)
     recording.set_storage_limit(settings.max_stored_chars)
     if workerinput is None:
-        from .writer import ReportHooks, Writer, XdistHooks
+        from .intake import ReportHooks
+        from .writer import Writer, XdistHooks
 
         writer = Writer(config, settings, recording.utcnow())
         config.stash[_WRITER_KEY] = writer
@@ -66,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
             config.pluginmanager.register(XdistHooks(writer), "llmexp-xdist")
         if _distributes(config):
             # The controller sees no items; runs arrive from the workers' reports.
-            config.pluginmanager.register(ReportHooks(writer), "llmexp-reports")
+            config.pluginmanager.register(ReportHooks(writer.intake), "llmexp-reports")
         config.stash[_WHO_KEY] = (writer.session_id, "main")
     else:
         config.stash[_WHO_KEY] = (workerinput["llmexp_session"], workerinput["workerid"])
@@ -199,9 +200,9 @@ def _register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None
         manager.register(_relay(config), "llmexp-relay")
     writer = config.stash.get(_WRITER_KEY, None)
     if writer is not None and not manager.hasplugin("llmexp-reports"):
-        from .writer import ReportHooks
+        from .intake import ReportHooks
 
-        manager.register(ReportHooks(writer), "llmexp-reports")
+        manager.register(ReportHooks(writer.intake), "llmexp-reports")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

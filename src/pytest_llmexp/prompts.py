@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,52 @@ def _environment() -> jinja2.Environment:
     )
 
 
+# Most templates are text and ``{{ name }}`` placeholders. Those are rendered here exactly as
+# Jinja2 renders them (``str`` of each value), which spares a session Jinja2's import and
+# compilation (tens of milliseconds); any other template is Jinja2's.
+_PLACEHOLDER = re.compile(r"\{\{ *([A-Za-z_][A-Za-z0-9_]*) *\}\}")
+# Names that Jinja2 reads as constants, operators or its own globals, not as variables.
+_JINJA_NAMES = frozenset(
+    [
+        "true",
+        "false",
+        "none",
+        "True",
+        "False",
+        "None",
+        "and",
+        "or",
+        "not",
+        "in",
+        "is",
+        "if",
+        "else",
+        "recursive",
+        "range",
+        "dict",
+        "lipsum",
+        "cycler",
+        "joiner",
+        "namespace",
+    ]
+)
+
+
+def simple_parts(template: str) -> list[str] | None:
+    """The template as literal texts (even indexes) and variable names (odd indexes), if it
+    is made of nothing else; ``None`` if Jinja2 must render it."""
+    if "{%" in template or "{#" in template or "\r" in template:
+        return None
+    parts = _PLACEHOLDER.split(template)
+    texts, names = parts[::2], parts[1::2]
+    if any("{{" in text for text in texts) or any(name in _JINJA_NAMES for name in names):
+        return None
+    # "{{{ x }}": Jinja2 starts the expression at the first "{{".
+    if any(text.endswith("{") for text in texts[:-1]):
+        return None
+    return parts
+
+
 def prompt_hash(role: str, template: str) -> str:
     """The version of a prompt: a sha256 of its role and template."""
     return hashlib.sha256(f"{role}\n{template}".encode()).hexdigest()
@@ -63,6 +110,14 @@ class PromptFunction:
         self.role = role
         self.name: str = fn.__name__
         self._signature = inspect.signature(fn)
+        #: The parameter names, when all are plain (no default, no * or **): the common case,
+        #: bound without ``Signature.bind``.
+        self._plain: tuple[str, ...] | None = tuple(self._signature.parameters)
+        if any(
+            p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD or p.default is not p.empty
+            for p in self._signature.parameters.values()
+        ):
+            self._plain = None
         if not fn.__doc__ or not fn.__doc__.strip():
             raise PromptError(
                 f"@prompt function {self.name!r} has no docstring; its docstring is the "
@@ -71,6 +126,7 @@ class PromptFunction:
             )
         self.template: str = inspect.cleandoc(fn.__doc__)
         self.hash = prompt_hash(role, self.template)
+        self._parts = simple_parts(self.template)
         self.record = PromptRecord(
             hash=self.hash,
             function_name=self.name,
@@ -78,7 +134,9 @@ class PromptFunction:
             role=role,
             template=self.template,
         )
-        self._compiled = self._compile()
+        self._compiled = self._compile() if self._parts is None else None
+        if self._parts is not None:
+            self._check_variables(set(self._parts[1::2]))
 
     @property
     def version(self) -> str:
@@ -97,7 +155,10 @@ class PromptFunction:
                 f"{exc.message}",
                 prompt_name=self.name,
             ) from None
-        variables = meta.find_undeclared_variables(ast)
+        self._check_variables(meta.find_undeclared_variables(ast))
+        return env.from_string(ast)
+
+    def _check_variables(self, variables: set[str]) -> None:
         params = self._signature.parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         unknown = sorted(v for v in variables if v not in params)
@@ -109,13 +170,21 @@ class PromptFunction:
                 "rename the variable or add the parameter",
                 prompt_name=self.name,
             )
-        return env.from_string(ast)
 
     def render(self, *args: Any, **kwargs: Any) -> str:
         """The rendered template, without recording anything."""
         __tracebackhide__ = True
-        from jinja2 import TemplateError, UndefinedError
-
+        plain = self._plain
+        if (
+            plain is not None
+            and len(args) + len(kwargs) == len(plain)
+            and kwargs.keys() == set(plain[len(args) :])
+        ):
+            variables = dict(zip(plain, args, strict=False))
+            variables.update(kwargs)
+            if self._parts is not None:
+                return self._render_simple(variables)
+            return self._render_jinja(variables)
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -129,6 +198,15 @@ class PromptFunction:
         for param in self._signature.parameters.values():
             if param.kind is inspect.Parameter.VAR_KEYWORD:
                 variables.update(variables.pop(param.name, {}))
+        if self._parts is not None:
+            return self._render_simple(variables)
+        return self._render_jinja(variables)
+
+    def _render_jinja(self, variables: dict[str, Any]) -> str:
+        __tracebackhide__ = True
+        from jinja2 import TemplateError, UndefinedError
+
+        assert self._compiled is not None
         try:
             return self._compiled.render(variables)
         except UndefinedError as exc:
@@ -141,6 +219,18 @@ class PromptFunction:
                 f"prompt {self.name!r} failed to render: {type(exc).__name__}: {exc}",
                 prompt_name=self.name,
             ) from None
+
+    def _render_simple(self, variables: dict[str, Any]) -> str:
+        parts = list(self._parts or ())
+        for i in range(1, len(parts), 2):
+            name = parts[i]
+            if name not in variables:
+                raise PromptError(
+                    f"prompt {self.name!r}: {name!r} is undefined; pass it when calling the prompt",
+                    prompt_name=self.name,
+                )
+            parts[i] = str(variables[name])
+        return "".join(parts)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Message:
         __tracebackhide__ = True

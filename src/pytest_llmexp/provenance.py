@@ -16,17 +16,26 @@ def environment_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"python": sys.version.split()[0]}
-    for dist in (
-        "pytest-llmexp",
-        "pytest",
-        "openai",
-        "pydantic",
-        "pytest-xdist",
-        "llama-cpp-python",
-    ):
+    for dist, module in _DISTRIBUTIONS.items():
+        # A loaded module's own version spares a scan of the installed distributions.
+        loaded = getattr(sys.modules.get(module or ""), "__version__", None)
+        if isinstance(loaded, str):
+            versions[dist] = loaded
+            continue
         with suppress(PackageNotFoundError):
             versions[dist] = version(dist)
     return versions
+
+
+#: The distributions whose versions are recorded, and their modules that say it.
+_DISTRIBUTIONS = {
+    "pytest-llmexp": None,
+    "pytest": "pytest",
+    "openai": "openai",
+    "pydantic": "pydantic",
+    "pytest-xdist": "xdist",
+    "llama-cpp-python": None,
+}
 
 
 def git_sha(directory: str) -> str | None:

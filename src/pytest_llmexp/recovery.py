@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .spool import (
     SessionLock,
     SpoolLine,
-    read_spool,
+    iter_spool,
     remove_empty,
     remove_session_files,
     spooled_sessions,
@@ -54,38 +54,43 @@ def ingest(
     session_id: str,
     files: list[Path],
     *,
-    stored: Collection[str] = (),
+    skip: Mapping[str, int] | None = None,
 ) -> Ingested:
-    """Insert every spooled record of ``files`` into ``session_id`` (idempotent); runs whose
-    ids are in ``stored`` are known to be in the database already and are not read again."""
+    """Insert every spooled record of ``files`` into ``session_id`` (idempotent), reading one
+    line at a time. ``skip`` gives, by file name, how many first lines are known to be in the
+    database already: they are not read again."""
+    result = Ingested(session_id)
+    for path in files:
+        if path.suffix != ".jsonl":
+            continue
+        skipped = (skip or {}).get(path.name, 0)
+        result.duplicates += skipped
+        for line in iter_spool(path, skipped):
+            if line is None:
+                result.unreadable += 1
+            else:
+                _ingest_line(store, session_id, line, result)
+    return result
+
+
+def _ingest_line(store: Store, session_id: str, line: SpoolLine, result: Ingested) -> None:
     from pydantic import ValidationError
 
-    result = Ingested(session_id)
-    lines: list[SpoolLine] = []
-    for path in files:
-        if path.suffix == ".jsonl":
-            read, unreadable = read_spool(path)
-            lines += read
-            result.unreadable += unreadable
-    for kind, record in lines:
-        if kind == "run" and record.get("run_id") in stored:
-            result.duplicates += 1
-            continue
-        try:
-            inserted = _insert(store, session_id, kind, record)
-        except ValidationError:
-            result.unreadable += 1
-            continue
-        except sqlite3.Error as exc:
-            result.errors.append(f"{type(exc).__name__}: {exc}")
-            continue
-        if kind == "calls":
-            result.calls += 1
-        elif inserted:
-            result.runs += 1
-        else:
-            result.duplicates += 1
-    return result
+    kind, record = line
+    try:
+        inserted = _insert(store, session_id, kind, record)
+    except ValidationError:
+        result.unreadable += 1
+        return
+    except sqlite3.Error as exc:
+        result.errors.append(f"{type(exc).__name__}: {exc}")
+        return
+    if kind == "calls":
+        result.calls += 1
+    elif inserted:
+        result.runs += 1
+    else:
+        result.duplicates += 1
 
 
 def recover(store: Store, directory: Path, *, own_session: str | None = None) -> list[Ingested]:

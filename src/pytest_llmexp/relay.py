@@ -1,6 +1,6 @@
 """On every process that runs tests: one run per experiment item, attached to its report.
 
-The finished run is appended to this process's spool file (fsynced), then rides on the
+The finished run is appended to this process's spool file, then rides on the
 teardown report as JSON (``report.llmexp_run``); pytest-xdist ships reports to the
 controller, where the writer stores them. Calls made outside any run ride the same way
 (``report.llmexp_calls``).
@@ -157,7 +157,7 @@ class RunRelay:
         return redact(record.model_dump_json())
 
     def _hand_over(self, report: pytest.TestReport, kind: Kind, payload: str) -> None:
-        """Spool the record (fsynced), then attach it to the report for the writer."""
+        """Spool the record, then attach it to the report for the writer."""
         try:
             self.spool.append(kind, payload)
         except OSError as exc:

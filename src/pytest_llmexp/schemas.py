@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 import math
 import re
+import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-__all__ = ["enumerate_int_ranges", "refuses_json_schema", "schema_name", "validate_reply"]
+__all__ = [
+    "enumerate_int_ranges",
+    "json_schema",
+    "refuses_json_schema",
+    "schema_name",
+    "validate_reply",
+]
 
 ModelT = TypeVar("ModelT", bound="BaseModel")
 
@@ -19,6 +26,19 @@ ModelT = TypeVar("ModelT", bound="BaseModel")
 _FORMAT_REFUSAL = re.compile(r"json_schema|json_object|response_format", re.IGNORECASE)
 # Integer ranges up to this many values are also sent as an enum in json_object mode.
 _MAX_ENUM = 256
+
+
+_SCHEMAS: weakref.WeakKeyDictionary[type[BaseModel], dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema, made once per model class: a bot is often built per run, and
+    pydantic takes longer to make a schema than the endpoint call takes to send it. Callers
+    must not change it."""
+    schema = _SCHEMAS.get(model)
+    if schema is None:
+        schema = _SCHEMAS[model] = model.model_json_schema()
+    return schema
 
 
 def refuses_json_schema(status_code: int | None, message: str) -> bool:

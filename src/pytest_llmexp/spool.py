@@ -5,10 +5,16 @@ In ``<database>-spool/`` (created owner-only when a session first needs it):
 - ``<session>.lock``: every process of a running session holds a shared ``flock`` on it; a
   session whose lock nobody holds is dead, and its spool may be ingested.
 - ``<session>.<worker>.jsonl``: one line per finished run (or batch of calls made outside
-  runs), appended and fsynced by the process that ran it.
+  runs), appended by the process that ran it with one ``write`` call.
 - ``<session>.spend``: the session's LLM calls and tokens so far, for the spend guard.
 
 Without ``fcntl`` (Windows) nothing is locked, and no session is ever taken for dead.
+
+A line is in the kernel once ``write`` returns, so it survives the death of the process that
+wrote it (a crash, SIGKILL, a cancelled CI job), which is what the spool is for. It is not
+fsynced: that would cost more than the rest of a run's recording put together, and it would
+only protect against the machine itself going down, which the database, in WAL mode with
+``synchronous = NORMAL``, does not promise either.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ __all__ = [
     "Spool",
     "SpoolLine",
     "cassette_path",
+    "iter_spool",
     "read_spool",
     "remove_empty",
     "remove_session_files",
@@ -112,7 +119,7 @@ class Spool:
         self._fd: int | None = None
 
     def append(self, kind: Kind, payload: str) -> None:
-        """Append one record (a JSON object) and fsync it; raises ``OSError`` on failure."""
+        """Append one record (a JSON object); raises ``OSError`` on failure."""
         if self._fd is None:
             self.lock.hold()
             self._fd = _open(self.path, os.O_WRONLY | os.O_APPEND)
@@ -121,7 +128,6 @@ class Spool:
         written = os.write(self._fd, line)
         if written != len(line):
             raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")
-        os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -182,18 +188,27 @@ def read_spool(path: Path) -> tuple[list[SpoolLine], int]:
     in the middle of a write leaves at most its last line cut short)."""
     lines: list[SpoolLine] = []
     unreadable = 0
-    for raw in _lines(path):
+    for line in iter_spool(path):
+        if line is None:
+            unreadable += 1
+        else:
+            lines.append(line)
+    return lines, unreadable
+
+
+def iter_spool(path: Path, skip: int = 0) -> Iterator[SpoolLine | None]:
+    """The records of a spool file one at a time, after its first ``skip`` lines (unparsed);
+    ``None`` for a line that cannot be read."""
+    for number, raw in enumerate(_lines(path)):
+        if number < skip:
+            continue
         try:
             entry = json.loads(raw)
             kind, record = entry["kind"], entry["record"]
         except (ValueError, KeyError, TypeError):
-            unreadable += 1
+            yield None
             continue
-        if kind in ("run", "calls") and isinstance(record, dict):
-            lines.append((kind, record))
-        else:
-            unreadable += 1
-    return lines, unreadable
+        yield (kind, record) if kind in ("run", "calls") and isinstance(record, dict) else None
 
 
 def _lines(path: Path) -> Iterator[bytes]:

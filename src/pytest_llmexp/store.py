@@ -23,6 +23,7 @@ from .endpoint import redact
 from .errors import StoreError
 from .provenance import environment_versions, git_sha
 from .recording import utcnow
+from .schema import migrate
 from .stats import experiment_summary, session_spend
 from .validation import DEFAULT_DB
 
@@ -45,6 +46,8 @@ class Store:
         self._prompt_ids: dict[tuple[str, str, str], int] = {}
         self._bot_ids: dict[str, int] = {}
         self._experiment_ids: dict[tuple[str, str], int] = {}
+        #: How deep the open write transaction is nested (0: none).
+        self._depth = 0
         check_file(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +64,7 @@ class Store:
             self.conn.execute("PRAGMA busy_timeout = 30000")
             self.conn.execute("PRAGMA foreign_keys = ON")
             # Checked before anything is written, the journal mode included.
-            self._migrate()
+            migrate(self.conn, self.path, self.transaction)
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
@@ -74,37 +77,20 @@ class Store:
             self.conn.close()
             raise
 
-    def _migrate(self) -> None:
-        from sqlite_utils import Database
-
-        from .migrations import migrations
-
-        db = Database(self.conn, execute_plugins=False)
-        with self.transaction():
-            tables = set(db.table_names())
-            applied = migrations.applied(db) if "_sqlite_migrations" in tables else []
-            if tables and not applied:
-                raise StoreError(
-                    f"{str(self.path)!r} is a SQLite database of another program (tables "
-                    f"{', '.join(sorted(tables)[:5])}); it was left as it is: choose another "
-                    "path with --llm-db"
-                )
-            known = {m.name for m in migrations._migrations}
-            unknown = [m.name for m in applied if m.name not in known]
-            if unknown:
-                raise StoreError(
-                    f"{str(self.path)!r} was written by a newer pytest-llmexp (schema "
-                    f"migrations {', '.join(unknown)} are unknown to this version); upgrade "
-                    "pytest-llmexp, or choose another path with --llm-db"
-                )
-            if migrations.pending(db):
-                migrations.apply(db)
-
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` write transaction; caches are dropped if it rolls back."""
+        """One ``BEGIN IMMEDIATE`` write transaction; caches are dropped if it rolls back.
+        Inside another, it is part of that one (the writer inserts runs in batches)."""
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.conn
+                finally:
+                    self._depth -= 1
+                return
             self.conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self.conn
             except BaseException:
@@ -113,6 +99,8 @@ class Store:
                 self._bot_ids.clear()
                 self._experiment_ids.clear()
                 raise
+            finally:
+                self._depth = 0
             self.conn.execute("COMMIT")
 
     @contextmanager
