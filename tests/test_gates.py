@@ -278,6 +278,25 @@ def test_bootstrap_by_hand() -> None:
     assert high == pytest.approx(diff + 1.96 * se, abs=0.15)
 
 
+@pytest.mark.parametrize("paired", [False, True])
+def test_large_samples_get_the_normal_interval_the_bootstrap_converges_to(
+    monkeypatch: pytest.MonkeyPatch, paired: bool
+) -> None:
+    from pytest_llmexp import compare
+
+    rng = np.random.default_rng(2)
+    base, cur = list(rng.exponential(2, 600)), list(rng.exponential(2.3, 600))
+    assert len(base) + len(cur) > compare.NORMAL_ABOVE
+    diff, low, high = bootstrap_difference(base, cur, paired=paired)
+    monkeypatch.setattr(compare, "NORMAL_ABOVE", 10**9)
+    boot = bootstrap_difference(base, cur, paired=paired, resamples=4000)
+    assert diff == boot[0]
+    # Within the Monte Carlo error of 4,000 resamples: 3% of the interval's width.
+    width = boot[2] - boot[1]
+    assert low == pytest.approx(boot[1], abs=0.03 * width)
+    assert high == pytest.approx(boot[2], abs=0.03 * width)
+
+
 def test_unified_diff_ends_lines() -> None:
     assert unified_diff("Name a {{ x }}.", "Name a {{ x }}, briefly.", "a", "b") == (
         "--- a\n+++ b\n@@ -1 +1 @@\n-Name a {{ x }}.\n+Name a {{ x }}, briefly.\n"

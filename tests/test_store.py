@@ -122,6 +122,7 @@ def test_a_new_database_has_every_table_and_column(tmp_path: Path) -> None:
         "m002_add_fault_columns",
         "m003_add_verdict_tables",
         "m004_add_cache_tables",
+        "m005_cluster_run_tables",
     ]
 
 
@@ -130,7 +131,45 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     Store(path).close()
     Store(path).close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 4
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 5
+
+
+def test_the_per_run_tables_are_clustered_and_keep_their_rows(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from pytest_llmexp.migrations import migrations
+
+    path = tmp_path / "message_log.db"
+    with sqlite3.connect(path) as conn:
+        migrations.apply(Database(conn), stop_before="m005_cluster_run_tables")
+        for statement in (
+            "INSERT INTO sessions (id, kind, started_at, status) VALUES ('s', 'pytest', 't', 'x')",
+            "INSERT INTO experiments (id, session_id, name, num_executions, status) "
+            "VALUES (1, 's', 'e', 1, 'x')",
+            "INSERT INTO experiment_runs (id, experiment_id, execution_index, status, "
+            "started_at, run_data) VALUES ('r1', 1, 0, 'passed', 't', '{}')",
+            "INSERT INTO prompts (id, hash, function_name, module, role, template, created_at) "
+            "VALUES (7, 'h', 'f', 'm', 'user', 't', 't')",
+            "INSERT INTO bots (id, hash, class_name, model_name, params, created_at) "
+            "VALUES (9, 'h', 'SimpleBot', 'm', '{}', 't')",
+        ):
+            conn.execute(statement)
+        conn.execute("INSERT INTO metrics VALUES ('r1', 'length', 3.0, 'int')")
+        conn.execute("INSERT INTO run_prompts VALUES ('r1', 7)")
+        conn.execute("INSERT INTO run_bots VALUES ('r1', 9)")
+    Store(path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT * FROM metrics").fetchall() == [("r1", "length", 3.0, "int")]
+        assert conn.execute("SELECT * FROM run_prompts").fetchall() == [("r1", 7)]
+        assert conn.execute("SELECT * FROM run_bots").fetchall() == [("r1", 9)]
+        for table in ("metrics", "run_prompts", "run_bots"):
+            sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", [table]).fetchone()
+            assert sql[0].endswith("WITHOUT ROWID"), sql
+        # No separate index for their primary keys any more.
+        assert not conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN "
+            "('metrics', 'run_prompts', 'run_bots')"
+        ).fetchall()
 
 
 def test_the_fast_schema_check_knows_every_migration(tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ def runs(conn: sqlite3.Connection, experiment_id: int) -> list[dict[str, Any]]:
     metrics: dict[str, dict[str, float | int]] = {}
     for run_id, metric, value, kind in conn.execute(
         "SELECT m.run_id, m.name, m.value, m.kind FROM metrics m JOIN experiment_runs r "
-        "ON r.id = m.run_id WHERE r.experiment_id = ? ORDER BY m.rowid",
+        "ON r.id = m.run_id WHERE r.experiment_id = ? ORDER BY m.name",
         (experiment_id,),
     ):
         # As recorded: a bool metric is stored 1/0, an int one whole.
@@ -185,15 +185,22 @@ def runs(conn: sqlite3.Connection, experiment_id: int) -> list[dict[str, Any]]:
             "duration_s": duration,
             "error_type": error_type,
             "error_message": message,
-            "metrics": metrics.get(run_id, {}),
+            "metrics": recorded_order(metrics.get(run_id, {}), run_data),
         }
-        for run_id, case, index, status, duration, error_type, message in conn.execute(
+        for run_id, case, index, status, duration, error_type, message, run_data in conn.execute(
             "SELECT id, case_id, execution_index, status, duration_s, error_type, "
-            "error_message FROM experiment_runs WHERE experiment_id = ? "
+            "error_message, run_data FROM experiment_runs WHERE experiment_id = ? "
             "ORDER BY coalesce(case_id, ''), execution_index, started_at",
             (experiment_id,),
         )
     ]
+
+
+def recorded_order(values: dict[str, Any], run_data: str) -> dict[str, Any]:
+    """A run's metric values in the order the run recorded them (``run_data`` keeps it; the
+    metrics table is ordered by name)."""
+    order = [name for name in json.loads(run_data).get("metrics", {}) if name in values]
+    return {name: values[name] for name in order} | values
 
 
 def _calls(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
@@ -249,12 +256,18 @@ def run_detail(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
         "replayed_from",
     )
     detail: dict[str, Any] = dict(zip(keys, row, strict=True))
-    detail["metrics"] = {
-        name: {"value": value, "kind": kind}
-        for name, value, kind in conn.execute(
-            "SELECT name, value, kind FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,)
-        )
-    }
+    (run_data,) = conn.execute(
+        "SELECT run_data FROM experiment_runs WHERE id = ?", (run_id,)
+    ).fetchone()
+    detail["metrics"] = recorded_order(
+        {
+            name: {"value": value, "kind": kind}
+            for name, value, kind in conn.execute(
+                "SELECT name, value, kind FROM metrics WHERE run_id = ?", (run_id,)
+            )
+        },
+        run_data,
+    )
     detail["prompts"] = [
         dict(zip(("name", "role", "version", "template"), p, strict=True))
         for p in conn.execute(

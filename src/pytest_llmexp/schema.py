@@ -21,6 +21,7 @@ SCHEMA = (
     "m002_add_fault_columns",
     "m003_add_verdict_tables",
     "m004_add_cache_tables",
+    "m005_cluster_run_tables",
 )
 MIGRATION_SET = "pytest_llmexp"
 
