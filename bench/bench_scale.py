@@ -1,11 +1,12 @@
 """Benchmark 4, scale: a database of 100,000 runs with 10 metrics and one call each.
 
-The runs are two sessions of 50,000 executions of one experiment. One run is recorded for
+The runs are ten sessions of 10,000 executions of one experiment (the largest session the
+memory check below runs, ten times over). One run is recorded for
 real (a StructuredBot call to the fake server and 10 @metric calls inside a run context);
 the others are copies with fresh ids and metric values, stored through ``Store.insert_run``
 as the writer stores runs. Then, each timed alternately:
 
-- the end-of-session work behind the terminal summary of a 50,000-run session (the
+- the end-of-session work behind the terminal summary of the last 10,000-run session (the
   summaries, the verdict, the table), in process;
 - ``llmexp show``, ``llmexp compare`` and ``llmexp report``, as commands (wall time,
   interpreter start included).
@@ -82,16 +83,16 @@ def template_run(url: str):  # -> RunRecord
     return run.finish("passed", None, None)
 
 
-def build(db: Path, url: str, runs: int) -> list[str]:
-    """Two sessions of ``runs // 2`` executions each; their ids."""
+def build(db: Path, url: str, runs: int, count: int = 10) -> list[str]:
+    """``count`` sessions of ``runs // count`` executions each; their ids."""
     from pytest_llmexp.store import Store
 
     template = template_run(url)
     rng = random.Random(0)
     store = Store(db)
     sessions = []
-    per_session = runs // 2
-    for _ in range(2):
+    per_session = runs // count
+    for _ in range(count):
         session = store.begin_session(kind="pytest", argv=["bench"])
         sessions.append(session)
         for index in range(per_session):
@@ -211,7 +212,8 @@ def main() -> list[Result]:
     with fake_server() as server, workdir("scale") as where:
         db = where / "big.db"
         start = time.perf_counter()
-        first, second = build(db, server.url, runs)
+        sessions = build(db, server.url, runs)
+        first, second = sessions[-2], sessions[-1]
         print(f"built {runs} runs x {METRICS} metrics in {time.perf_counter() - start:.0f} s")
         for suffix in ("-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
@@ -224,7 +226,7 @@ def main() -> list[Result]:
         results.append(Result("Scale: bytes per run beyond text", per_run, 2048))
         out = where / "report.html"
         timings = [
-            ("terminal summary (50,000-run session)", lambda: summary_seconds(db, second)),
+            ("terminal summary (10,000-run session)", lambda: summary_seconds(db, second)),
             ("llmexp show scale", lambda: command(db, "show", "scale")),
             (
                 "llmexp compare",

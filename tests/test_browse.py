@@ -64,3 +64,17 @@ def test_a_table_is_cut_to_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None
     assert all(len(line) <= 40 for line in lines)
     assert lines[1].startswith("abc  xxx") and lines[1].endswith("…")
     assert lines[2] == "d    short"
+
+
+def test_a_large_session_embeds_the_runs_that_did_not_pass_first() -> None:
+    from pytest_llmexp.htmlreport import embedded_runs
+
+    runs = [{"id": f"r{i}", "status": "failed" if i % 7 == 3 else "passed"} for i in range(50)]
+    assert embedded_runs(runs, limit=50) == runs
+    chosen = embedded_runs(runs, limit=10)
+    failing = [r for r in runs if r["status"] == "failed"]
+    assert len(chosen) == 10
+    assert all(r in chosen for r in failing)  # 7 failed runs, then the first passed ones
+    assert [r["id"] for r in chosen] == sorted((r["id"] for r in chosen), key=lambda i: int(i[1:]))
+    assert [r["id"] for r in chosen if r["status"] == "passed"] == ["r0", "r1", "r2"]
+    assert embedded_runs(runs, limit=3) == failing[:3]

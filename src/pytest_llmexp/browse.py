@@ -161,21 +161,33 @@ def experiment_detail(conn: sqlite3.Connection, experiment_id: int) -> dict[str,
         "metrics": summary["metrics"],
         "gate_passed": gate_passed if gate_passed is None else bool(gate_passed),
         "gates": gates,
-        "not_passed": [r for r in runs(conn, experiment_id) if r["status"] != "passed"],
+        "not_passed": runs(conn, experiment_id, passed=False),
         "comparison": json.loads(comparison) if comparison else None,
     }
 
 
-def runs(conn: sqlite3.Connection, experiment_id: int) -> list[dict[str, Any]]:
-    """The experiment's runs in case and execution order, each with its metric values."""
+def runs(
+    conn: sqlite3.Connection, experiment_id: int, *, passed: bool | None = None
+) -> list[dict[str, Any]]:
+    """The experiment's runs in case and execution order, each with its metric values; only
+    the passed ones, or only the others, when ``passed`` says so."""
+    status = {None: "", True: " AND r.status = 'passed'", False: " AND r.status != 'passed'"}[
+        passed
+    ]
     metrics: dict[str, dict[str, float | int]] = {}
     for run_id, metric, value, kind in conn.execute(
-        "SELECT m.run_id, m.name, m.value, m.kind FROM metrics m JOIN experiment_runs r "
-        "ON r.id = m.run_id WHERE r.experiment_id = ? ORDER BY m.name",
+        "SELECT m.run_id, m.name, m.value, m.kind FROM experiment_runs r JOIN metrics m "
+        f"ON r.id = m.run_id WHERE r.experiment_id = ?{status}",
         (experiment_id,),
     ):
         # As recorded: a bool metric is stored 1/0, an int one whole.
         metrics.setdefault(run_id, {})[metric] = value if kind == "float" else int(value)
+    # The order the runs recorded their metrics in (the table is ordered by name).
+    order: list[str] = []
+    for (run_data,) in conn.execute(
+        "SELECT run_data FROM experiment_runs WHERE experiment_id = ? LIMIT 100", (experiment_id,)
+    ):
+        order += [m for m in json.loads(run_data).get("metrics", {}) if m not in order]
     return [
         {
             "id": run_id,
@@ -185,22 +197,20 @@ def runs(conn: sqlite3.Connection, experiment_id: int) -> list[dict[str, Any]]:
             "duration_s": duration,
             "error_type": error_type,
             "error_message": message,
-            "metrics": recorded_order(metrics.get(run_id, {}), run_data),
+            "metrics": in_order(metrics.get(run_id, {}), order),
         }
-        for run_id, case, index, status, duration, error_type, message, run_data in conn.execute(
+        for run_id, case, index, status, duration, error_type, message in conn.execute(
             "SELECT id, case_id, execution_index, status, duration_s, error_type, "
-            "error_message, run_data FROM experiment_runs WHERE experiment_id = ? "
+            f"error_message FROM experiment_runs r WHERE experiment_id = ?{status} "
             "ORDER BY coalesce(case_id, ''), execution_index, started_at",
             (experiment_id,),
         )
     ]
 
 
-def recorded_order(values: dict[str, Any], run_data: str) -> dict[str, Any]:
-    """A run's metric values in the order the run recorded them (``run_data`` keeps it; the
-    metrics table is ordered by name)."""
-    order = [name for name in json.loads(run_data).get("metrics", {}) if name in values]
-    return {name: values[name] for name in order} | values
+def in_order(values: dict[str, Any], order: list[str]) -> dict[str, Any]:
+    """``values`` by name in ``order``, then any others."""
+    return {name: values[name] for name in order if name in values} | values
 
 
 def _calls(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
@@ -259,14 +269,14 @@ def run_detail(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
     (run_data,) = conn.execute(
         "SELECT run_data FROM experiment_runs WHERE id = ?", (run_id,)
     ).fetchone()
-    detail["metrics"] = recorded_order(
+    detail["metrics"] = in_order(
         {
             name: {"value": value, "kind": kind}
             for name, value, kind in conn.execute(
                 "SELECT name, value, kind FROM metrics WHERE run_id = ?", (run_id,)
             )
         },
-        run_data,
+        list(json.loads(run_data).get("metrics", {})),
     )
     detail["prompts"] = [
         dict(zip(("name", "role", "version", "template"), p, strict=True))
@@ -297,10 +307,10 @@ def run_detail(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
 
 
 def prompt_history(
-    conn: sqlite3.Connection, name: str | None = None
+    conn: sqlite3.Connection, name: str | None = None, *, dates: bool = True
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each prompt function's versions, oldest first, with when each was first and last used
-    and in how many runs."""
+    """Each prompt function's versions, oldest first, with in how many runs each was used
+    and, with ``dates``, when first and last (which reads every run that used it)."""
     if name is not None:
         known = [str(r[0]) for r in conn.execute("SELECT DISTINCT function_name FROM prompts")]
         if name not in known:
@@ -308,14 +318,21 @@ def prompt_history(
             hint = f"did you mean {', '.join(close)}?" if close else "no prompt is stored yet"
             raise ExperimentError(f"no prompt {name!r} in the database; {hint}")
     history: dict[str, list[dict[str, Any]]] = {}
+    usage = (
+        "SELECT rp.prompt_id, count(*) AS runs, min(r.started_at) AS first, "
+        "max(r.started_at) AS last FROM run_prompts rp JOIN experiment_runs r "
+        "ON r.id = rp.run_id GROUP BY rp.prompt_id"
+        if dates
+        else "SELECT prompt_id, count(*) AS runs, NULL AS first, NULL AS last FROM run_prompts "
+        "GROUP BY prompt_id"
+    )
     for row in conn.execute(
-        """
+        f"""
         SELECT p.function_name, p.module, p.role, p.hash, p.template, p.created_at,
-               count(r.id), min(r.started_at), max(r.started_at)
-        FROM prompts p LEFT JOIN run_prompts rp ON rp.prompt_id = p.id
-        LEFT JOIN experiment_runs r ON r.id = rp.run_id
+               coalesce(u.runs, 0), u.first, u.last
+        FROM prompts p LEFT JOIN ({usage}) u ON u.prompt_id = p.id
         WHERE ? IS NULL OR p.function_name = ?
-        GROUP BY p.id ORDER BY p.function_name, p.created_at, p.id
+        ORDER BY p.function_name, p.created_at, p.id
         """,
         (name, name),
     ):

@@ -108,11 +108,13 @@ def _standard_error(baseline: list[float], current: list[float], *, paired: bool
     that the bootstrap resamples from."""
     if paired:
         deltas = [c - b for b, c in zip(baseline, current, strict=True)]
-        return math.sqrt(statistics.pvariance(deltas) / len(deltas))
-    return math.sqrt(
-        statistics.pvariance(baseline) / len(baseline)
-        + statistics.pvariance(current) / len(current)
-    )
+        return math.sqrt(_pvariance(deltas) / len(deltas))
+    return math.sqrt(_pvariance(baseline) / len(baseline) + _pvariance(current) / len(current))
+
+
+def _pvariance(values: list[float]) -> float:
+    mean = math.fsum(values) / len(values)
+    return math.fsum((v - mean) ** 2 for v in values) / len(values)
 
 
 def _units(
@@ -194,8 +196,16 @@ def _prompts(conn: sqlite3.Connection, experiment_id: int) -> dict[str, list[tup
     return found
 
 
-def prompt_changes(conn: sqlite3.Connection, base_id: int, cur_id: int) -> list[dict[str, Any]]:
-    before, after = _prompts(conn, base_id), _prompts(conn, cur_id)
+def prompt_changes(
+    conn: sqlite3.Connection, base_id: int, cur_id: int, seen: dict[int, Any] | None = None
+) -> list[dict[str, Any]]:
+    """What changed in the prompts between two experiments; ``seen`` keeps what was read of
+    each experiment, for a caller that walks a series of them."""
+    seen = {} if seen is None else seen
+    for eid in (base_id, cur_id):
+        if eid not in seen:
+            seen[eid] = _prompts(conn, eid)
+    before, after = seen[base_id], seen[cur_id]
     changes = []
     for name in sorted(set(before) | set(after)):
         old, new = before.get(name, []), after.get(name, [])
@@ -239,8 +249,16 @@ def _bot_values(conn: sqlite3.Connection, experiment_id: int) -> dict[str, set[s
     return values
 
 
-def bot_changes(conn: sqlite3.Connection, base_id: int, cur_id: int) -> list[dict[str, Any]]:
-    before, after = _bot_values(conn, base_id), _bot_values(conn, cur_id)
+def bot_changes(
+    conn: sqlite3.Connection, base_id: int, cur_id: int, seen: dict[int, Any] | None = None
+) -> list[dict[str, Any]]:
+    """What changed in the bots' settings between two experiments (``seen``: as for
+    :func:`prompt_changes`)."""
+    seen = {} if seen is None else seen
+    for eid in (base_id, cur_id):
+        if eid not in seen:
+            seen[eid] = _bot_values(conn, eid)
+    before, after = seen[base_id], seen[cur_id]
     changes = []
     for key in sorted(set(before) | set(after)):
         # Values both sides share (another bot's, unchanged) are left out.

@@ -53,6 +53,7 @@ class ExperimentData:
     code_gates: list[str]
     #: Metric name to what its @metric declares (gates, min, max, better, judge).
     specs: dict[str, dict[str, Any]]
+    _ordered: list[Run] | None = field(default=None, repr=False, compare=False)
 
     @property
     def evaluated(self) -> list[Run]:
@@ -60,8 +61,12 @@ class ExperimentData:
 
     def cases(self, metric: str) -> dict[str | None, list[float]]:
         """The metric's values over evaluated runs, by case, in execution order."""
+        if self._ordered is None:
+            self._ordered = sorted(
+                self.evaluated, key=lambda r: (r.case_id or "", r.execution_index)
+            )
         by_case: dict[str | None, list[float]] = {}
-        for run in sorted(self.evaluated, key=lambda r: (r.case_id or "", r.execution_index)):
+        for run in self._ordered:
             if metric == RUNS:
                 value: float | None = 1.0 if run.status == "passed" else 0.0
             else:
@@ -98,24 +103,34 @@ def load_experiment(conn: sqlite3.Connection, experiment_id: int) -> ExperimentD
     runs: dict[str, Run] = {}
     code_gates: list[str] = []
     specs: dict[str, dict[str, Any]] = {}
-    for run_id, case, index, status, run_data in conn.execute(
-        "SELECT id, case_id, execution_index, status, run_data FROM experiment_runs "
+    for run_id, case, index, status in conn.execute(
+        "SELECT id, case_id, execution_index, status FROM experiment_runs "
         "WHERE experiment_id = ? ORDER BY execution_index, started_at",
         (experiment_id,),
     ):
         runs[run_id] = Run(run_id, case, int(index), status)
-        data = json.loads(run_data)
+    # What the runs declared is the same in most runs: SQLite reads it, Python merges each
+    # distinct declaration once (in the order first stored).
+    for gates, metric_specs in conn.execute(
+        "SELECT json_extract(run_data, '$.gates'), json_extract(run_data, '$.metric_specs') "
+        "FROM experiment_runs WHERE experiment_id = ? GROUP BY 1, 2 ORDER BY min(rowid)",
+        (experiment_id,),
+    ):
+        data = {
+            "gates": json.loads(gates or "[]"),
+            "metric_specs": json.loads(metric_specs or "{}"),
+        }
         for text in data.get("gates", []):
             if text not in code_gates:
                 code_gates.append(text)
-        for metric, spec in data.get("metric_specs", {}).items():
+        for metric, spec in json.loads(metric_specs or "{}").items():
             merged = specs.setdefault(metric, {})
             judge = merged.get("judge", False) or spec.get("judge", False)
             merged.update(spec, judge=judge)
     kinds: dict[str, str] = {}
     for run_id, metric, value, kind in conn.execute(
-        "SELECT m.run_id, m.name, m.value, m.kind FROM metrics m "
-        "JOIN experiment_runs r ON r.id = m.run_id WHERE r.experiment_id = ?",
+        "SELECT m.run_id, m.name, m.value, m.kind FROM experiment_runs r "
+        "JOIN metrics m ON m.run_id = r.id WHERE r.experiment_id = ?",
         (experiment_id,),
     ):
         runs[run_id].metrics[metric] = float(value)

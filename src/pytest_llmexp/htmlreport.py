@@ -130,6 +130,10 @@ def _gates(detail: dict[str, Any]) -> str:
     )
 
 
+#: Runs whose rows and conversations one experiment's section embeds (about 1 KB each).
+EMBEDDED_RUNS = 500
+
+
 def _run_table(name: str, runs: list[dict[str, Any]]) -> str:
     metrics = list(dict.fromkeys(m for r in runs for m in r["metrics"]))
     statuses = list(dict.fromkeys(r["status"] for r in runs))
@@ -169,6 +173,30 @@ def _run_table(name: str, runs: list[dict[str, Any]]) -> str:
     )
 
 
+def embedded_runs(runs: list[dict[str, Any]], limit: int = EMBEDDED_RUNS) -> list[dict[str, Any]]:
+    """The runs whose rows and conversations the report holds, in table order: all of them up
+    to ``limit``, else those that did not pass first, then the first that passed."""
+    if len(runs) <= limit:
+        return runs
+    chosen = set([r["id"] for r in runs if r["status"] != "passed"][:limit])
+    for r in runs:
+        if len(chosen) >= limit:
+            break
+        chosen.add(r["id"])
+    return [r for r in runs if r["id"] in chosen]
+
+
+def _left_out(name: str, total: int, shown: int) -> str:
+    if shown == total:
+        return ""
+    return (
+        f'<p class="note">The table holds {shown} of the {total} runs, those that did not '
+        f"pass first; the statistics and charts cover them all. <code>llmexp runs "
+        f"{escape(name)}</code> lists every run, and <code>llmexp run RUN_ID</code> shows "
+        "any conversation.</p>"
+    )
+
+
 def _diff_html(diff: str) -> str:
     lines = []
     for line in diff.splitlines():
@@ -180,24 +208,16 @@ def _diff_html(diff: str) -> str:
 
 
 def _prompt_history(conn: sqlite3.Connection, name: str, latest_id: int) -> str:
-    used = {
-        str(r[0])
-        for r in conn.execute(
-            "SELECT DISTINCT p.function_name FROM run_prompts rp JOIN prompts p "
-            "ON p.id = rp.prompt_id JOIN experiment_runs r ON r.id = rp.run_id "
-            "JOIN experiments e ON e.id = r.experiment_id WHERE e.name = ?",
-            (name,),
-        )
-    }
-    current = {
-        str(r[0])
-        for r in conn.execute(
-            "SELECT DISTINCT p.hash FROM run_prompts rp JOIN prompts p ON p.id = rp.prompt_id "
-            "JOIN experiment_runs r ON r.id = rp.run_id WHERE r.experiment_id = ?",
-            (latest_id,),
-        )
-    }
-    history = browse.prompt_history(conn)
+    used: set[str] = set()
+    current: set[str] = set()
+    for function, digest in conn.execute(
+        "SELECT DISTINCT p.function_name, p.hash FROM experiment_runs r JOIN run_prompts rp "
+        "ON rp.run_id = r.id JOIN prompts p ON p.id = rp.prompt_id WHERE r.experiment_id = ?",
+        (latest_id,),
+    ):
+        used.add(str(function))
+        current.add(str(digest))
+    history = browse.prompt_history(conn, dates=False)
     parts = []
     for function in sorted(used):
         versions = history.get(function, [])
@@ -237,7 +257,8 @@ def _section(
     experiment_id = find_experiment(conn, name, session)
     detail = browse.experiment_detail(conn, experiment_id)
     points = trend(conn, name, length, until=detail["session_id"])
-    runs = browse.runs(conn, experiment_id)
+    every = browse.runs(conn, experiment_id)
+    runs = embedded_runs(every)
     for run in runs:
         runs_data[run["id"]] = browse.run_detail(conn, run["id"])
     counts = ", ".join(f"{c} {s}" for s, c in detail["runs"].items() if c) or "no run"
@@ -260,7 +281,7 @@ def _section(
         f"<h3>Metrics</h3>{_metrics_table(detail)}"
         f'<div class="charts">{_charts(detail, points)}</div>'
         f"<h3>Gates</h3>{_gates(detail)}"
-        f"<h3>Runs</h3>{_run_table(name, runs)}"
+        f"<h3>Runs</h3>{_left_out(name, len(every), len(runs))}{_run_table(name, runs)}"
         f"<h3>Prompt history</h3>{_prompt_history(conn, name, experiment_id)}"
         "</section>"
     )

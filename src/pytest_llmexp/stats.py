@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import statistics
 from typing import Any
 
-__all__ = ["EVALUATED", "RUN_STATUSES", "experiment_summary", "interval", "session_spend"]
+__all__ = [
+    "EVALUATED",
+    "RUN_STATUSES",
+    "experiment_summary",
+    "interval",
+    "interval_from",
+    "metric_moments",
+    "session_spend",
+]
 
 RUN_STATUSES = ("passed", "failed", "error", "skipped", "crashed")
 #: Run statuses whose metrics count in aggregates: the run was evaluated.
@@ -32,37 +39,48 @@ def experiment_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str
             (experiment_id,),
         )
     }
-    placeholders = ", ".join("?" * len(EVALUATED))
-    rows = conn.execute(
-        f"""
-        WITH v AS (
-            SELECT m.name, m.kind, m.value FROM metrics m
-            JOIN experiment_runs r ON r.id = m.run_id
-            WHERE r.experiment_id = ? AND r.status IN ({placeholders})
-        ), a AS (
-            SELECT name, max(kind) AS kind, count(*) AS n, avg(value) AS mean,
-                   min(value) AS lo, max(value) AS hi
-            FROM v GROUP BY name
-        )
-        SELECT a.name, a.kind, a.n, a.mean, a.lo, a.hi,
-               (SELECT sum((v.value - a.mean) * (v.value - a.mean))
-                FROM v WHERE v.name = a.name)
-        FROM a ORDER BY a.name
-        """,
-        (experiment_id, *EVALUATED),
-    )
     metrics = {
-        name: {
-            "kind": kind,
-            "n": n,
-            "mean": mean,
-            "std": math.sqrt(squares / (n - 1)) if n > 1 else None,
-            "min": lo,
-            "max": hi,
-        }
-        for name, kind, n, mean, lo, hi, squares in rows
+        name: {k: m[k] for k in ("kind", "n", "mean", "std", "min", "max")}
+        for name, m in metric_moments(conn, experiment_id).items()
     }
     return {"runs": runs, "errors": errors, "metrics": metrics}
+
+
+def metric_moments(conn: sqlite3.Connection, experiment_id: int) -> dict[str, dict[str, Any]]:
+    """Per metric over the experiment's evaluated runs: kind, n, mean, sample std, min and
+    max, by name, in one pass of SQL over the values: an experiment's values never reach
+    Python. The sums are taken around one of each metric's own values, so that the variance
+    keeps its precision when the mean is large next to the spread."""
+    statuses = ", ".join("?" * len(EVALUATED))
+    evaluated = (
+        f"FROM experiment_runs r JOIN metrics m ON m.run_id = r.id "
+        f"WHERE r.experiment_id = ? AND r.status IN ({statuses})"
+    )
+    params = (experiment_id, *EVALUATED)
+    shifts: dict[str, float] = {}
+    for name, value in conn.execute(f"SELECT m.name, m.value {evaluated} LIMIT 100", params):
+        shifts.setdefault(name, value)
+    cases = " ".join("WHEN ? THEN ?" for _ in shifts)
+    shift = f"(CASE m.name {cases} ELSE 0.0 END)" if shifts else "0.0"
+    shift_params = [x for pair in shifts.items() for x in pair]
+    moments = {}
+    for name, kind, n, total, squares, low, high in conn.execute(
+        f"SELECT name, max(kind), count(*), sum(d), sum(d * d), min(value), max(value) FROM "
+        f"(SELECT m.name, m.kind, m.value, m.value - {shift} AS d {evaluated}) "
+        "GROUP BY name ORDER BY name",
+        (*shift_params, *params),
+    ):
+        centre = shifts.get(name, 0.0)
+        sum_squares = max(squares - total * total / n, 0.0)
+        moments[name] = {
+            "kind": kind,
+            "n": n,
+            "mean": centre + total / n,
+            "std": math.sqrt(sum_squares / (n - 1)) if n > 1 else None,
+            "min": low,
+            "max": high,
+        }
+    return moments
 
 
 def session_spend(conn: sqlite3.Connection, session_id: str) -> tuple[int, int, int]:
@@ -98,9 +116,20 @@ def interval(values: list[float], kind: str = "float") -> tuple[float | None, fl
     n = len(values)
     if n < 2:
         return None, None
+    mean = math.fsum(values) / n
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    return interval_from(n, mean, std, kind)
+
+
+def interval_from(
+    n: int, mean: float, std: float | None, kind: str = "float"
+) -> tuple[float | None, float | None]:
+    """:func:`interval` from a sample's size, mean and standard deviation."""
+    if n < 2 or std is None:
+        return None, None
     if kind == "bool":
         z = 1.959964
-        p = statistics.fmean(values)
+        p = mean
         center = (p + z * z / (2 * n)) / (1 + z * z / n)
         half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
         return max(0.0, center - half), min(1.0, center + half)
@@ -110,6 +139,5 @@ def interval(values: list[float], kind: str = "float") -> tuple[float | None, fl
     else:  # Cornish-Fisher's expansion: within 0.0005 of t beyond 30 degrees of freedom
         z = 1.959964
         t = z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-    mean = statistics.fmean(values)
-    half = t * statistics.stdev(values) / math.sqrt(n)
+    half = t * std / math.sqrt(n)
     return mean - half, mean + half

@@ -3,11 +3,11 @@ what changed between them (prompt versions, bot settings)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
-import statistics
 from typing import Any
 
-from .stats import EVALUATED, interval
+from .stats import EVALUATED, interval_from, metric_moments
 
 __all__ = ["metric_values", "trend"]
 
@@ -43,14 +43,16 @@ def trend(
     from .compare import bot_changes, prompt_changes
 
     rows = conn.execute(
-        "SELECT e.id, e.session_id, s.started_at, s.status FROM experiments e "
+        "SELECT e.id, e.session_id, s.started_at, s.status, e.summary FROM experiments e "
         "JOIN sessions s ON s.id = e.session_id WHERE e.name = ? AND (? IS NULL OR "
         "s.started_at <= (SELECT started_at FROM sessions WHERE id = ?)) "
         "ORDER BY s.started_at DESC, e.id DESC LIMIT ?",
         (name, until, until, limit + 1),
     ).fetchall()[::-1]
     points = []
-    for position, (experiment_id, session_id, started, status) in enumerate(rows):
+    prompts_seen: dict[int, Any] = {}
+    bots_seen: dict[int, Any] = {}
+    for position, (experiment_id, session_id, started, status, summary) in enumerate(rows):
         point: dict[str, Any] = {
             "experiment_id": experiment_id,
             "session_id": session_id,
@@ -59,12 +61,13 @@ def trend(
             "metrics": {},
             "changes": [],
         }
-        values_of, kinds = metric_values(conn, experiment_id)
-        for metric, values in values_of.items():
-            low, high = interval(values, kinds[metric])
+        # A finished session stored its statistics; one still running is computed.
+        stored = json.loads(summary)["metrics"] if summary else None
+        for metric, m in (stored or metric_moments(conn, experiment_id)).items():
+            low, high = interval_from(m["n"], m["mean"], m["std"], m["kind"])
             point["metrics"][metric] = {
-                "n": len(values),
-                "mean": statistics.fmean(values),
+                "n": m["n"],
+                "mean": m["mean"],
                 "ci_low": low,
                 "ci_high": high,
             }
@@ -72,12 +75,12 @@ def trend(
             previous = rows[position - 1][0]
             point["changes"] = [
                 f"prompt {c['prompt']} {_values(c['from'])} -> {_values(c['to'])}"
-                for c in prompt_changes(conn, previous, experiment_id)
+                for c in prompt_changes(conn, previous, experiment_id, prompts_seen)
             ] + [
                 f"bot {c['setting']} changed"
                 if c["setting"] == "system_prompt"
                 else f"bot {c['setting']} {_values(c['from'])} -> {_values(c['to'])}"
-                for c in bot_changes(conn, previous, experiment_id)
+                for c in bot_changes(conn, previous, experiment_id, bots_seen)
             ]
         points.append(point)
     # The extra oldest session only tells what changed at the first one shown.
