@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import cache, endpoint
 from .calls import CallFailed, request_completion
 from .errors import BotError, LLMCallError, StructuredOutputError
-from .prompts import Message
+from .prompts import Message, MessageInput, MessageLike, to_messages
 from .recording import clip_messages, record_call, utcnow
 from .records import BotRecord, CallRecord, PromptRecord
 from .schemas import (
@@ -32,35 +31,15 @@ if TYPE_CHECKING:
 __all__ = ["SimpleBot", "StructuredBot"]
 
 _RESERVED = ("messages", "model", "stream", "response_format", "n")
+#: Bot records by configuration, shared by the bots of a process (see ``_shared_record``).
+_SHARED_RECORDS: dict[tuple[Any, ...], tuple[object, BotRecord]] = {}
+_MAX_SHARED = 1024
 
 ModelT = TypeVar("ModelT", bound="BaseModel")
-MessageLike = str | Message
-MessageInput = MessageLike | Iterable[MessageLike]
 
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _to_messages(
-    inputs: tuple[MessageLike | Iterable[MessageLike], ...], bot: str
-) -> list[Message]:
-    messages: list[Message] = []
-    for item in inputs:
-        if isinstance(item, str):
-            messages.append(Message(role="user", content=item))
-        elif isinstance(item, Message):
-            messages.append(item)
-        elif isinstance(item, Iterable):
-            messages.extend(_to_messages(tuple(item), bot))
-        else:
-            raise BotError(
-                f"{bot} takes strings and messages (from @prompt functions), got "
-                f"{type(item).__name__}: {item!r}"
-            )
-    if not inputs:
-        raise BotError(f"{bot} was called with no message; pass a string or a @prompt message")
-    return messages
 
 
 class _Bot:
@@ -136,31 +115,64 @@ class _Bot:
         key = (model, base_url, current.timeout, current.max_retries, current.model_sha256)
         record = self._records.get(key)
         if record is None:
-            params: dict[str, Any] = {
-                "base_url": base_url,
-                "timeout": current.timeout,
-                "max_retries": current.max_retries,
-                **self._extra_params(),
-                **self.completion_kwargs,
-            }
-            if current.model_sha256:
-                params["model_sha256"] = current.model_sha256
-            system = self.system_prompt
-            config: dict[str, Any] = {
-                "class_name": type(self).__name__,
-                "model_name": model,
-                "temperature": self.temperature,
-                "system_prompt": system.content if system else None,
-                "response_schema": self._response_schema(),
-                "params": params,
-            }
-            record = BotRecord(
-                hash=cache.digest(config),
-                system_prompt_hash=system.prompt.hash if system and system.prompt else None,
-                **config,
-            )
-            self._records[key] = record
+            record = self._records[key] = self._shared_record(key)
         return record
+
+    def _shared_record(self, endpoint_key: tuple[Any, ...]) -> BotRecord:
+        """The record of this configuration, made once per process: tests often build the
+        same bot in every run, and hashing its schema costs more than the rest of a call's
+        recording."""
+        schema = self._response_schema()
+        system = self.system_prompt
+        try:
+            kwargs = json.dumps(self.completion_kwargs, sort_keys=True)
+        except (TypeError, ValueError):  # not JSON: not shared
+            return self._make_record(*endpoint_key[:2])
+        key = (
+            type(self).__name__,
+            self.temperature,
+            system.content if system else None,
+            system.prompt.hash if system and system.prompt else None,
+            id(schema),
+            json.dumps(self._extra_params(), sort_keys=True),
+            kwargs,
+            endpoint_key,
+        )
+        found = _SHARED_RECORDS.get(key)
+        # The schema itself is kept with the record, so its id cannot be reused meanwhile.
+        if found is not None and found[0] is schema:
+            return found[1]
+        record = self._make_record(*endpoint_key[:2])
+        if len(_SHARED_RECORDS) >= _MAX_SHARED:
+            _SHARED_RECORDS.clear()
+        _SHARED_RECORDS[key] = (schema, record)
+        return record
+
+    def _make_record(self, model: str, base_url: str) -> BotRecord:
+        current = endpoint.settings()
+        params: dict[str, Any] = {
+            "base_url": base_url,
+            "timeout": current.timeout,
+            "max_retries": current.max_retries,
+            **self._extra_params(),
+            **self.completion_kwargs,
+        }
+        if current.model_sha256:
+            params["model_sha256"] = current.model_sha256
+        system = self.system_prompt
+        config: dict[str, Any] = {
+            "class_name": type(self).__name__,
+            "model_name": model,
+            "temperature": self.temperature,
+            "system_prompt": system.content if system else None,
+            "response_schema": self._response_schema(),
+            "params": params,
+        }
+        return BotRecord(
+            hash=cache.digest(config),
+            system_prompt_hash=system.prompt.hash if system and system.prompt else None,
+            **config,
+        )
 
     def _complete(self, conversation: list[Message], **extra: Any) -> str:
         """Send one chat completion request, record it, and return the reply's text."""
@@ -276,7 +288,7 @@ class SimpleBot(_Bot):
 
     def __call__(self, *messages: MessageInput) -> Message:
         __tracebackhide__ = True
-        conversation = _to_messages(messages, type(self).__name__)
+        conversation = to_messages(messages, type(self).__name__)
         return Message(role="assistant", content=self._complete(conversation))
 
 
@@ -355,7 +367,7 @@ class StructuredBot(_Bot, Generic[ModelT]):
         __tracebackhide__ = True
         from pydantic import ValidationError
 
-        conversation = _to_messages(messages, type(self).__name__)
+        conversation = to_messages(messages, type(self).__name__)
         attempts = 1 + self.max_validation_retries
         for attempt in range(1, attempts + 1):
             text = self._complete_json(conversation)

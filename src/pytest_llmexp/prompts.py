@@ -6,18 +6,26 @@ import functools
 import hashlib
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import PromptError
+from .errors import BotError, PromptError
 from .recording import record_prompt
 from .records import PromptRecord
 
 if TYPE_CHECKING:
     import jinja2
 
-__all__ = ["ROLES", "Message", "PromptFunction", "prompt"]
+__all__ = [
+    "ROLES",
+    "Message",
+    "MessageInput",
+    "MessageLike",
+    "PromptFunction",
+    "prompt",
+    "to_messages",
+]
 
 ROLES = ("system", "user", "assistant")
 
@@ -263,3 +271,27 @@ def prompt(role: str) -> Callable[[Callable[..., Any]], PromptFunction]:
         return PromptFunction(fn, role)
 
     return decorate
+
+
+MessageLike = str | Message
+MessageInput = MessageLike | Iterable[MessageLike]
+
+
+def to_messages(inputs: tuple[MessageLike | Iterable[MessageLike], ...], bot: str) -> list[Message]:
+    """A bot's inputs as messages: a string is a user message; iterables are flattened."""
+    messages: list[Message] = []
+    for item in inputs:
+        if isinstance(item, str):
+            messages.append(Message(role="user", content=item))
+        elif isinstance(item, Message):
+            messages.append(item)
+        elif isinstance(item, Iterable):
+            messages.extend(to_messages(tuple(item), bot))
+        else:
+            raise BotError(
+                f"{bot} takes strings and messages (from @prompt functions), got "
+                f"{type(item).__name__}: {item!r}"
+            )
+    if not inputs:
+        raise BotError(f"{bot} was called with no message; pass a string or a @prompt message")
+    return messages

@@ -19,6 +19,7 @@ from .recording import drain_orphans_json
 
 if TYPE_CHECKING:
     from .recording import RunContext
+    from .records import RunRecord
     from .spend import SpendGuard
     from .spool import Kind, Spool
 
@@ -132,7 +133,8 @@ class RunRelay:
             elif report.when == "call":
                 self._stop_on_auth_error(item, call)
             elif report.when == "teardown":
-                self._hand_over(report, "run", self._run_json(report, state))
+                junit = bool(getattr(item.config.option, "xmlpath", None))
+                self._hand_over(report, "run", self._run_json(report, state, junit))
                 if self.spend is not None:
                     self.spend.add_run(state.run)
         if report.when == "teardown":
@@ -141,11 +143,18 @@ class RunRelay:
                 self._hand_over(report, "calls", orphans)
         return report
 
-    def _run_json(self, report: pytest.TestReport, state: _RunState) -> str:
+    def _run_json(self, report: pytest.TestReport, state: _RunState, junit: bool) -> str:
         from .endpoint import redact
 
         record = state.run.finish(state.status, state.error_type, state.error_message)
-        # Shown by --junitxml as <property> elements of the test case, for CI dashboards.
+        if junit:
+            self._properties(report, record)
+        return redact(record.model_dump_json())
+
+    @staticmethod
+    def _properties(report: pytest.TestReport, record: RunRecord) -> None:
+        """Shown by --junitxml as <property> elements of the test case, for CI dashboards;
+        only then attached, as pytest keeps every report until the session ends."""
         properties: list[tuple[str, object]] = [("llmexp.run_id", record.run_id)]
         if record.case_id is not None:
             properties.append(("llmexp.case", record.case_id))
@@ -154,7 +163,6 @@ class RunRelay:
             for m in record.metrics
         ]
         report.user_properties = [*report.user_properties, *properties]
-        return redact(record.model_dump_json())
 
     def _hand_over(self, report: pytest.TestReport, kind: Kind, payload: str) -> None:
         """Spool the record, then attach it to the report for the writer."""
