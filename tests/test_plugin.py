@@ -402,6 +402,40 @@ def test_outside(bot):
 '''
 
 
+def test_a_session_without_experiments_still_stores_its_calls(
+    run_session, pytester: pytest.Pytester
+) -> None:
+    # No experiment, and the bots imported only inside a test: the plugin set nothing up
+    # during collection, yet the call is stored when the session ends.
+    pytester.makepyfile(
+        """
+        def test_plain():
+            from pytest_llmexp import SimpleBot
+
+            SimpleBot(model_name="gpt-4o-mini")("lazily")
+
+        def test_other():
+            pass
+        """
+    )
+    run = run_session()
+    run.result.assert_outcomes(passed=2)
+    assert run.db is not None
+    assert run.db.count("experiment_runs") == 0
+    stored = run.db.one("SELECT message_log FROM message_log WHERE run_id IS NULL")
+    assert [m["content"] for m in json.loads(stored)] == ["lazily", "Reply to: lazily"]
+
+
+def test_a_session_without_experiments_creates_no_database(
+    run_session, pytester: pytest.Pytester
+) -> None:
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    run = run_session()
+    run.result.assert_outcomes(passed=1)
+    assert run.db is None
+    assert not (pytester.path / "message_log.db-spool").exists()
+
+
 def test_session_scoped_bot_is_recorded_on_each_run(run_session, pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_fixtures=FIXTURES)
     run = run_session()

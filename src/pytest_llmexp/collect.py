@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pytest
 
@@ -36,8 +35,7 @@ _EXECUTION_ID = re.compile(r"\[(?:[^\]]*-)?exec-(\d+)(?:-[^\]]*)?\]$")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True, slots=True)
-class ExperimentItem:
+class ExperimentItem(NamedTuple):
     """What the plugin knows about one collected execution."""
 
     name: str
@@ -75,8 +73,7 @@ def experiment(
     return pytest.mark.experiment(**kwargs)
 
 
-@dataclass(frozen=True, slots=True)
-class _Spec:
+class _Spec(NamedTuple):
     name: str
     num_executions: int
     gates: tuple[str, ...]

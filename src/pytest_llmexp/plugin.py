@@ -6,6 +6,7 @@ environment, experiments or not.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ _WRITER_KEY: pytest.StashKey[Writer] = pytest.StashKey()
 _LOCAL_KEY: pytest.StashKey[LocalModelPlugin] = pytest.StashKey()
 #: This process's session id and worker name ("main" without xdist).
 _WHO_KEY = pytest.StashKey[tuple[str, str]]()
+_STARTED_KEY = pytest.StashKey[str]()
 _BOTS = f"{__package__}.bots"
 
 
@@ -57,23 +59,44 @@ def pytest_configure(config: pytest.Config) -> None:
     recording.set_orphan_writer(None)
     recording.set_storage_limit(settings.max_stored_chars)
     if workerinput is None:
-        from .intake import ReportHooks
-        from .writer import Writer, XdistHooks
-
-        writer = Writer(config, settings, recording.utcnow())
-        config.stash[_WRITER_KEY] = writer
-        config.pluginmanager.register(writer, "llmexp-writer")
-        if config.pluginmanager.hasplugin("xdist"):
-            config.pluginmanager.register(XdistHooks(writer), "llmexp-xdist")
+        # Known before the database is opened: workers name their spool files with it.
+        config.stash[_WHO_KEY] = (os.urandom(16).hex(), "main")
+        config.stash[_STARTED_KEY] = recording.utcnow()
         if _distributes(config):
+            from .intake import ReportHooks
+
             # The controller sees no items; runs arrive from the workers' reports.
+            writer = _writer(config)
             config.pluginmanager.register(ReportHooks(writer.intake), "llmexp-reports")
-        config.stash[_WHO_KEY] = (writer.session_id, "main")
+        elif (
+            settings.cli_gates or settings.report_json or settings.report_md or settings.report_html
+        ):
+            # A command-line gate or a report: the session's end has work even without
+            # experiments (a gate that gated nothing fails; reports are written).
+            _writer(config)
     else:
         config.stash[_WHO_KEY] = (workerinput["llmexp_session"], workerinput["workerid"])
     if settings.cache != "off" or settings.replay_from is not None:
         # Set up now, so that no call of this process can reach the endpoint unreplayed.
         _relay(config)
+
+
+def _writer(config: pytest.Config) -> Writer:
+    """The controller's writer, made and registered on first need (see ``pytest_configure``
+    and ``_register_run_hooks``)."""
+    writer = config.stash.get(_WRITER_KEY, None)
+    if writer is not None:
+        return writer
+    from .writer import Writer, XdistHooks
+
+    session_id, _ = config.stash[_WHO_KEY]
+    settings = config.stash[SETTINGS_KEY]
+    writer = Writer(config, settings, config.stash[_STARTED_KEY], session_id)
+    config.stash[_WRITER_KEY] = writer
+    config.pluginmanager.register(writer, "llmexp-writer")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(writer), "llmexp-xdist")
+    return writer
 
 
 def _relay(config: pytest.Config) -> RunRelay:
@@ -198,21 +221,26 @@ def _register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None
     manager = config.pluginmanager
     if not manager.hasplugin("llmexp-relay"):
         manager.register(_relay(config), "llmexp-relay")
-    writer = config.stash.get(_WRITER_KEY, None)
+    writer = None if hasattr(config, "workerinput") else _writer(config)
     if writer is not None and not manager.hasplugin("llmexp-reports"):
         from .intake import ReportHooks
 
         manager.register(ReportHooks(writer.intake), "llmexp-reports")
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     relay = config.stash.get(_RELAY_KEY, None)
-    if relay is None and hasattr(config, "workerinput"):
+    worker = hasattr(config, "workerinput")
+    if relay is None and worker:
         # A worker's calls outside runs, made after a lazy import of the bots, still travel.
         relay = _relay(config)
     if relay is not None:
         relay.finish(session)
+    if not worker and _WRITER_KEY not in config.stash and _BOTS in sys.modules:
+        # The bots were imported by a test itself: calls it made outside any run are stored
+        # by a writer made now (registered too late for this hook, so called here).
+        _writer(config).pytest_sessionfinish(session, exitstatus)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

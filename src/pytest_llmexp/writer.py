@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -26,12 +25,13 @@ class Writer:
     """Begins the session when experiments are about to run, stores each finished run as its
     report arrives, and at the end reconciles the spool and judges the session's health."""
 
-    def __init__(self, config: pytest.Config, settings: Settings, started_at: str) -> None:
+    def __init__(
+        self, config: pytest.Config, settings: Settings, started_at: str, session_id: str
+    ) -> None:
         self.config = config
         self.settings = settings
         self.started_at = started_at
-        #: Known before the database is opened: workers name their spool files with it.
-        self.session_id = uuid.uuid4().hex
+        self.session_id = session_id
         self.spool_dir = spool_dir(settings.db_path)
         self.lock = SessionLock(self.spool_dir, self.session_id)
         self.store: Store | None = None
