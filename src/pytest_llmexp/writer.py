@@ -22,8 +22,9 @@ __all__ = ["Writer", "XdistHooks"]
 
 
 class Writer:
-    """Begins the session when experiments are about to run, stores each finished run as its
-    report arrives, and at the end reconciles the spool and judges the session's health."""
+    """Begins the session when experiments are about to run, stores the finished runs that
+    reports bring (in batches, see :mod:`.intake`), and at the end reconciles the spool and
+    judges the session's health."""
 
     def __init__(
         self, config: pytest.Config, settings: Settings, started_at: str, session_id: str
