@@ -24,6 +24,7 @@ __all__ = [
     "find_baseline",
     "resolve_session",
     "unified_diff",
+    "used",
 ]
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -179,7 +180,37 @@ def unified_diff(before: str, after: str, from_label: str, to_label: str) -> str
     return "".join(line + "\n" for line in lines)
 
 
+def used(conn: sqlite3.Connection, experiment_id: int) -> dict[str, Any]:
+    """The prompt versions and bot settings an experiment's runs used, as stored with its
+    summary when its session ends: a trend over many sessions then reads no run."""
+    return {
+        "prompts": _read_prompts(conn, experiment_id),
+        "bots": {k: sorted(v) for k, v in _read_bot_values(conn, experiment_id).items()},
+    }
+
+
+def _stored_use(conn: sqlite3.Connection, experiment_id: int) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT json_extract(summary, '$.used') FROM experiments WHERE id = ?", (experiment_id,)
+    ).fetchone()
+    return json.loads(row[0]) if row and row[0] else None
+
+
 def _prompts(conn: sqlite3.Connection, experiment_id: int) -> dict[str, list[tuple[str, str]]]:
+    stored = _stored_use(conn, experiment_id)
+    if stored is not None:
+        return {k: [(h, t) for h, t in v] for k, v in stored["prompts"].items()}
+    return _read_prompts(conn, experiment_id)
+
+
+def _bot_values(conn: sqlite3.Connection, experiment_id: int) -> dict[str, set[str]]:
+    stored = _stored_use(conn, experiment_id)
+    if stored is not None:
+        return {k: set(v) for k, v in stored["bots"].items()}
+    return _read_bot_values(conn, experiment_id)
+
+
+def _read_prompts(conn: sqlite3.Connection, experiment_id: int) -> dict[str, list[tuple[str, str]]]:
     """Per prompt function: (hash, template) versions used, the most used first."""
     rows = conn.execute(
         """
@@ -229,7 +260,7 @@ def prompt_changes(
     return changes
 
 
-def _bot_values(conn: sqlite3.Connection, experiment_id: int) -> dict[str, set[str]]:
+def _read_bot_values(conn: sqlite3.Connection, experiment_id: int) -> dict[str, set[str]]:
     rows = conn.execute(
         f"""
         SELECT DISTINCT {", ".join("b." + f for f in _BOT_FIELDS)}, b.params

@@ -161,8 +161,11 @@ class Store:
     ) -> None:
         """Mark the session and its experiments finished, with their summaries."""
         with self.transaction() as conn:
+            from .compare import used
+
             for experiment_id, _name in self._experiments(session_id):
                 summary = experiment_summary(conn, experiment_id)
+                summary["used"] = used(conn, experiment_id)
                 conn.execute(
                     "UPDATE experiments SET status = ?, summary = ? WHERE id = ?",
                     (status, _json(summary), experiment_id),
