@@ -57,7 +57,7 @@ def heavy_imports() -> list[str]:
 
 
 def main() -> list[Result]:
-    repeats = repeats_arg(15)
+    repeats = repeats_arg(21)
     compile_package()
     with workdir("idle") as where:
         body = "".join(f"def test_{i}():\n    assert {i} + 1 > {i}\n\n" for i in range(TESTS))

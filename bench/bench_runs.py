@@ -32,7 +32,7 @@ def count_arg(default: int) -> int:
 
 
 def main() -> list[Result]:
-    repeats, count = repeats_arg(5), count_arg(1000)
+    repeats, count = repeats_arg(9), count_arg(1000)
     compile_package()
     results = []
     with fake_server() as server, workdir("runs") as where:

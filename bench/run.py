@@ -1,6 +1,6 @@
 """All four benchmarks, then one table of what they measured against their targets.
 
-    python bench/run.py [--repeats N]
+    python bench/run.py [--repeats N]   (N overrides every benchmark's own default)
 
 Takes about ten minutes on two cores; each benchmark script also runs on its own.
 """
