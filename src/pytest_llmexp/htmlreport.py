@@ -207,7 +207,7 @@ def _diff_html(diff: str) -> str:
     return '<pre class="diff">' + "\n".join(lines) + "</pre>"
 
 
-def _prompt_history(conn: sqlite3.Connection, name: str, latest_id: int) -> str:
+def _prompt_history(conn: sqlite3.Connection, latest_id: int) -> str:
     used: set[str] = set()
     current: set[str] = set()
     for function, digest in conn.execute(
@@ -282,7 +282,7 @@ def _section(
         f'<div class="charts">{_charts(detail, points)}</div>'
         f"<h3>Gates</h3>{_gates(detail)}"
         f"<h3>Runs</h3>{_left_out(name, len(every), len(runs))}{_run_table(name, runs)}"
-        f"<h3>Prompt history</h3>{_prompt_history(conn, name, experiment_id)}"
+        f"<h3>Prompt history</h3>{_prompt_history(conn, experiment_id)}"
         "</section>"
     )
 

@@ -12,23 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .collect import ITEM_KEY, MARKER_HELP
+from . import wiring
+from .collect import MARKER_HELP
 from .settings import SETTINGS_KEY, add_options, build_settings
 
 if TYPE_CHECKING:
-    from .endpoint import ClientSettings
-    from .local import LocalModelPlugin
     from .recording import RunContext
-    from .relay import RunRelay
-    from .writer import Writer
-
-_RELAY_KEY: pytest.StashKey[RunRelay] = pytest.StashKey()
-_WRITER_KEY: pytest.StashKey[Writer] = pytest.StashKey()
-_LOCAL_KEY: pytest.StashKey[LocalModelPlugin] = pytest.StashKey()
-#: This process's session id and worker name ("main" without xdist).
-_WHO_KEY = pytest.StashKey[tuple[str, str]]()
-_STARTED_KEY = pytest.StashKey[str]()
-_BOTS = f"{__package__}.bots"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,116 +42,42 @@ def pytest_configure(config: pytest.Config) -> None:
 
         client = worker_client_settings(workerinput) or client
     elif settings.local:
-        client = _start_local(config, client)
+        client = wiring.start_local(config, client)
     endpoint.configure(client)
     # Calls outside any run travel on reports to the writer instead of being written here.
     recording.set_orphan_writer(None)
     recording.set_storage_limit(settings.max_stored_chars)
     if workerinput is None:
         # Known before the database is opened: workers name their spool files with it.
-        config.stash[_WHO_KEY] = (os.urandom(16).hex(), "main")
-        config.stash[_STARTED_KEY] = recording.utcnow()
-        if _distributes(config):
+        config.stash[wiring.WHO_KEY] = (os.urandom(16).hex(), "main")
+        config.stash[wiring.STARTED_KEY] = recording.utcnow()
+        if wiring.distributes(config):
             from .intake import ReportHooks
 
             # The controller sees no items; runs arrive from the workers' reports.
-            writer = _writer(config)
+            writer = wiring.make_writer(config)
             config.pluginmanager.register(ReportHooks(writer.intake), "llmexp-reports")
         elif (
             settings.cli_gates or settings.report_json or settings.report_md or settings.report_html
         ):
             # A command-line gate or a report: the session's end has work even without
             # experiments (a gate that gated nothing fails; reports are written).
-            _writer(config)
+            wiring.make_writer(config)
     else:
-        config.stash[_WHO_KEY] = (workerinput["llmexp_session"], workerinput["workerid"])
+        config.stash[wiring.WHO_KEY] = (workerinput["llmexp_session"], workerinput["workerid"])
     if settings.cache != "off" or settings.replay_from is not None:
         # Set up now, so that no call of this process can reach the endpoint unreplayed.
-        _relay(config)
-
-
-def _writer(config: pytest.Config) -> Writer:
-    """The controller's writer, made and registered on first need (see ``pytest_configure``
-    and ``_register_run_hooks``)."""
-    writer = config.stash.get(_WRITER_KEY, None)
-    if writer is not None:
-        return writer
-    from .writer import Writer, XdistHooks
-
-    session_id, _ = config.stash[_WHO_KEY]
-    settings = config.stash[SETTINGS_KEY]
-    writer = Writer(config, settings, config.stash[_STARTED_KEY], session_id)
-    config.stash[_WRITER_KEY] = writer
-    config.pluginmanager.register(writer, "llmexp-writer")
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistHooks(writer), "llmexp-xdist")
-    return writer
-
-
-def _relay(config: pytest.Config) -> RunRelay:
-    """This process's run machinery (relay, spool, spend guard, cache), made on first need:
-    a session without experiments never makes it."""
-    relay = config.stash.get(_RELAY_KEY, None)
-    if relay is not None:
-        return relay
-    from . import cache
-    from .relay import RunRelay
-    from .spend import SpendGuard
-    from .spool import Spool, cassette_path
-
-    settings = config.stash[SETTINGS_KEY]
-    session_id, worker = config.stash[_WHO_KEY]
-    spend = None
-    if settings.max_calls is not None or settings.max_tokens is not None:
-        spend = SpendGuard(
-            settings.db_path,
-            session_id,
-            max_calls=settings.max_calls,
-            max_tokens=settings.max_tokens,
-        )
-    cache.configure(
-        cache.CacheSettings(
-            mode=settings.cache,
-            cassette=cassette_path(settings.db_path, session_id),
-            replay_of=settings.replay_from,
-        )
-    )
-    relay = config.stash[_RELAY_KEY] = RunRelay(
-        worker, Spool(settings.db_path, session_id, worker), spend
-    )
-    return relay
-
-
-def _distributes(config: pytest.Config) -> bool:
-    """Whether pytest-xdist will run the tests on workers (``-n N`` with N > 0, ``--tx``)."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return False
-    return config.getoption("dist", "no") != "no" or bool(config.getoption("tx", None))
-
-
-def _start_local(config: pytest.Config, client: ClientSettings) -> ClientSettings:
-    """Reserve the local model server's port; the server starts when experiments are about
-    to run (see :mod:`.local`)."""
-    from .llama import LocalServer
-    from .local import LocalModelPlugin, LocalXdistHooks
-
-    settings = config.stash[SETTINGS_KEY]
-    local = LocalModelPlugin(LocalServer(), needed=settings.cache != "replay")
-    config.stash[_LOCAL_KEY] = local
-    config.pluginmanager.register(local, "llmexp-local")
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(LocalXdistHooks(local), "llmexp-local-xdist")
-    return local.server.client_settings(timeout=client.timeout, max_retries=client.max_retries)
+        wiring.make_relay(config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    local = config.stash.get(_LOCAL_KEY, None)
+    local = config.stash.get(wiring.LOCAL_KEY, None)
     if local is not None:
         local.stop()
-    relay = config.stash.get(_RELAY_KEY, None)
+    relay = config.stash.get(wiring.RELAY_KEY, None)
     if relay is not None:
         relay.spool.close()
-    writer = config.stash.get(_WRITER_KEY, None)
+    writer = config.stash.get(wiring.WRITER_KEY, None)
     if writer is not None:
         writer.close()
     for name in (
@@ -206,41 +121,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise
         # A usage error raised on an xdist worker is an INTERNALERROR per worker; instead
         # the worker runs nothing and the controller reports the error once.
-        _relay(config).usage_error = str(exc)
+        wiring.make_relay(config).usage_error = str(exc)
         config.hook.pytest_deselected(items=list(items))
         items.clear()
-    _register_run_hooks(config, items)
-
-
-def _register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Register the per-test hooks only where runs or calls can happen: this process has
-    experiment items, or a test module imported the bots. A session without experiments
-    pays nothing per test; calls made there are still stored when the session ends."""
-    if not any(ITEM_KEY in item.stash for item in items) and _BOTS not in sys.modules:
-        return
-    manager = config.pluginmanager
-    if not manager.hasplugin("llmexp-relay"):
-        manager.register(_relay(config), "llmexp-relay")
-    writer = None if hasattr(config, "workerinput") else _writer(config)
-    if writer is not None and not manager.hasplugin("llmexp-reports"):
-        from .intake import ReportHooks
-
-        manager.register(ReportHooks(writer.intake), "llmexp-reports")
+    wiring.register_run_hooks(config, items)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    relay = config.stash.get(_RELAY_KEY, None)
+    relay = config.stash.get(wiring.RELAY_KEY, None)
     worker = hasattr(config, "workerinput")
     if relay is None and worker:
         # A worker's calls outside runs, made after a lazy import of the bots, still travel.
-        relay = _relay(config)
+        relay = wiring.make_relay(config)
     if relay is not None:
         relay.finish(session)
-    if not worker and _WRITER_KEY not in config.stash and _BOTS in sys.modules:
+    if not worker and wiring.WRITER_KEY not in config.stash and wiring.BOTS in sys.modules:
         # The bots were imported by a test itself: calls it made outside any run are stored
         # by a writer made now (registered too late for this hook, so called here).
-        _writer(config).pytest_sessionfinish(session, exitstatus)
+        wiring.make_writer(config).pytest_sessionfinish(session, exitstatus)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -248,7 +147,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     from .local import header_lines
 
     settings = config.stash[SETTINGS_KEY]
-    local = config.stash.get(_LOCAL_KEY, None)
+    local = config.stash.get(wiring.LOCAL_KEY, None)
     server = local.server if local is not None else None
     if server is not None:
         where = f"endpoint {endpoint.endpoint_label()}"
