@@ -8,7 +8,6 @@ the fake server with no latency. Wall time and peak memory (the whole process tr
 from __future__ import annotations
 
 import shutil
-import sys
 
 from harness import (
     Result,
@@ -17,6 +16,7 @@ from harness import (
     compare,
     compile_package,
     fake_server,
+    int_arg,
     llm_env,
     pytest_cmd,
     repeats_arg,
@@ -26,13 +26,8 @@ from harness import (
 from workloads import bare, experiment
 
 
-def count_arg(default: int) -> int:
-    args = sys.argv[1:]
-    return int(args[args.index("--executions") + 1]) if "--executions" in args else default
-
-
 def main() -> list[Result]:
-    repeats, count = repeats_arg(9), count_arg(1000)
+    repeats, count = repeats_arg(9), int_arg("--executions", 1000)
     compile_package()
     results = []
     with fake_server() as server, workdir("runs") as where:

@@ -34,6 +34,7 @@ from harness import (
     base_env,
     compile_package,
     fake_server,
+    int_arg,
     llm_env,
     pytest_cmd,
     repeats_arg,
@@ -43,11 +44,6 @@ from harness import (
 from workloads import bare, experiment
 
 METRICS = 10
-
-
-def runs_arg(default: int) -> int:
-    args = sys.argv[1:]
-    return int(args[args.index("--runs") + 1]) if "--runs" in args else default
 
 
 def template_run(url: str):  # -> RunRecord
@@ -199,7 +195,7 @@ def memory_growth(server: FakeLLM, count: int, *, ours: bool) -> tuple[float, fl
 
 
 def main() -> list[Result]:
-    repeats, runs = repeats_arg(5), runs_arg(100_000)
+    repeats, runs = repeats_arg(5), int_arg("--runs", 100_000)
     compile_package()
     results = []
     with fake_server() as server, workdir("scale") as where:

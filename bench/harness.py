@@ -254,9 +254,12 @@ def llm_env(server: FakeLLM, **extra: str) -> dict[str, str]:
     return base_env(OPENAI_BASE_URL=server.url, OPENAI_API_KEY="sk-bench", **extra)
 
 
+def int_arg(option: str, default: int) -> int:
+    """``OPTION N`` from the command line, else ``default``."""
+    args = sys.argv[1:]
+    return int(args[args.index(option) + 1]) if option in args else default
+
+
 def repeats_arg(default: int) -> int:
     """``--repeats N`` from the command line, else ``default``."""
-    args = sys.argv[1:]
-    if "--repeats" in args:
-        return int(args[args.index("--repeats") + 1])
-    return default
+    return int_arg("--repeats", default)

@@ -116,11 +116,7 @@ def load_experiment(conn: sqlite3.Connection, experiment_id: int) -> ExperimentD
         "FROM experiment_runs WHERE experiment_id = ? GROUP BY 1, 2 ORDER BY min(rowid)",
         (experiment_id,),
     ):
-        data = {
-            "gates": json.loads(gates or "[]"),
-            "metric_specs": json.loads(metric_specs or "{}"),
-        }
-        for text in data.get("gates", []):
+        for text in json.loads(gates or "[]"):
             if text not in code_gates:
                 code_gates.append(text)
         for metric, spec in json.loads(metric_specs or "{}").items():

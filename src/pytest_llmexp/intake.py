@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -23,11 +23,11 @@ from .collect import case_id, execution_index, is_execution_id
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .spool import Kind
     from .store import Store
 
 __all__ = ["BATCH_RUNS", "BATCH_SECONDS", "Intake", "ReportHooks"]
 
-Kind = Literal["run", "calls"]
 BATCH_RUNS = 200
 BATCH_SECONDS = 0.5
 

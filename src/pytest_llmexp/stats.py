@@ -39,10 +39,7 @@ def experiment_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str
             (experiment_id,),
         )
     }
-    metrics = {
-        name: {k: m[k] for k in ("kind", "n", "mean", "std", "min", "max")}
-        for name, m in metric_moments(conn, experiment_id).items()
-    }
+    metrics = metric_moments(conn, experiment_id)
     return {"runs": runs, "errors": errors, "metrics": metrics}
 
 
