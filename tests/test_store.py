@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -98,7 +99,7 @@ SCHEMA = {
         "replayed_from",
     },
     "llm_cache": {"key", "message_log_id", "recorded_at"},
-    "metrics": {"run_id", "name", "value", "kind"},
+    "metrics": {"run_id", "name", "value", "kind", "position"},
     "run_prompts": {"run_id", "prompt_id"},
     "run_bots": {"run_id", "bot_id"},
 }
@@ -123,6 +124,7 @@ def test_a_new_database_has_every_table_and_column(tmp_path: Path) -> None:
         "m003_add_verdict_tables",
         "m004_add_cache_tables",
         "m005_cluster_run_tables",
+        "m006_normalize_run_data",
     ]
 
 
@@ -131,7 +133,7 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     Store(path).close()
     Store(path).close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 5
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 6
 
 
 def test_the_per_run_tables_are_clustered_and_keep_their_rows(tmp_path: Path) -> None:
@@ -159,7 +161,8 @@ def test_the_per_run_tables_are_clustered_and_keep_their_rows(tmp_path: Path) ->
         conn.execute("INSERT INTO run_bots VALUES ('r1', 9)")
     Store(path).close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT * FROM metrics").fetchall() == [("r1", "length", 3.0, "int")]
+        metrics = conn.execute("SELECT run_id, name, value, kind FROM metrics").fetchall()
+        assert metrics == [("r1", "length", 3.0, "int")]
         assert conn.execute("SELECT * FROM run_prompts").fetchall() == [("r1", 7)]
         assert conn.execute("SELECT * FROM run_bots").fetchall() == [("r1", 9)]
         for table in ("metrics", "run_prompts", "run_bots"):
@@ -170,6 +173,52 @@ def test_the_per_run_tables_are_clustered_and_keep_their_rows(tmp_path: Path) ->
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN "
             "('metrics', 'run_prompts', 'run_bots')"
         ).fetchall()
+
+
+def test_run_data_loses_what_tables_hold_and_metrics_keep_their_order(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from pytest_llmexp.migrations import migrations
+
+    path = tmp_path / "message_log.db"
+    run_data = (
+        '{"prompts": ["p"], "bots": ["b"], "message_log_ids": ["c"], '
+        '"metrics": {"zeta": 1.0, "alpha": 2.0, "mid": 3.0}, "metadata": {"seed": 7}, '
+        '"gates": ["zeta:mean>0"], "metric_specs": {"zeta": {"min": 0}}}'
+    )
+    with sqlite3.connect(path) as conn:
+        migrations.apply(Database(conn), stop_before="m006_normalize_run_data")
+        conn.execute(
+            "INSERT INTO sessions (id, kind, started_at, status) VALUES ('s', 'p', 't', 'x')"
+        )
+        conn.execute(
+            "INSERT INTO experiments (id, session_id, name, num_executions, status) "
+            "VALUES (1, 's', 'e', 2, 'x')"
+        )
+        conn.executemany(
+            "INSERT INTO experiment_runs (id, experiment_id, execution_index, status, "
+            "started_at, run_data) VALUES (?, 1, ?, 'passed', 't', ?)",
+            [("r1", 0, run_data), ("r2", 1, "{}")],
+        )
+        conn.executemany(
+            "INSERT INTO metrics VALUES (?, ?, ?, 'float')",
+            [("r1", "alpha", 2.0), ("r1", "mid", 3.0), ("r1", "zeta", 1.0), ("r2", "x", 0.5)],
+        )
+    Store(path).close()
+    with sqlite3.connect(path) as conn:
+        positions = conn.execute("SELECT run_id, name, position FROM metrics ORDER BY 1, 3")
+        assert positions.fetchall() == [
+            ("r1", "zeta", 0),
+            ("r1", "alpha", 1),
+            ("r1", "mid", 2),
+            ("r2", "x", 0),  # a run_data without metrics: position 0
+        ]
+        stored = conn.execute("SELECT run_data FROM experiment_runs WHERE id = 'r1'").fetchone()
+    assert json.loads(stored[0]) == {
+        "metadata": {"seed": 7},
+        "gates": ["zeta:mean>0"],
+        "metric_specs": {"zeta": {"min": 0}},
+    }
 
 
 def test_the_fast_schema_check_knows_every_migration(tmp_path: Path) -> None:

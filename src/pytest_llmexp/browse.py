@@ -183,11 +183,15 @@ def runs(
         # As recorded: a bool metric is stored 1/0, an int one whole.
         metrics.setdefault(run_id, {})[metric] = value if kind == "float" else int(value)
     # The order the runs recorded their metrics in (the table is ordered by name).
-    order: list[str] = []
-    for (run_data,) in conn.execute(
-        "SELECT run_data FROM experiment_runs WHERE experiment_id = ? LIMIT 100", (experiment_id,)
-    ):
-        order += [m for m in json.loads(run_data).get("metrics", {}) if m not in order]
+    order = [
+        name
+        for (name,) in conn.execute(
+            "SELECT m.name FROM (SELECT id FROM experiment_runs WHERE experiment_id = ? "
+            "LIMIT 100) r JOIN metrics m ON m.run_id = r.id "
+            "GROUP BY m.name ORDER BY min(m.position), m.name",
+            (experiment_id,),
+        )
+    ]
     return [
         {
             "id": run_id,
@@ -266,18 +270,12 @@ def run_detail(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
         "replayed_from",
     )
     detail: dict[str, Any] = dict(zip(keys, row, strict=True))
-    (run_data,) = conn.execute(
-        "SELECT run_data FROM experiment_runs WHERE id = ?", (run_id,)
-    ).fetchone()
-    detail["metrics"] = in_order(
-        {
-            name: {"value": value, "kind": kind}
-            for name, value, kind in conn.execute(
-                "SELECT name, value, kind FROM metrics WHERE run_id = ?", (run_id,)
-            )
-        },
-        list(json.loads(run_data).get("metrics", {})),
-    )
+    detail["metrics"] = {
+        name: {"value": value, "kind": kind}
+        for name, value, kind in conn.execute(
+            "SELECT name, value, kind FROM metrics WHERE run_id = ? ORDER BY position", (run_id,)
+        )
+    }
     detail["prompts"] = [
         dict(zip(("name", "role", "version", "template"), p, strict=True))
         for p in conn.execute(

@@ -209,3 +209,27 @@ def m005_cluster_run_tables(db: Database) -> None:
         db.execute(f"INSERT INTO {table}_new SELECT * FROM {table}")
         db.execute(f"DROP TABLE {table}")
         db.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
+
+
+@migrations()
+def m006_normalize_run_data(db: Database) -> None:
+    # A run's prompts, bots, calls and metric values are rows of run_prompts, run_bots,
+    # message_log and metrics; run_data repeated them, a sixth of a run's bytes. It keeps
+    # what has no table (metadata, gates, metric options). The order a run recorded its
+    # metrics in, which only run_data held, becomes a column.
+    db.execute("ALTER TABLE metrics ADD COLUMN position INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        """
+        UPDATE metrics SET position = coalesce((
+            SELECT j.position FROM (
+                SELECT e.key, row_number() OVER (ORDER BY e.id) - 1 AS position
+                FROM experiment_runs r, json_each(r.run_data, '$.metrics') e
+                WHERE r.id = metrics.run_id
+            ) j WHERE j.key = metrics.name
+        ), 0)
+        """
+    )
+    db.execute(
+        "UPDATE experiment_runs SET run_data = "
+        "json_remove(run_data, '$.prompts', '$.bots', '$.message_log_ids', '$.metrics')"
+    )

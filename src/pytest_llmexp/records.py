@@ -148,12 +148,8 @@ class RunRecord(Recording):
     replayed_from: str | None = None
 
     def run_data(self) -> dict[str, Any]:
-        """The JSON summary stored in ``experiment_runs.run_data``."""
+        """What ``experiment_runs.run_data`` stores: what no table of the run holds."""
         return {
-            "prompts": [p.hash for p in self.prompts],
-            "bots": [b.hash for b in self.bots],
-            "message_log_ids": [c.id for c in self.calls],
-            "metrics": {m.name: m.value for m in self.metrics},
             "metadata": self.metadata,
             "gates": self.gates,
             "metric_specs": {

@@ -22,6 +22,7 @@ SCHEMA = (
     "m003_add_verdict_tables",
     "m004_add_cache_tables",
     "m005_cluster_run_tables",
+    "m006_normalize_run_data",
 )
 MIGRATION_SET = "pytest_llmexp"
 

@@ -240,8 +240,9 @@ class Store:
                 return False
             self._insert_used(run, run.run_id)
             conn.executemany(
-                "INSERT OR IGNORE INTO metrics (run_id, name, value, kind) VALUES (?, ?, ?, ?)",
-                [(run.run_id, m.name, m.value, m.kind) for m in run.metrics],
+                "INSERT OR IGNORE INTO metrics (run_id, name, value, kind, position) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(run.run_id, m.name, m.value, m.kind, i) for i, m in enumerate(run.metrics)],
             )
         return True
 
