@@ -3,8 +3,8 @@
 The runs are ten sessions of 10,000 executions of one experiment (the largest session the
 memory check below runs, ten times over). One run is recorded for
 real (a StructuredBot call to the fake server and 10 @metric calls inside a run context);
-the others are copies with fresh ids and metric values, stored through ``Store.insert_run``
-as the writer stores runs. Then, each timed alternately:
+the others are copies with fresh ids and metric values, stored through ``Store.insert_runs``
+in batches of 200, as the writer stores runs. Then, each timed alternately:
 
 - the end-of-session work behind the terminal summary of the last 10,000-run session (the
   summaries, the verdict, the table), in process;
@@ -91,6 +91,7 @@ def build(db: Path, url: str, runs: int, count: int = 10) -> list[str]:
     for _ in range(count):
         session = store.begin_session(kind="pytest", argv=["bench"])
         sessions.append(session)
+        batch = []
         for index in range(per_session):
             calls = [c.model_copy(update={"id": uuid.uuid4().hex}) for c in template.calls]
             metrics = [
@@ -106,7 +107,11 @@ def build(db: Path, url: str, runs: int, count: int = 10) -> list[str]:
                     "metrics": metrics,
                 }
             )
-            store.insert_run(session, run)
+            batch.append(run)
+            if len(batch) == 200:  # as the writer inserts them
+                store.insert_runs(session, batch)
+                batch = []
+        store.insert_runs(session, batch)
         store.finish_session(session, status="complete", exitstatus=0)
     store.close()
     return sessions

@@ -329,10 +329,10 @@ def test_a_failed_live_insert_is_kept_in_the_spool_and_recovered(
         import sqlite3
         from pytest_llmexp import store
 
-        def broken_insert_run(self, session_id, run):
+        def broken_insert_runs(self, session_id, runs):
             raise sqlite3.OperationalError("disk I/O error (injected)")
 
-        store.Store.insert_run = broken_insert_run
+        store.Store.insert_runs = broken_insert_runs
         """
     )
     pytester.makepyfile(test_slow=SLOW)

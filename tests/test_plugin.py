@@ -687,6 +687,31 @@ def test_calls_from_threads_the_test_starts_belong_to_its_run(
     assert db.count("metrics", "name = 'answers' AND value = 3") == 2
 
 
+def test_a_run_that_carries_a_key_is_stored_masked(run_session, pytester: pytest.Pytester) -> None:
+    # Without xdist the writer takes a run's record as it is, unless masking changed its
+    # JSON: then the masked JSON is what is stored.
+    pytester.makepyfile(
+        """
+        import os
+        from pytest_llmexp import experiment
+
+        @experiment(num_executions=2)
+        def test_leaky(llm_run):
+            llm_run.set_metadata("key", os.environ["OPENAI_API_KEY"])
+            llm_run.set_metadata("other", "sk-abcdefghijklmnopqrstuvwx")
+        """
+    )
+    run = run_session()
+    run.result.assert_outcomes(passed=2)
+    assert run.db is not None  # the runner checks the key is nowhere in the database
+    stored = [
+        json.loads(r[0])["metadata"] for r in run.db.rows("SELECT run_data FROM experiment_runs")
+    ]
+    assert len(stored) == 2
+    for metadata in stored:
+        assert metadata["key"].endswith("***") and metadata["other"] == "sk-abcdef***"
+
+
 def test_credentials_on_the_command_line_are_not_stored(
     run_session, pytester: pytest.Pytester, fake_llm: FakeLLM
 ) -> None:
@@ -706,16 +731,16 @@ FLAKY_STORE = """
 import sqlite3
 from pytest_llmexp import store
 
-_insert_run = store.Store.insert_run
+_insert_runs = store.Store.insert_runs
 failures = {"left": FAILURES}
 
-def flaky_insert_run(self, session_id, run):
+def flaky_insert_runs(self, session_id, runs):
     if failures["left"]:
         failures["left"] -= 1
         raise sqlite3.OperationalError("disk I/O error (injected)")
-    return _insert_run(self, session_id, run)
+    return _insert_runs(self, session_id, runs)
 
-store.Store.insert_run = flaky_insert_run
+store.Store.insert_runs = flaky_insert_runs
 """
 
 

@@ -291,6 +291,32 @@ def test_inserting_a_run_twice_stores_it_once(tmp_path: Path) -> None:
         store.close()
 
 
+def test_a_batch_of_runs_skips_those_already_stored(tmp_path: Path) -> None:
+    from pytest_llmexp.records import MetricRecord
+
+    def run(index: int, *names: str):  # -> RunRecord
+        context = RunContext("e", num_executions=3, execution_index=index, worker="main")
+        for name in names:
+            context.add_metric(MetricRecord(name=name, value=index, kind="int"))
+        return context.finish("passed")
+
+    store = Store(tmp_path / "db.sqlite")
+    try:
+        session = store.begin_session(kind="test", argv=[])
+        first, second, third = run(0, "b", "a"), run(1, "a"), run(2)
+        assert store.insert_runs(session, [first]) == 1
+        # Already stored, new, repeated within the batch, and a run without metrics.
+        assert store.insert_runs(session, [first, second, second, third]) == 2
+        assert store.insert_runs(session, []) == 0
+        rows = store.conn.execute(
+            "SELECT r.execution_index, m.name, m.position FROM experiment_runs r "
+            "LEFT JOIN metrics m ON m.run_id = r.id ORDER BY 1, 3"
+        ).fetchall()
+        assert rows == [(0, "b", 0), (0, "a", 1), (1, "a", 0), (2, None, None)]
+    finally:
+        store.close()
+
+
 def test_statistics_use_the_sample_std_and_skip_unevaluated_runs(tmp_path: Path) -> None:
     from pytest_llmexp.metrics import to_metric_record
 

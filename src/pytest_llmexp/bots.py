@@ -81,7 +81,8 @@ class _Bot:
                 f"{', '.join(k + '=' for k in reserved)} from its arguments"
             )
         try:
-            _canonical(completion_kwargs)
+            if completion_kwargs:
+                _canonical(completion_kwargs)
         except (TypeError, ValueError) as exc:
             raise BotError(
                 f"{name}: completion arguments must be JSON-serializable to be recorded: {exc}"

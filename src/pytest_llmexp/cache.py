@@ -93,6 +93,9 @@ class Plan:
 _lock = threading.Lock()
 _settings = CacheSettings()
 _cassette: _Cassette | None = None
+#: Response schema digests by bot hash (a bot's hash covers its schema).
+_schema_digests: dict[str, str] = {}
+_MAX_SCHEMA_DIGESTS = 1024
 
 
 def configure(new: CacheSettings) -> None:
@@ -109,6 +112,18 @@ def digest(value: Any) -> str:
     bot configuration, of a response schema, of a request."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _schema_digest(bot: BotRecord) -> str | None:
+    """The digest of the bot's response schema, made once per bot configuration."""
+    if bot.response_schema is None:
+        return None
+    found = _schema_digests.get(bot.hash)
+    if found is None:
+        if len(_schema_digests) >= _MAX_SCHEMA_DIGESTS:
+            _schema_digests.clear()
+        found = _schema_digests[bot.hash] = digest(bot.response_schema)
+    return found
 
 
 def request_digest(
@@ -145,13 +160,12 @@ def plan_call(
                 "the experiment's test function"
             )
         return Plan(None, None)
-    schema = bot.response_schema
     request: dict[str, Any] = {
         "experiment": run.experiment,
         "case": run.case_id,
         "execution": run.execution_index,
         "params": params,
-        "schema": None if schema is None else digest(schema),
+        "schema": _schema_digest(bot),
         "prompts": prompts,
     }
     base = request_digest(bot.model_name, bot.temperature, messages, request)

@@ -6,6 +6,7 @@ pytest session, and the client is built on the first call only.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -112,6 +113,7 @@ def remember_json_object(current: ClientSettings | None = None) -> None:
         _json_object_endpoints.add(resolved_base_url(current or _settings))
 
 
+@functools.lru_cache(maxsize=64)
 def display_url(url: str | None) -> str:
     """A URL safe to print or store: no user, password, query or fragment."""
     if not url:

@@ -23,6 +23,7 @@ from .collect import case_id, execution_index, is_execution_id
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .records import RunRecord
     from .spool import Kind
     from .store import Store
 
@@ -57,6 +58,8 @@ class Intake:
         self._started: dict[str, dict[str, Any]] = {}
         #: Experiment name and size by test function, from those reports.
         self._experiment_of: dict[str, tuple[str, int]] = {}
+        #: Runs finished in this process (no xdist), by their JSON: stored without parsing.
+        self.handed: dict[str, RunRecord] = {}
 
     def take_report(self, report: pytest.TestReport) -> None:
         """Store what a test report carries: a finished run, calls outside runs, a crash."""
@@ -118,8 +121,11 @@ class Intake:
         store = self._open()
         try:
             with store.transaction():
+                runs = [self._run(payload) for kind, payload, _ in queue if kind == "run"]
+                store.insert_runs(self.session_id, runs)
                 for kind, payload, _ in queue:
-                    self._insert(kind, payload)
+                    if kind != "run":
+                        self._insert(kind, payload)
         except sqlite3.Error as exc:
             self.write_errors.append(f"{type(exc).__name__}: {exc}")
             for kind, payload, worker in queue:
@@ -138,13 +144,19 @@ class Intake:
         self.stored_lines[worker] = self.stored_lines.get(worker, 0) + 1
 
     def _insert(self, kind: Kind, payload: str) -> None:
-        from .records import Recording, RunRecord
+        from .records import Recording
 
         store = self._open()
         if kind == "run":
-            store.insert_run(self.session_id, RunRecord.model_validate_json(payload))
+            store.insert_run(self.session_id, self._run(payload))
         else:
             store.insert_recording(Recording.model_validate_json(payload))
+
+    def _run(self, payload: str) -> RunRecord:
+        """The run a payload carries: handed over as it is in this process, else parsed."""
+        from .records import RunRecord
+
+        return self.handed.pop(payload, None) or RunRecord.model_validate_json(payload)
 
     def retry_pending(self) -> None:
         """Insert the payloads in no spool whose insert failed; count those that fail again."""

@@ -43,11 +43,11 @@ class _RunState:
 
     def note(self, report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
         """Fold one phase's outcome into the run's status; the most severe one wins."""
+        if report.passed:
+            return
         from .endpoint import redact
         from .recording import classify_exception
 
-        if report.passed:
-            return
         excinfo = call.excinfo
         if report.skipped:
             if hasattr(report, "wasxfail"):
@@ -82,6 +82,8 @@ class RunRelay:
         self.spend = spend
         #: A usage error found during collection on an xdist worker, for the controller.
         self.usage_error: str | None = None
+        #: The writer's records handed over in this process (no xdist), by their JSON.
+        self.handoff: dict[str, RunRecord] | None = None
         self._stopping = False
 
     @pytest.hookimpl(wrapper=True)
@@ -149,7 +151,13 @@ class RunRelay:
         record = state.run.finish(state.status, state.error_type, state.error_message)
         if junit:
             self._properties(report, record)
-        return redact(record.model_dump_json())
+        raw = record.model_dump_json()
+        payload = redact(raw)
+        if self.handoff is not None and payload == raw:
+            # The writer takes the record itself instead of parsing its JSON back; a record
+            # that redacting changed is parsed from its JSON, as it is stored.
+            self.handoff[payload] = record
+        return payload
 
     @staticmethod
     def _properties(report: pytest.TestReport, record: RunRecord) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -81,7 +82,12 @@ def _bound(node: dict[str, Any], inclusive: str, exclusive: str, step: int) -> i
 
 def schema_name(model: type[BaseModel]) -> str:
     """The pydantic model's name as OpenAI accepts it for a ``json_schema`` format."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "response"
+    return _safe_name(model.__name__)
+
+
+@functools.lru_cache(maxsize=256)
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "response"
 
 
 def validate_reply(model: type[ModelT], text: str) -> ModelT:

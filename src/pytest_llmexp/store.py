@@ -212,72 +212,102 @@ class Store:
 
     def insert_run(self, session_id: str, run: RunRecord) -> bool:
         """Insert a finished run with everything it used; ``False`` if it was already there."""
+        return self.insert_runs(session_id, [run]) == 1
+
+    def insert_runs(self, session_id: str, runs: list[RunRecord]) -> int:
+        """Insert finished runs with everything they used, one statement per table for
+        all of them; the number inserted (a run already stored is skipped)."""
         with self.transaction() as conn:
-            experiment_id = self._experiment_id(session_id, run.experiment, run.num_executions)
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO experiment_runs (id, experiment_id, execution_index, "
-                "worker, nodeid, status, error_type, error_message, started_at, duration_s, "
-                "retries, run_data, case_id, replayed_from) "
+            new = {run.run_id: run for run in runs}
+            ids = list(new)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                for (stored,) in conn.execute(
+                    f"SELECT id FROM experiment_runs WHERE id IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    del new[stored]
+            if not new:
+                return 0
+            conn.executemany(
+                "INSERT INTO experiment_runs (id, experiment_id, execution_index, worker, "
+                "nodeid, status, error_type, error_message, started_at, duration_s, retries, "
+                "run_data, case_id, replayed_from) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run.run_id,
-                    experiment_id,
-                    run.execution_index,
-                    run.worker,
-                    run.nodeid,
-                    run.status,
-                    run.error_type,
-                    run.error_message,
-                    run.started_at,
-                    run.duration_s,
-                    sum(c.retries for c in run.calls),
-                    _json(run.run_data()),
-                    run.case_id,
-                    run.replayed_from,
-                ),
+                [
+                    (
+                        run.run_id,
+                        self._experiment_id(session_id, run.experiment, run.num_executions),
+                        run.execution_index,
+                        run.worker,
+                        run.nodeid,
+                        run.status,
+                        run.error_type,
+                        run.error_message,
+                        run.started_at,
+                        run.duration_s,
+                        sum(c.retries for c in run.calls),
+                        _json(run.run_data()),
+                        run.case_id,
+                        run.replayed_from,
+                    )
+                    for run in new.values()
+                ],
             )
-            if cursor.rowcount == 0:
-                return False
-            self._insert_used(run, run.run_id)
+            self._insert_used(list(new.values()))
             conn.executemany(
                 "INSERT OR IGNORE INTO metrics (run_id, name, value, kind, position) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [(run.run_id, m.name, m.value, m.kind, i) for i, m in enumerate(run.metrics)],
+                [
+                    (run.run_id, m.name, m.value, m.kind, i)
+                    for run in new.values()
+                    for i, m in enumerate(run.metrics)
+                ],
             )
-        return True
+        return len(new)
 
     def insert_recording(self, recording: Recording) -> None:
         """Insert calls made outside any run, with the bots and prompts they used."""
         with self.transaction():
-            self._insert_used(recording, None)
+            self._insert_used([recording])
 
-    def _insert_used(self, recording: Recording, run_id: str | None) -> None:
-        prompt_ids = [self._prompt_id(p) for p in recording.prompts]
-        bot_ids = {b.hash: self._bot_id(b) for b in recording.bots}
-        if run_id is not None:
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO run_prompts (run_id, prompt_id) VALUES (?, ?)",
-                [(run_id, pid) for pid in prompt_ids],
-            )
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO run_bots (run_id, bot_id) VALUES (?, ?)",
-                [(run_id, bid) for bid in bot_ids.values()],
-            )
+    def _insert_used(self, recordings: list[Recording]) -> None:
+        """The prompts, bots and calls of runs (linked to each) or of calls outside runs."""
+        run_prompts: list[tuple[str, int]] = []
+        run_bots: list[tuple[str, int]] = []
+        calls: list[tuple[Any, ...]] = []
+        cached: list[tuple[str, str, str]] = []
+        for recording in recordings:
+            run_id = getattr(recording, "run_id", None)
+            prompt_ids = [self._prompt_id(p) for p in recording.prompts]
+            bot_ids = {b.hash: self._bot_id(b) for b in recording.bots}
+            if run_id is not None:
+                run_prompts += [(run_id, pid) for pid in prompt_ids]
+                run_bots += [(run_id, bid) for bid in bot_ids.values()]
+            calls += [c.row(run_id, bot_ids[c.bot_hash]) for c in recording.calls]
+            # Only a whole, successful reply is worth replaying; the newest recording of a
+            # key wins.
+            cached += [
+                (c.cache_key, c.id, c.timestamp)
+                for c in recording.calls
+                if c.record and c.cache_key and c.error is None and not c.truncated
+            ]
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO run_prompts (run_id, prompt_id) VALUES (?, ?)", run_prompts
+        )
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO run_bots (run_id, bot_id) VALUES (?, ?)", run_bots
+        )
         self.conn.executemany(
             "INSERT OR IGNORE INTO message_log (id, run_id, bot_id, timestamp, model_name, "
             "response_model, temperature, message_log, prompt_tokens, completion_tokens, "
             "latency_ms, retries, finish_reason, error, error_type, truncated, cache_key, "
             f"request, replayed_from) VALUES ({', '.join('?' * 19)})",
-            [c.row(run_id, bot_ids[c.bot_hash]) for c in recording.calls],
+            calls,
         )
-        # Only a whole, successful reply is worth replaying; the newest recording of a key wins.
         self.conn.executemany(
             "INSERT OR REPLACE INTO llm_cache (key, message_log_id, recorded_at) VALUES (?, ?, ?)",
-            [
-                (c.cache_key, c.id, c.timestamp)
-                for c in recording.calls
-                if c.record and c.cache_key and c.error is None and not c.truncated
-            ],
+            cached,
         )
 
     def _prompt_id(self, prompt: PromptRecord) -> int:
