@@ -126,7 +126,9 @@ class _Bot:
         schema = self._response_schema()
         system = self.system_prompt
         try:
-            kwargs = json.dumps(self.completion_kwargs, sort_keys=True)
+            kwargs = (
+                json.dumps(self.completion_kwargs, sort_keys=True) if self.completion_kwargs else ""
+            )
         except (TypeError, ValueError):  # not JSON: not shared
             return self._make_record(*endpoint_key[:2])
         key = (
@@ -135,7 +137,7 @@ class _Bot:
             system.content if system else None,
             system.prompt.hash if system and system.prompt else None,
             id(schema),
-            json.dumps(self._extra_params(), sort_keys=True),
+            _canonical(extra) if (extra := self._extra_params()) else "",
             kwargs,
             endpoint_key,
         )

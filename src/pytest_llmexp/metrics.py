@@ -139,6 +139,9 @@ class MetricFunction:
             max=high,
             better=better,  # type: ignore[arg-type]
         )
+        #: What a run records beside the value when the metric called no LLM (``None``:
+        #: nothing, the options are the defaults).
+        self._plain_spec = None if self.spec == MetricSpec() else self.spec
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
@@ -149,7 +152,7 @@ class MetricFunction:
         record = to_metric_record(self.name, value)
         if run is not None:
             judge = run.usage()[0] > calls_before
-            spec = self.spec.model_copy(update={"judge": True}) if judge else self.spec
+            spec = self.spec.model_copy(update={"judge": True}) if judge else self._plain_spec
             run.add_metric(record, spec)
         self._check_bounds(record.value)
         return value

@@ -181,10 +181,12 @@ class RunRelay:
         setattr(report, f"llmexp_{kind}", payload)
 
     def _stop_on_auth_error(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+        if call.excinfo is None or self._stopping:
+            return
         from .errors import LLMCallError
 
-        exc = call.excinfo.value if call.excinfo is not None else None
-        if self._stopping or not isinstance(exc, LLMCallError) or exc.status_code not in _AUTH:
+        exc = call.excinfo.value
+        if not isinstance(exc, LLMCallError) or exc.status_code not in _AUTH:
             return
         from .endpoint import endpoint_label
 
