@@ -126,9 +126,7 @@ class _Bot:
         schema = self._response_schema()
         system = self.system_prompt
         try:
-            kwargs = (
-                json.dumps(self.completion_kwargs, sort_keys=True) if self.completion_kwargs else ""
-            )
+            kwargs = _canonical(self.completion_kwargs) if self.completion_kwargs else ""
         except (TypeError, ValueError):  # not JSON: not shared
             return self._make_record(*endpoint_key[:2])
         key = (
