@@ -6,7 +6,6 @@ repeated executions of an experiment stay independent.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -36,10 +35,6 @@ _SHARED_RECORDS: dict[tuple[Any, ...], tuple[object, BotRecord]] = {}
 _MAX_SHARED = 1024
 
 ModelT = TypeVar("ModelT", bound="BaseModel")
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class _Bot:
@@ -82,7 +77,7 @@ class _Bot:
             )
         try:
             if completion_kwargs:
-                _canonical(completion_kwargs)
+                cache.canonical(completion_kwargs)
         except (TypeError, ValueError) as exc:
             raise BotError(
                 f"{name}: completion arguments must be JSON-serializable to be recorded: {exc}"
@@ -126,7 +121,7 @@ class _Bot:
         schema = self._response_schema()
         system = self.system_prompt
         try:
-            kwargs = _canonical(self.completion_kwargs) if self.completion_kwargs else ""
+            kwargs = cache.canonical(self.completion_kwargs) if self.completion_kwargs else ""
         except (TypeError, ValueError):  # not JSON: not shared
             return self._make_record(*endpoint_key[:2])
         key = (
@@ -135,7 +130,7 @@ class _Bot:
             system.content if system else None,
             system.prompt.hash if system and system.prompt else None,
             id(schema),
-            _canonical(extra) if (extra := self._extra_params()) else "",
+            cache.canonical(extra) if (extra := self._extra_params()) else "",
             kwargs,
             endpoint_key,
         )

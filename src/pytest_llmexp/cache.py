@@ -33,6 +33,7 @@ __all__ = [
     "Entry",
     "Plan",
     "cache_key",
+    "canonical",
     "configure",
     "describe_miss",
     "digest",
@@ -107,11 +108,15 @@ def configure(new: CacheSettings) -> None:
         _settings, _cassette = new, None
 
 
+def canonical(value: Any) -> str:
+    """``value`` as canonical JSON: sorted keys, no spaces."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def digest(value: Any) -> str:
-    """The SHA-256 of ``value`` as canonical JSON (sorted keys, no spaces): the hash of a
-    bot configuration, of a response schema, of a request."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """The SHA-256 of ``value`` as canonical JSON: the hash of a bot configuration, of a
+    response schema, of a request."""
+    return hashlib.sha256(canonical(value).encode()).hexdigest()
 
 
 def _schema_digest(bot: BotRecord) -> str | None:
