@@ -214,7 +214,7 @@ def m005_cluster_run_tables(db: Database) -> None:
 @migrations()
 def m006_normalize_run_data(db: Database) -> None:
     # A run's prompts, bots, calls and metric values are rows of run_prompts, run_bots,
-    # message_log and metrics; run_data repeated them, a sixth of a run's bytes. It keeps
+    # message_log and metrics; run_data repeated them, a fifth of a run's bytes. It keeps
     # what has no table (metadata, gates, metric options). The order a run recorded its
     # metrics in, which only run_data held, becomes a column.
     db.execute("ALTER TABLE metrics ADD COLUMN position INTEGER NOT NULL DEFAULT 0")
