@@ -11,7 +11,7 @@ import pytest
 
 from pytest_llmexp.recording import RunContext
 from pytest_llmexp.recovery import recover
-from pytest_llmexp.spool import SessionLock, SpendLedger, Spool, read_spool, spool_dir
+from pytest_llmexp.spool import SessionLock, SpendLedger, Spool, iter_spool, spool_dir
 from pytest_llmexp.store import Store
 
 
@@ -35,9 +35,11 @@ def test_lines_are_appended_privately_and_read_back(tmp_path: Path) -> None:
     assert spool.path == tmp_path / "message_log.db-spool" / "s1.gw0.jsonl"
     assert spool.path.stat().st_mode & 0o077 == 0
     assert spool.path.parent.stat().st_mode & 0o077 == 0
-    lines, unreadable = read_spool(spool.path)
-    assert [kind for kind, _ in lines] == ["run", "calls"] and unreadable == 0
-    assert lines[0][1]["execution_index"] == 0
+    lines = list(iter_spool(spool.path))
+    assert [line[0] for line in lines if line is not None] == ["run", "calls"]
+    assert lines[0] is not None and lines[0][1]["execution_index"] == 0
+    # Lines known to be stored are skipped unread.
+    assert [line[0] for line in iter_spool(spool.path, skip=1) if line is not None] == ["calls"]
 
 
 def test_a_line_cut_short_by_a_kill_is_skipped(tmp_path: Path) -> None:
@@ -46,8 +48,8 @@ def test_a_line_cut_short_by_a_kill_is_skipped(tmp_path: Path) -> None:
     spool.close()
     with spool.path.open("ab") as fh:
         fh.write(run_json(1)[:40].encode())
-    lines, unreadable = read_spool(spool.path)
-    assert len(lines) == 1 and unreadable == 1
+    lines = list(iter_spool(spool.path))
+    assert len(lines) == 2 and lines[0] is not None and lines[1] is None
 
 
 def test_a_held_lock_cannot_be_taken_over(tmp_path: Path) -> None:

@@ -33,10 +33,10 @@ __all__ = [
     "SpoolLine",
     "cassette_path",
     "iter_spool",
-    "read_spool",
     "remove_empty",
     "remove_session_files",
     "spool_dir",
+    "spool_name",
     "spooled_sessions",
 ]
 
@@ -109,12 +109,17 @@ class SessionLock:
         self._fd = None
 
 
+def spool_name(session_id: str, worker: str) -> str:
+    """The name of the spool file of one process (``main`` or an xdist worker) of a session."""
+    return f"{session_id}.{worker}.jsonl"
+
+
 class Spool:
     """One process's spool file for one session, opened on the first append."""
 
     def __init__(self, db_path: Path, session_id: str, worker: str) -> None:
         directory = spool_dir(db_path)
-        self.path = directory / f"{session_id}.{worker}.jsonl"
+        self.path = directory / spool_name(session_id, worker)
         self.lock = SessionLock(directory, session_id)
         self._fd: int | None = None
 
@@ -183,22 +188,10 @@ def spooled_sessions(directory: Path) -> dict[str, list[Path]]:
     return sessions
 
 
-def read_spool(path: Path) -> tuple[list[SpoolLine], int]:
-    """The records of a spool file, and how many lines could not be read (a process killed
-    in the middle of a write leaves at most its last line cut short)."""
-    lines: list[SpoolLine] = []
-    unreadable = 0
-    for line in iter_spool(path):
-        if line is None:
-            unreadable += 1
-        else:
-            lines.append(line)
-    return lines, unreadable
-
-
 def iter_spool(path: Path, skip: int = 0) -> Iterator[SpoolLine | None]:
     """The records of a spool file one at a time, after its first ``skip`` lines (unparsed);
-    ``None`` for a line that cannot be read."""
+    ``None`` for a line that cannot be read (a process killed in the middle of a write leaves
+    at most its last line cut short)."""
     for number, raw in enumerate(_lines(path)):
         if number < skip:
             continue

@@ -9,7 +9,14 @@ import pytest
 from .collect import ITEM_KEY, is_execution_id
 from .conclusion import Conclusion
 from .intake import Intake
-from .spool import SessionLock, remove_empty, remove_session_files, spool_dir, spooled_sessions
+from .spool import (
+    SessionLock,
+    remove_empty,
+    remove_session_files,
+    spool_dir,
+    spool_name,
+    spooled_sessions,
+)
 
 if TYPE_CHECKING:
     from .health import Health
@@ -143,7 +150,7 @@ class Writer:
         files = spooled_sessions(self.spool_dir).get(self.session_id, [])
         skip = None
         if intake.reliable_counts:
-            skip = {f"{self.session_id}.{w}.jsonl": n for w, n in intake.stored_lines.items()}
+            skip = {spool_name(self.session_id, w): n for w, n in intake.stored_lines.items()}
         result = ingest(self._store(), self.session_id, files, skip=skip)
         intake.lost += len(result.errors)
         intake.write_errors += result.errors
