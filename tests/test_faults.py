@@ -329,10 +329,10 @@ def test_a_failed_live_insert_is_kept_in_the_spool_and_recovered(
         import sqlite3
         from pytest_llmexp import store
 
-        def broken_insert_runs(self, session_id, runs):
+        def broken_insert_batch(self, session_id, batch):
             raise sqlite3.OperationalError("disk I/O error (injected)")
 
-        store.Store.insert_runs = broken_insert_runs
+        store.Store.insert_batch = broken_insert_batch
         """
     )
     pytester.makepyfile(test_slow=SLOW)

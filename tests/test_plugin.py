@@ -731,16 +731,16 @@ FLAKY_STORE = """
 import sqlite3
 from pytest_llmexp import store
 
-_insert_runs = store.Store.insert_runs
+_insert_batch = store.Store.insert_batch
 failures = {"left": FAILURES}
 
-def flaky_insert_runs(self, session_id, runs):
+def flaky_insert_batch(self, session_id, batch):
     if failures["left"]:
         failures["left"] -= 1
         raise sqlite3.OperationalError("disk I/O error (injected)")
-    return _insert_runs(self, session_id, runs)
+    return _insert_batch(self, session_id, batch)
 
-store.Store.insert_runs = flaky_insert_runs
+store.Store.insert_batch = flaky_insert_batch
 """
 
 

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -313,6 +314,130 @@ def test_a_batch_of_runs_skips_those_already_stored(tmp_path: Path) -> None:
             "LEFT JOIN metrics m ON m.run_id = r.id ORDER BY 1, 3"
         ).fetchall()
         assert rows == [(0, "b", 0), (0, "a", 1), (1, "a", 0), (2, None, None)]
+    finally:
+        store.close()
+
+
+def _recorded_call(call_id: str, bot: Any, *, cache_key: str | None = None) -> Any:
+    from pytest_llmexp.records import CallRecord
+
+    return CallRecord(
+        id=call_id,
+        bot_hash=bot.hash,
+        timestamp="2026-01-01T00:00:00+00:00",
+        model_name="m",
+        response_model="m",
+        temperature=None,
+        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+        prompt_tokens=1,
+        completion_tokens=1,
+        latency_ms=1.0,
+        retries=1,
+        finish_reason="stop",
+        error=None,
+        cache_key=cache_key,
+        request={"params": {}, "prompts": [["greet", "p" * 8]]},
+        record=cache_key is not None,
+    )
+
+
+def test_a_batch_holds_untracked_rows_and_names_ids_by_their_keys(tmp_path: Path) -> None:
+    import gc
+
+    from pytest_llmexp.batch import Batch
+    from pytest_llmexp.records import BotRecord, MetricRecord, PromptRecord, Recording, RunRecord
+
+    prompt = PromptRecord(
+        hash="p" * 8, function_name="greet", module="m", role="user", template="hi"
+    )
+    bot = BotRecord(
+        hash="b" * 8,
+        class_name="SimpleBot",
+        model_name="m",
+        temperature=None,
+        system_prompt=None,
+        system_prompt_hash=None,
+        response_schema=None,
+        params={"timeout": 60},
+    )
+
+    def run(index: int, *, cache_key: str | None = None) -> RunRecord:
+        return RunRecord(
+            run_id=f"run{index}",
+            experiment="e",
+            num_executions=3,
+            execution_index=index,
+            nodeid=None,
+            worker="main",
+            started_at="2026-01-01T00:00:00+00:00",
+            duration_s=0.1,
+            status="passed",
+            prompts=[prompt],
+            bots=[bot],
+            calls=[_recorded_call(f"call{index}", bot, cache_key=cache_key)],
+            metrics=[MetricRecord(name="n", value=index, kind="int")],
+        )
+
+    store = Store(tmp_path / "db.sqlite")
+    try:
+        session = store.begin_session(kind="test", argv=[])
+        assert store.insert_runs(session, [run(0, cache_key="k0")]) == 1
+        batch = Batch()
+        # Stored already (its newer cache entry must not be written), new, new again, and
+        # calls outside any run.
+        batch.add_run(run(0, cache_key="k1"))
+        batch.add_run(run(1))
+        batch.add_run(run(1))
+        batch.add_recording(Recording(bots=[bot], calls=[_recorded_call("outside", bot)]))
+        gc.collect()
+        rows = [*batch.runs, *batch.run_prompts, *batch.run_bots, *batch.calls, *batch.metrics]
+        assert len(batch) == 2 and len(rows) == 11
+        # Tuples of strings and numbers: the collector no longer walks them.
+        assert [row for row in rows if gc.is_tracked(row)] == []
+        assert store.insert_batch(session, batch) == 1
+        conn = store.conn
+        assert conn.execute("SELECT count(*) FROM experiment_runs").fetchone() == (2,)
+        assert conn.execute(
+            "SELECT m.id, m.run_id, b.hash, m.retries, m.message_log FROM message_log m "
+            "JOIN bots b ON b.id = m.bot_id ORDER BY m.id"
+        ).fetchall() == [
+            (
+                "call0",
+                "run0",
+                bot.hash,
+                1,
+                '[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]',
+            ),
+            (
+                "call1",
+                "run1",
+                bot.hash,
+                1,
+                '[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]',
+            ),
+            (
+                "outside",
+                None,
+                bot.hash,
+                1,
+                '[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]',
+            ),
+        ]
+        assert conn.execute("SELECT key, message_log_id FROM llm_cache").fetchall() == [
+            ("k0", "call0")
+        ]
+        assert conn.execute(
+            "SELECT r.id, e.name, r.retries FROM experiment_runs r JOIN experiments e "
+            "ON e.id = r.experiment_id ORDER BY r.id"
+        ).fetchall() == [("run0", "e", 1), ("run1", "e", 1)]
+        assert conn.execute(
+            "SELECT rp.run_id, p.function_name FROM run_prompts rp JOIN prompts p "
+            "ON p.id = rp.prompt_id ORDER BY 1"
+        ).fetchall() == [("run0", "greet"), ("run1", "greet")]
+        assert conn.execute("SELECT run_id, value FROM metrics ORDER BY 1").fetchall() == [
+            ("run0", 0.0),
+            ("run1", 1.0),
+        ]
     finally:
         store.close()
 

@@ -1,8 +1,9 @@
 """The writer's intake: what test reports carry, stored in message_log.db in batches.
 
 A run that is on disk in its spool is queued and inserted with the others of its batch in
-one transaction: per-run commits cost more than the rest of a run's recording. A batch is
-written when it holds ``BATCH_RUNS`` records or when ``BATCH_SECONDS`` have passed since the
+one transaction: per-run commits cost more than the rest of a run's recording. It is made
+into rows when it arrives (see :mod:`.batch`), so that a batch holds no records. A batch is
+written when it holds ``BATCH_RUNS`` runs or when ``BATCH_SECONDS`` have passed since the
 last one (so runs of slow calls are stored as they come), and at session end. A payload
 that is in no spool (a crashed run, calls whose spooling failed) is inserted at once.
 
@@ -18,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .batch import Batch
 from .collect import case_id, execution_index, is_execution_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .records import RunRecord
+    from .records import Recording, RunRecord
     from .spool import Kind
     from .store import Store
 
@@ -50,7 +52,11 @@ class Intake:
         self.interrupted_workers: set[str] = set()
         #: Spool lines stored from reports, by worker: reconciling skips them unread.
         self.stored_lines: dict[str, int] = {}
+        #: The queued payloads, kept to insert each on its own if their batch fails.
         self._queue: list[tuple[Kind, str, str]] = []
+        self._batch = Batch()
+        #: Queued writes an exception cut short (see ``reliable_counts``).
+        self._unfinished = 0
         self._flushed = time.monotonic()
         #: Payloads in no spool whose insert failed, tried once more at session end.
         self._pending: list[tuple[Kind, str]] = []
@@ -97,7 +103,15 @@ class Intake:
         """Store a run or calls outside runs. ``spooled`` names the worker whose spool holds
         the payload (it is queued), or is ``None`` (it is inserted now)."""
         if spooled is not None:
+            # Batched before it is queued, as the queue counts what is stored; a payload
+            # that an interrupt (Ctrl-C) catches in between leaves the counts unreliable.
+            self._unfinished += 1
+            if kind == "run":
+                self._batch.add_run(self._run(payload))
+            else:
+                self._batch.add_recording(_recording(payload))
             self._queue.append((kind, payload, spooled))
+            self._unfinished -= 1
             if len(self._queue) >= BATCH_RUNS or time.monotonic() - self._flushed > BATCH_SECONDS:
                 self.flush()
             return
@@ -113,6 +127,7 @@ class Intake:
     def flush(self) -> None:
         """Insert the queued payloads in one transaction; if it fails, each on its own."""
         queue, self._queue = self._queue, []
+        batch, self._batch = self._batch, Batch()
         self._flushed = time.monotonic()
         if not queue:
             return
@@ -120,12 +135,7 @@ class Intake:
 
         store = self._open()
         try:
-            with store.transaction():
-                runs = [self._run(payload) for kind, payload, _ in queue if kind == "run"]
-                store.insert_runs(self.session_id, runs)
-                for kind, payload, _ in queue:
-                    if kind != "run":
-                        self._insert(kind, payload)
+            store.insert_batch(self.session_id, batch)
         except sqlite3.Error as exc:
             self.write_errors.append(f"{type(exc).__name__}: {exc}")
             for kind, payload, worker in queue:
@@ -144,13 +154,11 @@ class Intake:
         self.stored_lines[worker] = self.stored_lines.get(worker, 0) + 1
 
     def _insert(self, kind: Kind, payload: str) -> None:
-        from .records import Recording
-
         store = self._open()
         if kind == "run":
             store.insert_run(self.session_id, self._run(payload))
         else:
-            store.insert_recording(Recording.model_validate_json(payload))
+            store.insert_recording(_recording(payload))
 
     def _run(self, payload: str) -> RunRecord:
         """The run a payload carries: handed over as it is in this process, else parsed."""
@@ -175,9 +183,10 @@ class Intake:
 
     @property
     def reliable_counts(self) -> bool:
-        """Whether ``stored_lines`` may be trusted to skip spool lines: no spooling or insert
-        failed, so each worker's spool starts with exactly the lines stored from reports."""
-        return not (self.spool_errors or self.write_errors)
+        """Whether ``stored_lines`` may be trusted to skip spool lines: no spooling, insert
+        or queued write failed, so each worker's spool starts with exactly the lines stored
+        from reports."""
+        return not (self.spool_errors or self.write_errors or self._unfinished)
 
     def _crashed_run(self, report: pytest.TestReport, worker: str) -> str:
         from .recording import utcnow
@@ -209,6 +218,12 @@ class Intake:
             error_message=str(report.longrepr)[:4000],
         )
         return record.model_dump_json()
+
+
+def _recording(payload: str) -> Recording:
+    from .records import Recording
+
+    return Recording.model_validate_json(payload)
 
 
 def worker_id(report: pytest.TestReport) -> str:

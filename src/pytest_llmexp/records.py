@@ -70,12 +70,13 @@ class CallRecord(_Record):
     #: Store this call as the recorded reply of its key (``--llm-cache record`` or ``auto``).
     record: bool = False
 
-    def row(self, run_id: str | None, bot_id: int) -> tuple[Any, ...]:
-        """The call's ``message_log`` row, in the column order the store inserts."""
+    def row(self, run_id: str | None) -> tuple[Any, ...]:
+        """The call's ``message_log`` row, in the column order the store inserts, with the
+        bot's hash where the store puts the bot's id."""
         return (
             self.id,
             run_id,
-            bot_id,
+            self.bot_hash,
             self.timestamp,
             self.model_name,
             self.response_model,
@@ -146,6 +147,27 @@ class RunRecord(Recording):
     metric_specs: dict[str, MetricSpec] = Field(default_factory=dict)
     #: The stored run whose generations this run replayed (``--llm-replay-from``).
     replayed_from: str | None = None
+
+    def row(self) -> tuple[Any, ...]:
+        """The run's ``experiment_runs`` row, in the column order the store inserts, with
+        the experiment's name and size where the store puts the experiment's id."""
+        return (
+            self.run_id,
+            self.experiment,
+            self.num_executions,
+            self.execution_index,
+            self.worker,
+            self.nodeid,
+            self.status,
+            self.error_type,
+            self.error_message,
+            self.started_at,
+            self.duration_s,
+            sum(c.retries for c in self.calls),
+            _json(self.run_data()),
+            self.case_id,
+            self.replayed_from,
+        )
 
     def run_data(self) -> dict[str, Any]:
         """What ``experiment_runs.run_data`` stores: what no table of the run holds."""

@@ -28,6 +28,7 @@ from .stats import experiment_summary, session_spend
 from .validation import DEFAULT_DB
 
 if TYPE_CHECKING:
+    from .batch import Batch
     from .records import BotRecord, PromptRecord, Recording, RunRecord
 
 __all__ = ["DEFAULT_DB", "Store", "default_store", "environment_versions", "git_sha"]
@@ -215,100 +216,75 @@ class Store:
         return self.insert_runs(session_id, [run]) == 1
 
     def insert_runs(self, session_id: str, runs: list[RunRecord]) -> int:
-        """Insert finished runs with everything they used, one statement per table for
-        all of them; the number inserted (a run already stored is skipped)."""
+        """Insert finished runs with everything they used; the number inserted (a run
+        already stored is skipped)."""
+        from .batch import Batch
+
+        batch = Batch()
+        for run in runs:
+            batch.add_run(run)
+        return self.insert_batch(session_id, batch)
+
+    def insert_recording(self, recording: Recording) -> None:
+        """Insert calls made outside any run, with the bots and prompts they used."""
+        from .batch import Batch
+
+        batch = Batch()
+        batch.add_recording(recording)
+        self.insert_batch("", batch)  # no runs: no session to name
+
+    def insert_batch(self, session_id: str, batch: Batch) -> int:
+        """Insert a batch's rows in one transaction, one statement per table; the number of
+        its runs inserted (a run already stored is skipped, with its rows)."""
         with self.transaction() as conn:
-            new = {run.run_id: run for run in runs}
-            ids = list(new)
+            ids = batch.run_ids
+            stored: set[str] = set()
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                for (stored,) in conn.execute(
-                    f"SELECT id FROM experiment_runs WHERE id IN ({', '.join('?' * len(chunk))})",
-                    chunk,
-                ):
-                    del new[stored]
-            if not new:
-                return 0
+                stored.update(
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT id FROM experiment_runs "
+                        f"WHERE id IN ({', '.join('?' * len(chunk))})",
+                        chunk,
+                    )
+                )
+            batch.without(stored)
             conn.executemany(
                 "INSERT INTO experiment_runs (id, experiment_id, execution_index, worker, "
                 "nodeid, status, error_type, error_message, started_at, duration_s, retries, "
                 "run_data, case_id, replayed_from) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        run.run_id,
-                        self._experiment_id(session_id, run.experiment, run.num_executions),
-                        run.execution_index,
-                        run.worker,
-                        run.nodeid,
-                        run.status,
-                        run.error_type,
-                        run.error_message,
-                        run.started_at,
-                        run.duration_s,
-                        sum(c.retries for c in run.calls),
-                        _json(run.run_data()),
-                        run.case_id,
-                        run.replayed_from,
-                    )
-                    for run in new.values()
-                ],
+                [(r[0], self._experiment_id(session_id, r[1], r[2]), *r[3:]) for r in batch.runs],
             )
-            self._insert_used(list(new.values()))
+            prompt_ids = {key: self._prompt_id(p) for key, p in batch.prompts.items()}
+            bot_ids = {key: self._bot_id(b) for key, b in batch.bots.items()}
+            conn.executemany(
+                "INSERT OR IGNORE INTO run_prompts (run_id, prompt_id) VALUES (?, ?)",
+                [(r[0], prompt_ids[r[1:]]) for r in batch.run_prompts],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO run_bots (run_id, bot_id) VALUES (?, ?)",
+                [(run_id, bot_ids[bot]) for run_id, bot in batch.run_bots],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO message_log (id, run_id, bot_id, timestamp, model_name, "
+                "response_model, temperature, message_log, prompt_tokens, completion_tokens, "
+                "latency_ms, retries, finish_reason, error, error_type, truncated, cache_key, "
+                f"request, replayed_from) VALUES ({', '.join('?' * 19)})",
+                [(*r[:2], bot_ids[r[2]], *r[3:]) for r in batch.calls],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO llm_cache (key, message_log_id, recorded_at) "
+                "VALUES (?, ?, ?)",
+                [r[1:] for r in batch.cached],
+            )
             conn.executemany(
                 "INSERT OR IGNORE INTO metrics (run_id, name, value, kind, position) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [
-                    (run.run_id, m.name, m.value, m.kind, i)
-                    for run in new.values()
-                    for i, m in enumerate(run.metrics)
-                ],
+                batch.metrics,
             )
-        return len(new)
-
-    def insert_recording(self, recording: Recording) -> None:
-        """Insert calls made outside any run, with the bots and prompts they used."""
-        with self.transaction():
-            self._insert_used([recording])
-
-    def _insert_used(self, recordings: list[Recording]) -> None:
-        """The prompts, bots and calls of runs (linked to each) or of calls outside runs."""
-        run_prompts: list[tuple[str, int]] = []
-        run_bots: list[tuple[str, int]] = []
-        calls: list[tuple[Any, ...]] = []
-        cached: list[tuple[str, str, str]] = []
-        for recording in recordings:
-            run_id = getattr(recording, "run_id", None)
-            prompt_ids = [self._prompt_id(p) for p in recording.prompts]
-            bot_ids = {b.hash: self._bot_id(b) for b in recording.bots}
-            if run_id is not None:
-                run_prompts += [(run_id, pid) for pid in prompt_ids]
-                run_bots += [(run_id, bid) for bid in bot_ids.values()]
-            calls += [c.row(run_id, bot_ids[c.bot_hash]) for c in recording.calls]
-            # Only a whole, successful reply is worth replaying; the newest recording of a
-            # key wins.
-            cached += [
-                (c.cache_key, c.id, c.timestamp)
-                for c in recording.calls
-                if c.record and c.cache_key and c.error is None and not c.truncated
-            ]
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO run_prompts (run_id, prompt_id) VALUES (?, ?)", run_prompts
-        )
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO run_bots (run_id, bot_id) VALUES (?, ?)", run_bots
-        )
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO message_log (id, run_id, bot_id, timestamp, model_name, "
-            "response_model, temperature, message_log, prompt_tokens, completion_tokens, "
-            "latency_ms, retries, finish_reason, error, error_type, truncated, cache_key, "
-            f"request, replayed_from) VALUES ({', '.join('?' * 19)})",
-            calls,
-        )
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO llm_cache (key, message_log_id, recorded_at) VALUES (?, ?, ?)",
-            cached,
-        )
+        return len(batch)
 
     def _prompt_id(self, prompt: PromptRecord) -> int:
         key = (prompt.module, prompt.function_name, prompt.hash)
