@@ -83,14 +83,17 @@ class Batch:
             if call.record and call.cache_key and call.error is None and not call.truncated:
                 self.cached.append((run_id, call.cache_key, call.id, call.timestamp))
 
-    def without(self, stored: set[str]) -> None:
-        """Drop the rows of the runs in ``stored`` (already in the database)."""
+    def without(self, stored: set[str]) -> Batch:
+        """This batch without the rows of the runs in ``stored`` (already in the database)."""
         if not stored:
-            return
-        self.runs = [r for r in self.runs if r[0] not in stored]
-        self.run_prompts = [r for r in self.run_prompts if r[0] not in stored]
-        self.run_bots = [r for r in self.run_bots if r[0] not in stored]
-        self.calls = [r for r in self.calls if r[1] not in stored]
-        self.cached = [r for r in self.cached if r[0] not in stored]
-        self.metrics = [r for r in self.metrics if r[0] not in stored]
-        self._run_ids -= stored
+            return self
+        rest = Batch()
+        rest.prompts, rest.bots = self.prompts, self.bots
+        rest.runs = [r for r in self.runs if r[0] not in stored]
+        rest.run_prompts = [r for r in self.run_prompts if r[0] not in stored]
+        rest.run_bots = [r for r in self.run_bots if r[0] not in stored]
+        rest.calls = [r for r in self.calls if r[1] not in stored]
+        rest.cached = [r for r in self.cached if r[0] not in stored]
+        rest.metrics = [r for r in self.metrics if r[0] not in stored]
+        rest._run_ids = self._run_ids - stored
+        return rest

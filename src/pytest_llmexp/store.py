@@ -249,7 +249,7 @@ class Store:
                         chunk,
                     )
                 )
-            batch.without(stored)
+            batch = batch.without(stored)
             conn.executemany(
                 "INSERT INTO experiment_runs (id, experiment_id, execution_index, worker, "
                 "nodeid, status, error_type, error_message, started_at, duration_s, retries, "
