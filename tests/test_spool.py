@@ -147,31 +147,3 @@ def test_the_spend_guard_names_the_cap_that_was_reached(tmp_path: Path) -> None:
     assert guard.reached() == (
         "spend guard: the session used 100 tokens, the cap is 100 (--llm-max-tokens)"
     )
-
-
-def test_a_write_cut_short_is_not_counted_as_stored(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from pytest_llmexp.intake import Intake
-
-    session = store.begin_session(kind="test", argv=[])
-    intake = Intake(lambda: store, session)
-    first, second = run_json(0), run_json(1)
-    parse = Intake._run
-
-    def interrupted(self: Intake, payload: str):  # -> RunRecord
-        if payload == first:
-            raise KeyboardInterrupt
-        return parse(self, payload)
-
-    monkeypatch.setattr(Intake, "_run", interrupted)
-    assert intake.reliable_counts
-    with pytest.raises(KeyboardInterrupt):
-        intake.write("run", first, spooled="main")
-    intake.write("run", second, spooled="main")
-    intake.flush()
-    rows = store.conn.execute("SELECT execution_index FROM experiment_runs").fetchall()
-    assert rows == [(1,)]
-    assert intake.stored_lines == {"main": 1}
-    # The spool's first line is the run that was not stored: it must not be skipped.
-    assert not intake.reliable_counts

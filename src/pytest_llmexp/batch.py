@@ -4,8 +4,9 @@ A batch holds its rows as tuples of strings and numbers, which Python's garbage 
 stops tracking. Records (pydantic models, lists, dicts) held until a batch is written would
 be tracked, promoted to the oldest generation, and make pytest's full collections, which
 walk every tracked object of the session, more frequent: on a 2,000-run session that cost
-more than inserting the runs did. A run becomes rows when it arrives and its records are
-freed at once; the store puts in the database ids when it writes the batch.
+more than inserting the runs did. Runs are made into rows one at a time, each run's records
+freed before the next is parsed; the store puts in the database ids when it writes the
+batch.
 """
 
 from __future__ import annotations

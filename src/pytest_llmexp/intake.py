@@ -1,11 +1,16 @@
 """The writer's intake: what test reports carry, stored in message_log.db in batches.
 
 A run that is on disk in its spool is queued and inserted with the others of its batch in
-one transaction: per-run commits cost more than the rest of a run's recording. It is made
-into rows when it arrives (see :mod:`.batch`), so that a batch holds no records. A batch is
+one transaction: per-run commits cost more than the rest of a run's recording. A batch is
 written when it holds ``BATCH_RUNS`` runs or when ``BATCH_SECONDS`` have passed since the
 last one (so runs of slow calls are stored as they come), and at session end. A payload
 that is in no spool (a crashed run, calls whose spooling failed) is inserted at once.
+
+The queue holds the runs' JSON, and a batch's runs are parsed and made into rows (see
+:mod:`.batch`) one after the other when it is written, not when each arrives: the same code
+run 200 times in a row stays in the CPU's caches, where run once between two tests it
+starts cold, which costs about twice as much; and one run's records at a time, freed at
+once, never reach the garbage collector's oldest generation.
 
 Nothing queued can be lost: if this process dies, the next session ingests the spool.
 """
@@ -52,11 +57,7 @@ class Intake:
         self.interrupted_workers: set[str] = set()
         #: Spool lines stored from reports, by worker: reconciling skips them unread.
         self.stored_lines: dict[str, int] = {}
-        #: The queued payloads, kept to insert each on its own if their batch fails.
         self._queue: list[tuple[Kind, str, str]] = []
-        self._batch = Batch()
-        #: Queued writes an exception cut short (see ``reliable_counts``).
-        self._unfinished = 0
         self._flushed = time.monotonic()
         #: Payloads in no spool whose insert failed, tried once more at session end.
         self._pending: list[tuple[Kind, str]] = []
@@ -64,8 +65,6 @@ class Intake:
         self._started: dict[str, dict[str, Any]] = {}
         #: Experiment name and size by test function, from those reports.
         self._experiment_of: dict[str, tuple[str, int]] = {}
-        #: Runs finished in this process (no xdist), by their JSON: stored without parsing.
-        self.handed: dict[str, RunRecord] = {}
 
     def take_report(self, report: pytest.TestReport) -> None:
         """Store what a test report carries: a finished run, calls outside runs, a crash."""
@@ -103,15 +102,7 @@ class Intake:
         """Store a run or calls outside runs. ``spooled`` names the worker whose spool holds
         the payload (it is queued), or is ``None`` (it is inserted now)."""
         if spooled is not None:
-            # Batched before it is queued, as the queue counts what is stored; a payload
-            # that an interrupt (Ctrl-C) catches in between leaves the counts unreliable.
-            self._unfinished += 1
-            if kind == "run":
-                self._batch.add_run(self._run(payload))
-            else:
-                self._batch.add_recording(_recording(payload))
             self._queue.append((kind, payload, spooled))
-            self._unfinished -= 1
             if len(self._queue) >= BATCH_RUNS or time.monotonic() - self._flushed > BATCH_SECONDS:
                 self.flush()
             return
@@ -127,13 +118,18 @@ class Intake:
     def flush(self) -> None:
         """Insert the queued payloads in one transaction; if it fails, each on its own."""
         queue, self._queue = self._queue, []
-        batch, self._batch = self._batch, Batch()
         self._flushed = time.monotonic()
         if not queue:
             return
         import sqlite3
 
         store = self._open()
+        batch = Batch()
+        for kind, payload, _ in queue:
+            if kind == "run":
+                batch.add_run(_run(payload))
+            else:
+                batch.add_recording(_recording(payload))
         try:
             store.insert_batch(self.session_id, batch)
         except sqlite3.Error as exc:
@@ -156,15 +152,9 @@ class Intake:
     def _insert(self, kind: Kind, payload: str) -> None:
         store = self._open()
         if kind == "run":
-            store.insert_run(self.session_id, self._run(payload))
+            store.insert_run(self.session_id, _run(payload))
         else:
             store.insert_recording(_recording(payload))
-
-    def _run(self, payload: str) -> RunRecord:
-        """The run a payload carries: handed over as it is in this process, else parsed."""
-        from .records import RunRecord
-
-        return self.handed.pop(payload, None) or RunRecord.model_validate_json(payload)
 
     def retry_pending(self) -> None:
         """Insert the payloads in no spool whose insert failed; count those that fail again."""
@@ -183,10 +173,9 @@ class Intake:
 
     @property
     def reliable_counts(self) -> bool:
-        """Whether ``stored_lines`` may be trusted to skip spool lines: no spooling, insert
-        or queued write failed, so each worker's spool starts with exactly the lines stored
-        from reports."""
-        return not (self.spool_errors or self.write_errors or self._unfinished)
+        """Whether ``stored_lines`` may be trusted to skip spool lines: no spooling or insert
+        failed, so each worker's spool starts with exactly the lines stored from reports."""
+        return not (self.spool_errors or self.write_errors)
 
     def _crashed_run(self, report: pytest.TestReport, worker: str) -> str:
         from .recording import utcnow
@@ -218,6 +207,12 @@ class Intake:
             error_message=str(report.longrepr)[:4000],
         )
         return record.model_dump_json()
+
+
+def _run(payload: str) -> RunRecord:
+    from .records import RunRecord
+
+    return RunRecord.model_validate_json(payload)
 
 
 def _recording(payload: str) -> Recording:

@@ -82,8 +82,6 @@ class RunRelay:
         self.spend = spend
         #: A usage error found during collection on an xdist worker, for the controller.
         self.usage_error: str | None = None
-        #: The writer's records handed over in this process (no xdist), by their JSON.
-        self.handoff: dict[str, RunRecord] | None = None
         self._stopping = False
 
     @pytest.hookimpl(wrapper=True)
@@ -151,13 +149,7 @@ class RunRelay:
         record = state.run.finish(state.status, state.error_type, state.error_message)
         if junit:
             self._properties(report, record)
-        raw = record.model_dump_json()
-        payload = redact(raw)
-        if self.handoff is not None and payload == raw:
-            # The writer takes the record itself instead of parsing its JSON back; a record
-            # that redacting changed is parsed from its JSON, as it is stored.
-            self.handoff[payload] = record
-        return payload
+        return redact(record.model_dump_json())
 
     @staticmethod
     def _properties(report: pytest.TestReport, record: RunRecord) -> None:

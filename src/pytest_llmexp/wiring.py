@@ -134,5 +134,3 @@ def register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None:
         from .intake import ReportHooks
 
         manager.register(ReportHooks(writer.intake), "llmexp-reports")
-        # Runs of this process reach its own writer: they need not be parsed back.
-        relay.handoff = writer.intake.handed
