@@ -688,8 +688,7 @@ def test_calls_from_threads_the_test_starts_belong_to_its_run(
 
 
 def test_a_run_that_carries_a_key_is_stored_masked(run_session, pytester: pytest.Pytester) -> None:
-    # Without xdist the writer takes a run's record as it is, unless masking changed its
-    # JSON: then the masked JSON is what is stored.
+    # A key in a run's metadata is masked in the JSON the run travels as, which is stored.
     pytester.makepyfile(
         """
         import os

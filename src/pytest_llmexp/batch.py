@@ -1,12 +1,8 @@
 """Runs and calls made ready for the store: the rows of their tables, before any id.
 
-A batch holds its rows as tuples of strings and numbers, which Python's garbage collector
-stops tracking. Records (pydantic models, lists, dicts) held until a batch is written would
-be tracked, promoted to the oldest generation, and make pytest's full collections, which
-walk every tracked object of the session, more frequent: on a 2,000-run session that cost
-more than inserting the runs did. Runs are made into rows one at a time, each run's records
-freed before the next is parsed; the store puts in the database ids when it writes the
-batch.
+A batch is made when the writer writes it (see :mod:`.intake`): each run's records become
+rows and are freed before the next run is parsed, so that no record outlives the batch's
+loop and reaches the garbage collector's oldest generation.
 """
 
 from __future__ import annotations

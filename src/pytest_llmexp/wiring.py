@@ -126,9 +126,8 @@ def register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not any(ITEM_KEY in item.stash for item in items) and BOTS not in sys.modules:
         return
     manager = config.pluginmanager
-    relay = make_relay(config)
     if not manager.hasplugin("llmexp-relay"):
-        manager.register(relay, "llmexp-relay")
+        manager.register(make_relay(config), "llmexp-relay")
     writer = None if hasattr(config, "workerinput") else make_writer(config)
     if writer is not None and not manager.hasplugin("llmexp-reports"):
         from .intake import ReportHooks
