@@ -14,7 +14,7 @@ import pytest
 from conftest import Database
 from fakellm import FakeLLM
 from pytest_llmexp import Experiment, ExperimentError, SimpleBot, metric, prompt
-from pytest_llmexp.recording import current_run
+from pytest_llmexp.recording import current_run, new_id
 
 
 @prompt("user")
@@ -86,6 +86,23 @@ def test_runs_are_concurrent_and_kept_apart(tmp_path: Path) -> None:
     assert {r.execution_index: r.metrics[0].value for r in records} == {
         i: 3.0 * i for i in range(8)
     }
+
+
+def test_ids_are_unique_within_a_process_and_after_a_fork() -> None:
+    ids = [new_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids must not continue the parent's
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert len(child) == 32
+    assert child[:16] != new_id()[:16]
 
 
 @metric

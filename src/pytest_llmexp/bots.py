@@ -7,14 +7,13 @@ repeated executions of an experiment stay independent.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import cache, endpoint
 from .calls import CallFailed, request_completion
 from .errors import BotError, LLMCallError, StructuredOutputError
 from .prompts import Message, MessageInput, MessageLike, to_messages
-from .recording import clip_messages, record_call, utcnow
+from .recording import clip_messages, new_id, record_call, utcnow
 from .records import BotRecord, CallRecord, PromptRecord
 from .schemas import (
     enumerate_int_ranges,
@@ -192,7 +191,7 @@ class _Bot:
                 bot,
                 prompts,
                 CallRecord(
-                    id=uuid.uuid4().hex,
+                    id=new_id(),
                     bot_hash=bot.hash,
                     timestamp=timestamp,
                     model_name=bot.model_name,

@@ -64,6 +64,11 @@ def _is_numpy_bool(value: Any) -> bool:
 
 def to_metric_record(name: str, value: Any) -> MetricRecord:
     """Check ``value`` against the metric contract and turn it into a record."""
+    kind = type(value)  # the usual types first: the checks below are slower
+    if kind is int:
+        return MetricRecord(name=name, value=float(value), kind="int")
+    if kind is float and math.isfinite(value):
+        return MetricRecord(name=name, value=value, kind="float")
     if isinstance(value, bool) or _is_numpy_bool(value):
         return MetricRecord(name=name, value=1.0 if value else 0.0, kind="bool")
     if isinstance(value, numbers.Integral):
@@ -146,12 +151,12 @@ class MetricFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
         run = current_run()
-        calls_before = run.usage()[0] if run is not None else 0
+        calls_before = run.call_count() if run is not None else 0
         with measuring():
             value = self.__wrapped__(*args, **kwargs)
         record = to_metric_record(self.name, value)
         if run is not None:
-            judge = run.usage()[0] > calls_before
+            judge = run.call_count() > calls_before
             spec = self.spec.model_copy(update={"judge": True}) if judge else self._plain_spec
             run.add_metric(record, spec)
         self._check_bounds(record.value)

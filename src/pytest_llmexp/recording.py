@@ -8,10 +8,11 @@ inherit context variables) still record into it.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -44,6 +45,7 @@ __all__ = [
     "drain_orphans_json",
     "in_metric",
     "measuring",
+    "new_id",
     "record_call",
     "record_prompt",
     "set_orphan_writer",
@@ -72,6 +74,26 @@ def clip_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
             cut = True
         clipped.append(message)
     return clipped, cut
+
+
+def _new_id_source() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex()
+    _id_counter = itertools.count()
+
+
+_id_prefix = ""
+_id_counter = itertools.count()
+_new_id_source()
+# A forked child draws its own prefix, so that it cannot repeat its parent's ids.
+os.register_at_fork(after_in_child=_new_id_source)
+
+
+def new_id() -> str:
+    """A new id of 32 hex digits, as ``uuid.uuid4().hex``, unique across processes: a
+    random prefix drawn once per process, then a counter (``uuid4`` reads the OS's random
+    source, a system call, for every id)."""
+    return f"{_id_prefix}{next(_id_counter):016x}"
 
 
 def utcnow() -> str:
@@ -122,7 +144,7 @@ class RunContext(_Collected):
         gates: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
-        self.run_id = uuid.uuid4().hex
+        self.run_id = new_id()
         self.experiment = experiment
         self.num_executions = num_executions
         self.execution_index = execution_index
@@ -184,6 +206,11 @@ class RunContext(_Collected):
             ) from None
         with self._lock:
             self._metadata[key] = json.loads(text)
+
+    def call_count(self) -> int:
+        """How many LLM calls the run has made so far."""
+        with self._lock:
+            return len(self._calls)
 
     def usage(self, *, live: bool = False) -> tuple[int, int]:
         """The run's LLM calls so far, and their tokens (prompt + completion); ``live``: only
@@ -312,14 +339,17 @@ def activate(run: RunContext, *, process_wide: bool = False) -> Iterator[RunCont
             _process_run = None
 
 
-@contextmanager
-def measuring() -> Iterator[None]:
-    """Mark the code inside as a metric function: its LLM calls are a judge's."""
-    token = _measuring.set(True)
-    try:
-        yield
-    finally:
-        _measuring.reset(token)
+class measuring:
+    """``with measuring():`` marks the code inside as a metric function: its LLM calls are a
+    judge's. (A class, not a generator: it is entered at every metric call.)"""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _measuring.set(True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _measuring.reset(self._token)
 
 
 def in_metric() -> bool:

@@ -11,8 +11,8 @@ RunStatus = Literal["passed", "failed", "error", "skipped", "crashed"]
 MetricKind = Literal["bool", "int", "float"]
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+#: Made once: ``json.dumps`` with options builds a new encoder at every call.
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class _Record(BaseModel):
