@@ -7,13 +7,14 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from conftest import Database
 from fakellm import FakeLLM
-from pytest_llmexp import Experiment, ExperimentError, SimpleBot, metric, prompt
+from pytest_llmexp import Experiment, ExperimentError, SimpleBot, metric, prompt, recording
 from pytest_llmexp.recording import current_run, new_id
 
 
@@ -103,6 +104,20 @@ def test_ids_are_unique_within_a_process_and_after_a_fork() -> None:
     os.close(write)
     assert len(child) == 32
     assert child[:16] != new_id()[:16]
+
+
+@pytest.mark.parametrize(
+    "nanoseconds",
+    [1_700_000_000_999_999_000, 1_700_000_001_000_001_000, 1_700_000_001_500_000_000, 0],
+)
+def test_timestamps_read_as_datetime_gives_them(
+    monkeypatch: pytest.MonkeyPatch, nanoseconds: int
+) -> None:
+    # Successive instants across a second's boundary, as utcnow reuses the formatted second.
+    monkeypatch.setattr(recording.time, "time_ns", lambda: nanoseconds)
+    seconds, micros = divmod(nanoseconds // 1000, 1_000_000)
+    expected = datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=micros)
+    assert recording.utcnow() == expected.isoformat(timespec="microseconds")
 
 
 @metric
