@@ -354,6 +354,51 @@ def test_a_failed_live_insert_is_kept_in_the_spool_and_recovered(
     assert not (pytester.path / "message_log.db-spool").exists()
 
 
+def test_a_spool_whose_lines_were_all_stored_is_not_read_again(
+    run_session, pytester: pytest.Pytester
+) -> None:
+    # Each process counts the lines it spools; the writer reads only a spool holding lines
+    # it did not store. A stray spool of the session, which no process counted, is read.
+    pytester.makeconftest(
+        """
+        import json
+        from pathlib import Path
+
+        import pytest
+        from pytest_llmexp import recovery
+
+        _iter_spool = recovery.iter_spool
+
+        def logged(path, skip=0):
+            with open("spool-reads.log", "a") as log:
+                log.write(path.name + "\\n")
+            return _iter_spool(path, skip)
+
+        recovery.iter_spool = logged
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_sessionfinish(session):
+            if hasattr(session.config, "workerinput"):
+                return
+            spooled = sorted(Path("message_log.db-spool").glob("*.jsonl"))
+            line = json.loads(spooled[0].read_text().splitlines()[0])
+            line["record"]["run_id"] = "f" * 32
+            session_id = spooled[0].name.split(".")[0]
+            stray = Path("message_log.db-spool", f"{session_id}.stray.jsonl")
+            stray.write_text(json.dumps(line) + "\\n")
+        """
+    )
+    pytester.makepyfile(test_slow=SLOW)
+    run = run_session("--llm-experiment", "quick")
+    run.result.assert_outcomes(passed=2)
+    assert run.db is not None
+    assert run.db.count("experiment_runs") == 3
+    assert run.db.count("experiment_runs", "id = ?", "f" * 32) == 1
+    reads = (pytester.path / "spool-reads.log").read_text().split()
+    assert [name.split(".", 1)[1] for name in reads] == ["stray.jsonl"]
+    assert not (pytester.path / "message_log.db-spool").exists()
+
+
 def test_runs_that_cannot_be_spooled_are_still_stored(
     run_session, pytester: pytest.Pytester
 ) -> None:

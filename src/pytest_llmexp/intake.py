@@ -57,6 +57,9 @@ class Intake:
         self.interrupted_workers: set[str] = set()
         #: Spool lines stored from reports, by worker: reconciling skips them unread.
         self.stored_lines: dict[str, int] = {}
+        #: The lines each worker's spool holds, as the worker counted them when it ended: a
+        #: spool whose lines were all stored from reports is not read at all.
+        self.spooled_lines: dict[str, int] = {}
         self._queue: list[tuple[Kind, str, str]] = []
         self._flushed = time.monotonic()
         #: Payloads in no spool whose insert failed, tried once more at session end.

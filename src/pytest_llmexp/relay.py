@@ -205,4 +205,5 @@ class RunRelay:
                     self.spool.append("calls", orphans)
                     workeroutput["llmexp_calls_spooled"] = True
                 workeroutput["llmexp_calls"] = orphans
+            workeroutput["llmexp_spool_lines"] = self.spool.lines
         self.spool.close()

@@ -122,6 +122,8 @@ class Spool:
         self.path = directory / spool_name(session_id, worker)
         self.lock = SessionLock(directory, session_id)
         self._fd: int | None = None
+        #: The lines appended so far.
+        self.lines = 0
 
     def append(self, kind: Kind, payload: str) -> None:
         """Append one record (a JSON object); raises ``OSError`` on failure."""
@@ -133,6 +135,7 @@ class Spool:
         written = os.write(self._fd, line)
         if written != len(line):
             raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")
+        self.lines += 1
 
     def close(self) -> None:
         if self._fd is not None:

@@ -145,12 +145,22 @@ class Writer:
     def _reconcile(self) -> None:
         """Insert whatever the spool holds that the reports did not bring, then delete it."""
         from .recovery import ingest
+        from .wiring import RELAY_KEY
 
         intake = self.intake
+        relay = self.config.stash.get(RELAY_KEY, None)
+        if relay is not None and not hasattr(self.config, "workerinput"):
+            intake.spooled_lines[relay.worker] = relay.spool.lines  # this process's own spool
         files = spooled_sessions(self.spool_dir).get(self.session_id, [])
         skip = None
         if intake.reliable_counts:
             skip = {spool_name(self.session_id, w): n for w, n in intake.stored_lines.items()}
+            stored = {
+                spool_name(self.session_id, worker)
+                for worker, lines in intake.spooled_lines.items()
+                if intake.stored_lines.get(worker, 0) == lines
+            }
+            files = [path for path in files if path.name not in stored]
         result = ingest(self._store(), self.session_id, files, skip=skip)
         intake.lost += len(result.errors)
         intake.write_errors += result.errors
@@ -307,6 +317,9 @@ class XdistHooks:
             self.writer.intake.interrupted_workers.add(str(node.workerinput["workerid"]))
         if self.writer.usage_error is None:
             self.writer.usage_error = output.get("llmexp_usage_error")
+        lines = output.get("llmexp_spool_lines")
+        if isinstance(lines, int):
+            self.writer.intake.spooled_lines[str(node.workerinput["workerid"])] = lines
         calls = output.get("llmexp_calls")
         if calls is not None:
             spooled = (
