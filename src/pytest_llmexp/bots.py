@@ -129,7 +129,7 @@ class _Bot:
             system.content if system else None,
             system.prompt.hash if system and system.prompt else None,
             id(schema),
-            cache.canonical(extra) if (extra := self._extra_params()) else "",
+            tuple(self._extra_params().items()),  # our own scalars: hashable as they are
             kwargs,
             endpoint_key,
         )
