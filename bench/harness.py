@@ -99,6 +99,15 @@ def compare(
             f"{peak} {side.median / base.median:6.3f}"
         )
     ratio = sides[-1].median / base.median
+    # The two sides ran alternately, so each repeat gives a ratio of its own: their spread
+    # tells how far a single session's ratio can be trusted on this machine.
+    paired = [s.seconds / b.seconds for s, b in zip(sides[-1].samples, base.samples, strict=True)]
+    low, middle, high = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+    print(
+        f"ratio of each repeat: min {min(paired):.3f}, quartiles {low:.3f} / {middle:.3f} / "
+        f"{high:.3f}, max {max(paired):.3f}"
+        + (f"; CPU ratio {sides[-1].cpu / base.cpu:.3f}" if base.cpu else "")
+    )
     memory_ratio = sides[-1].peak / base.peak if memory_target and base.peak else None
     result = Result(title, ratio, target, memory_ratio, memory_target)
     verdict = "met" if result.met else "NOT MET"
