@@ -8,9 +8,9 @@ inherit context variables) still record into it.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -76,24 +76,17 @@ def clip_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
     return clipped, cut
 
 
-def _new_id_source() -> None:
-    global _id_prefix, _id_counter
-    _id_prefix = os.urandom(8).hex()
-    _id_counter = itertools.count()
-
-
-_id_prefix = ""
-_id_counter = itertools.count()
-_new_id_source()
-# A forked child draws its own prefix, so that it cannot repeat its parent's ids.
-os.register_at_fork(after_in_child=_new_id_source)
+_ids = random.Random(os.urandom(32))
+# A forked child draws a new seed, so that it cannot repeat its parent's ids.
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
 def new_id() -> str:
-    """A new id of 32 hex digits, as ``uuid.uuid4().hex``, unique across processes: a
-    random prefix drawn once per process, then a counter (``uuid4`` reads the OS's random
-    source, a system call, for every id)."""
-    return f"{_id_prefix}{next(_id_counter):016x}"
+    """A new random id of 32 hex digits, as ``uuid.uuid4().hex``, from a generator of this
+    module's own seeded from the OS once per process (``uuid4`` reads the OS's random source,
+    a system call, for every id; the ``random`` module's generator may be seeded by the
+    user's code). Ids are random from their first digit, so short prefixes tell them apart."""
+    return f"{_ids.getrandbits(128):032x}"
 
 
 #: The last second formatted by :func:`utcnow`, and its text up to the fraction.
