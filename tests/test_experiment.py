@@ -121,7 +121,7 @@ def test_ids_are_unique_within_a_process_and_after_a_fork() -> None:
     "nanoseconds",
     [1_700_000_000_999_999_000, 1_700_000_001_000_001_000, 1_700_000_001_500_000_000, 0],
 )
-def test_timestamps_read_as_datetime_gives_them(
+def test_timestamps_are_written_as_datetime_writes_them(
     monkeypatch: pytest.MonkeyPatch, nanoseconds: int
 ) -> None:
     # Successive instants across a second's boundary, as utcnow reuses the formatted second.

@@ -149,8 +149,8 @@ class Writer:
 
         intake = self.intake
         relay = self.config.stash.get(RELAY_KEY, None)
-        if relay is not None and not hasattr(self.config, "workerinput"):
-            intake.spooled_lines[relay.worker] = relay.spool.lines  # this process's own spool
+        if relay is not None:  # this process's own spool (without xdist, its only one)
+            intake.spooled_lines[relay.worker] = relay.spool.lines
         files = spooled_sessions(self.spool_dir).get(self.session_id, [])
         skip = None
         if intake.reliable_counts:
