@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .cache import cache_key, digest, request_digest
 from .endpoint import redact
 from .errors import ExperimentError, StoreError
+from .recording import new_id
 
 if TYPE_CHECKING:
     from .store import Store
@@ -322,7 +322,7 @@ def _entry(data: Any) -> tuple[Any, Any]:
     )
     reply = line.reply
     call = CallRecord(
-        id=uuid.uuid4().hex,
+        id=new_id(),
         bot_hash=bot.hash,
         timestamp=line.recorded_at,
         model_name=line.model,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -181,7 +180,7 @@ class Intake:
         return not (self.spool_errors or self.write_errors)
 
     def _crashed_run(self, report: pytest.TestReport, worker: str) -> str:
-        from .recording import utcnow
+        from .recording import new_id, utcnow
         from .records import RunRecord
 
         info = self._started.pop(report.nodeid, None)
@@ -193,7 +192,7 @@ class Intake:
             )
             index = execution_index(report.nodeid) or 0
             info = {
-                "run_id": uuid.uuid4().hex,
+                "run_id": new_id(),
                 "experiment": name,
                 "num_executions": max(size, index + 1),
                 "execution_index": index,

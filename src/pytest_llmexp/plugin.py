@@ -6,7 +6,6 @@ environment, experiments or not.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
     recording.set_storage_limit(settings.max_stored_chars)
     if workerinput is None:
         # Known before the database is opened: workers name their spool files with it.
-        config.stash[wiring.WHO_KEY] = (os.urandom(16).hex(), "main")
+        config.stash[wiring.WHO_KEY] = (recording.new_id(), "main")
         config.stash[wiring.STARTED_KEY] = recording.utcnow()
         if wiring.distributes(config):
             from .intake import ReportHooks

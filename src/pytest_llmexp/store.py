@@ -12,7 +12,6 @@ import os
 import sqlite3
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from .dbfile import check_file, create_private
 from .endpoint import redact
 from .errors import StoreError
 from .provenance import environment_versions, git_sha
-from .recording import utcnow
+from .recording import new_id, utcnow
 from .schema import migrate
 from .stats import experiment_summary, session_spend
 from .validation import DEFAULT_DB
@@ -130,7 +129,7 @@ class Store:
         replay_of: str | None = None,
     ) -> str:
         """Insert a session row (``running`` unless told otherwise) and return its id."""
-        session_id = session_id or uuid.uuid4().hex
+        session_id = session_id or new_id()
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO sessions (id, kind, started_at, status, argv, versions, git_sha, "
