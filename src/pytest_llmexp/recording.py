@@ -39,6 +39,7 @@ __all__ = [
     "activate",
     "classify_exception",
     "clip_messages",
+    "compact_json",
     "current_run",
     "default_orphan_writer",
     "drain_orphans",
@@ -75,6 +76,10 @@ def clip_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
         clipped.append(message)
     return clipped, cut
 
+
+#: JSON as the database's text columns store it: no spaces, text as it is. Made once:
+#: ``json.dumps`` with options builds a new encoder at every call.
+compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 _ids = random.Random(os.urandom(32))
 # A forked child draws a new seed, so that it cannot repeat its parent's ids.

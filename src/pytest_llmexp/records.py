@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .recording import compact_json as _json
+
 RunStatus = Literal["passed", "failed", "error", "skipped", "crashed"]
 MetricKind = Literal["bool", "int", "float"]
-
-
-#: Made once: ``json.dumps`` with options builds a new encoder at every call.
-_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class _Record(BaseModel):

@@ -7,7 +7,6 @@ Only one process writes a session's rows (the pytest controller, or the process 
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import sys
@@ -21,6 +20,7 @@ from .dbfile import check_file, create_private
 from .endpoint import redact
 from .errors import StoreError
 from .provenance import environment_versions, git_sha
+from .recording import compact_json as _json
 from .recording import new_id, utcnow
 from .schema import migrate
 from .stats import experiment_summary, session_spend
@@ -31,10 +31,6 @@ if TYPE_CHECKING:
     from .records import BotRecord, PromptRecord, Recording, RunRecord
 
 __all__ = ["DEFAULT_DB", "Store", "default_store", "environment_versions", "git_sha"]
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class Store:
