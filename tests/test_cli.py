@@ -371,7 +371,11 @@ def test_errors_name_the_problem(
 
 
 def test_an_unknown_session_suggests_the_nearest_ids(history: History, capsys) -> None:
-    wanted = history.sessions[1][:10] + "ff"
+    # Ids are random: end the prefix with two digits no session has there.
+    taken = {s[10:12] for s in history.sessions}
+    wanted = history.sessions[1][:10] + next(
+        f"{n:02x}" for n in range(256) if f"{n:02x}" not in taken
+    )
     code, _, err = llmexp(history, capsys, "gate", wanted)
     assert code == 2 and f"(nearest: {history.sessions[1][:12]}" in err
 
