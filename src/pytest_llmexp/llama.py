@@ -16,9 +16,8 @@ import os
 import sys
 import time
 from contextlib import suppress
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 from .endpoint import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, ClientSettings
 from .errors import LocalModelError
@@ -76,8 +75,7 @@ def _require_installed() -> None:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class LocalModel:
+class LocalModel(NamedTuple):
     """The embedded model's file name and the sha256 of its weights."""
 
     file_name: str

@@ -10,7 +10,6 @@ server when the session ends, whatever the reason.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
@@ -110,7 +109,7 @@ class LocalXdistHooks:
 
     def pytest_configure_node(self, node: Any) -> None:
         """Hand every worker the server's endpoint settings."""
-        node.workerinput[WORKERINPUT_KEY] = asdict(endpoint.settings())
+        node.workerinput[WORKERINPUT_KEY] = endpoint.settings()._asdict()
 
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """Load the model before the scheduler sends any experiment out."""
