@@ -104,6 +104,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("experiment") is None:
+        return  # called for every test function of every session: the common case first
     from .collect import generate_executions
 
     generate_executions(metafunc, metafunc.config.stash[SETTINGS_KEY].num_executions)
