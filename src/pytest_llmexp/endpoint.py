@@ -49,8 +49,8 @@ StructuredOutput = Literal["json_schema", "json_object"]
 class ClientSettings(NamedTuple):
     """Endpoint settings; ``None`` base_url means ``OPENAI_BASE_URL`` or OpenAI's own.
 
-    A named tuple, not a dataclass: this module loads in every session, and a frozen
-    dataclass costs about 0.7 ms to define."""
+    A named tuple, not a dataclass: the plugin imports this module in every session,
+    and a frozen, slotted dataclass takes several times as long to define."""
 
     base_url: str | None = None
     timeout: float = DEFAULT_TIMEOUT
