@@ -139,6 +139,10 @@ def local_session(
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("LLMEXP_DB", raising=False)
     monkeypatch.setenv("LLMEXP_CACHE_DIR", str(_model_cache))
+    # Under an outer ``-n``, an inner serial session would inherit the outer worker's
+    # variables and take itself for an xdist worker (the tests' process checks read them).
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
     opened: list[Database] = []
     yield _session_runner(pytester, mode, opened)
     for database in opened:
