@@ -828,3 +828,60 @@ def test_a_session_without_experiments_loads_nothing_heavy(
     assert len(files) == (3 if mode == "xdist" else 1)  # the controller and its two workers
     for file in files:
         assert heavy.isdisjoint(json.loads(file.read_text())), file.name
+
+
+def test_pytest_does_not_rewrite_the_plugins_modules(
+    run_session, pytester: pytest.Pytester, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pytest rewrites the asserts of every module of a plugin's distribution, and where it
+    # cannot cache the result (PYTHONDONTWRITEBYTECODE) it compiles them again in every
+    # session. Only the package itself is loaded before it can take itself off pytest's list.
+    pytester.makeconftest(
+        """
+        import json, sys
+
+        def pytest_unconfigure(config):
+            name = getattr(config, "workerinput", {}).get("workerid", "main")
+            loaders = {
+                module: type(sys.modules[module].__loader__).__name__
+                for module in list(sys.modules)
+                if module.split(".")[0] in ("pytest_llmexp", "conftest", "test_naming")
+            }
+            with open(f"loaders-{name}.json", "w") as out:
+                json.dump(loaders, out)
+        """
+    )
+    pytester.makepyfile(test_naming=NAMING)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    run = run_session()
+    run.result.assert_outcomes(passed=4)
+    files = list(pytester.path.glob("loaders-*.json"))
+    assert len(files) == (3 if mode == "xdist" else 1)
+    for file in files:
+        loaders = json.loads(file.read_text())
+        # The hook is at work in this session, and pytest marked the package for it.
+        assert loaders["conftest"] == "AssertionRewritingHook", file.name
+        assert loaders["pytest_llmexp"] == "AssertionRewritingHook", file.name
+        ours = {m: loader for m, loader in loaders.items() if m.startswith("pytest_llmexp.")}
+        assert {"pytest_llmexp.plugin", "pytest_llmexp.settings"} <= set(ours), file.name
+        if file.name != "loaders-main.json" or mode == "serial":  # where the runs ran
+            assert "pytest_llmexp.bots" in ours, file.name
+        assert set(ours.values()) == {"SourceFileLoader"}, file.name
+
+
+def test_a_rewrite_hook_of_another_shape_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytest_llmexp
+
+    class Hook:
+        def __init__(self, marked: object) -> None:
+            self._must_rewrite = marked
+            self._marked_for_rewrite_cache = {"pytest_llmexp.bots": True, "other": True}
+
+    ours, theirs, renamed = Hook({"pytest_llmexp", "other"}), Hook({"other"}), Hook(("x",))
+    monkeypatch.setattr("sys.meta_path", [object(), renamed, theirs, ours])
+    pytest_llmexp._skip_assertion_rewriting()
+    assert ours._must_rewrite == {"other"}
+    assert ours._marked_for_rewrite_cache == {}
+    assert theirs._must_rewrite == {"other"}
+    assert theirs._marked_for_rewrite_cache == {"pytest_llmexp.bots": True, "other": True}
+    assert renamed._must_rewrite == ("x",)

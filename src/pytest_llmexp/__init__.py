@@ -7,9 +7,33 @@ imports this package) stays cheap in sessions that run no experiment.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+
+def _skip_assertion_rewriting() -> None:
+    """Take this package off pytest's list of modules whose asserts it rewrites on import.
+
+    pytest rewrites every module of a plugin's distribution, and caches the result beside
+    the source. Where it cannot write that cache (``PYTHONDONTWRITEBYTECODE``, a read-only
+    install) it parses and compiles each of them again in every session, instead of loading
+    the bytecode that was compiled at install time. Our modules have no assert worth a rich
+    message. The list is private to pytest: if it is not where it is looked for, pytest
+    rewrites as before.
+    """
+    for finder in sys.meta_path:
+        marked = getattr(finder, "_must_rewrite", None)
+        if isinstance(marked, set) and __name__ in marked:
+            marked.discard(__name__)
+            cache = getattr(finder, "_marked_for_rewrite_cache", None)
+            if isinstance(cache, dict):
+                cache.clear()
+
+
+# First, so that the modules this package imports load as bytecode.
+_skip_assertion_rewriting()
+
+from .errors import (  # noqa: E402
     BotError,
     ExperimentError,
     GateError,
