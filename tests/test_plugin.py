@@ -877,10 +877,11 @@ def test_a_rewrite_hook_of_another_shape_is_left_alone(monkeypatch: pytest.Monke
             self._must_rewrite = marked
             self._marked_for_rewrite_cache = {"pytest_llmexp.bots": True, "other": True}
 
-    ours, theirs, renamed = Hook({"pytest_llmexp", "other"}), Hook({"other"}), Hook(("x",))
+    ours = Hook({"pytest_llmexp", "pytest_llmexp.plugin", "pytest_llmexp_other", "other"})
+    theirs, renamed = Hook({"other"}), Hook(("x",))
     monkeypatch.setattr("sys.meta_path", [object(), renamed, theirs, ours])
     pytest_llmexp._skip_assertion_rewriting()
-    assert ours._must_rewrite == {"other"}
+    assert ours._must_rewrite == {"pytest_llmexp_other", "other"}
     assert ours._marked_for_rewrite_cache == {}
     assert theirs._must_rewrite == {"other"}
     assert theirs._marked_for_rewrite_cache == {"pytest_llmexp.bots": True, "other": True}

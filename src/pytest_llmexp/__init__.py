@@ -23,8 +23,11 @@ def _skip_assertion_rewriting() -> None:
     """
     for finder in sys.meta_path:
         marked = getattr(finder, "_must_rewrite", None)
-        if isinstance(marked, set) and __name__ in marked:
-            marked.discard(__name__)
+        if not isinstance(marked, set):
+            continue
+        ours = {name for name in marked if name == __name__ or name.startswith(f"{__name__}.")}
+        if ours:
+            marked -= ours
             cache = getattr(finder, "_marked_for_rewrite_cache", None)
             if isinstance(cache, dict):
                 cache.clear()
