@@ -845,7 +845,7 @@ def test_pytest_does_not_rewrite_the_plugins_modules(
             loaders = {
                 module: type(sys.modules[module].__loader__).__name__
                 for module in list(sys.modules)
-                if module.split(".")[0] in ("pytest_llmexp", "conftest", "test_naming")
+                if module.split(".")[0] in ("pytest_llmexp", "conftest")
             }
             with open(f"loaders-{name}.json", "w") as out:
                 json.dump(loaders, out)
@@ -869,7 +869,7 @@ def test_pytest_does_not_rewrite_the_plugins_modules(
         assert set(ours.values()) == {"SourceFileLoader"}, file.name
 
 
-def test_a_rewrite_hook_of_another_shape_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_our_names_leave_pytests_rewrite_list(monkeypatch: pytest.MonkeyPatch) -> None:
     import pytest_llmexp
 
     class Hook:
