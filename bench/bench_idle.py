@@ -70,8 +70,8 @@ def uncached_env() -> dict[str, str]:
 
 
 def main() -> list[Result]:
-    # A 0.4 s session's ratio varies by up to 20% between repeats here (a 2 s session's by
-    # about 10%): the median needs three times the repeats to be as precise.
+    # A 0.4 s session's ratio moves by up to 20% between repeats here, twice as much as a
+    # 2 s session's; a median's error only shrinks with the square root of the repeats.
     repeats = repeats_arg(61)
     compile_package()
     with workdir("idle") as where:
