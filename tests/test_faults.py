@@ -43,6 +43,18 @@ def test_slow(llm_run):
 def test_quick():
     length(SimpleBot(model_name="m")("hi").content)
 """
+# Three quick runs before the slow ones, each rendering a prompt: over at most two processes,
+# one spools a run that names the bot and prompt an earlier line of its spool defined.
+SLOW_AFTER_THREE = (
+    SLOW.replace("from pytest_llmexp import", "from pytest_llmexp import prompt,")
+    .replace("num_executions=4", "num_executions=5")
+    .replace("execution_index > 0", "execution_index > 2")
+    .replace('SimpleBot(model_name="m")("hello")', 'SimpleBot(model_name="m")(greeting())')
+    .replace(
+        "@experiment(num_executions=5)",
+        '@prompt("user")\ndef greeting():\n    """hello"""\n\n@experiment(num_executions=5)',
+    )
+)
 
 
 class Spawned:
@@ -127,13 +139,15 @@ def test_sigterm_ends_the_session_like_ctrl_c(spawn, pytester: pytest.Pytester) 
 def test_a_killed_session_is_recovered_by_the_next_one(
     spawn, pytester: pytest.Pytester, run_session
 ) -> None:
-    pytester.makepyfile(test_slow=SLOW)
+    pytester.makepyfile(test_slow=SLOW_AFTER_THREE)
     killed = spawn("--llm-experiment", "slow")
-    killed.wait_for_spooled(1)
+    killed.wait_for_spooled(3)
     killed.kill_group()
     spool = pytester.path / "message_log.db-spool"
     spooled = killed.spooled()
-    assert spooled >= 1 and any(spool.glob("*.lock"))
+    assert spooled >= 3 and any(spool.glob("*.lock"))
+    lines = [json.loads(line) for path in spool.glob("*.jsonl") for line in path.open()]
+    assert any(line["record"].get("bot_refs") for line in lines)
     for path in spool.glob("*.jsonl"):
         assert api_key() not in path.read_text()
 
@@ -148,8 +162,18 @@ def test_a_killed_session_is_recovered_by_the_next_one(
         "e.session_id = ?",
         aborted,
     )
-    # Every spooled run is stored once, whether its report had arrived or not.
+    # Every spooled run is stored once, whether its report had arrived or not, with the
+    # bot and prompt it used, defined in its own line or an earlier one.
     assert stored == spooled
+    links = db.rows(
+        "SELECT (SELECT count(*) FROM run_bots b WHERE b.run_id = r.id), "
+        "(SELECT count(*) FROM run_prompts p WHERE p.run_id = r.id), "
+        "(SELECT count(*) FROM message_log c WHERE c.run_id = r.id AND c.bot_id IS NOT NULL) "
+        "FROM experiment_runs r JOIN experiments e ON e.id = r.experiment_id "
+        "WHERE e.session_id = ?",
+        aborted,
+    )
+    assert [tuple(row) for row in links] == [(1, 1, 1)] * stored
     assert db.one("SELECT status FROM experiments WHERE session_id = ?", aborted) == "aborted"
     assert not spool.exists()
     run.result.stdout.fnmatch_lines([f"recovered: session {aborted} had stopped *, marked aborted"])

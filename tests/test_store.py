@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -341,9 +343,8 @@ def _recorded_call(call_id: str, bot: Any, *, cache_key: str | None = None) -> A
     )
 
 
-def test_a_batch_names_ids_by_their_keys_and_skips_stored_runs(tmp_path: Path) -> None:
-    from pytest_llmexp.batch import Batch
-    from pytest_llmexp.records import BotRecord, MetricRecord, PromptRecord, Recording, RunRecord
+def _definitions() -> tuple[Any, Any]:
+    from pytest_llmexp.records import BotRecord, PromptRecord
 
     prompt = PromptRecord(
         hash="p" * 8, function_name="greet", module="m", role="user", template="hi"
@@ -358,23 +359,91 @@ def test_a_batch_names_ids_by_their_keys_and_skips_stored_runs(tmp_path: Path) -
         response_schema=None,
         params={"timeout": 60},
     )
+    return prompt, bot
 
-    def run(index: int, *, cache_key: str | None = None) -> RunRecord:
-        return RunRecord(
-            run_id=f"run{index}",
-            experiment="e",
-            num_executions=3,
-            execution_index=index,
-            nodeid=None,
-            worker="main",
-            started_at="2026-01-01T00:00:00+00:00",
-            duration_s=0.1,
-            status="passed",
-            prompts=[prompt],
-            bots=[bot],
-            calls=[_recorded_call(f"call{index}", bot, cache_key=cache_key)],
-            metrics=[MetricRecord(name="n", value=index, kind="int")],
+
+def _run_record(index: int, *, cache_key: str | None = None, carried: bool = True) -> Any:
+    """A run with one prompt, one bot, one call and one metric; ``carried``: the run carries
+    the definitions, else it names them, as a relay's later runs do."""
+    from pytest_llmexp.records import MetricRecord, RunRecord
+
+    prompt, bot = _definitions()
+    used: dict[str, Any] = (
+        {"prompts": [prompt], "bots": [bot]}
+        if carried
+        else {"prompt_refs": [("m", "greet", prompt.hash)], "bot_refs": [bot.hash]}
+    )
+    return RunRecord(
+        run_id=f"run{index}",
+        experiment="e",
+        num_executions=3,
+        execution_index=index,
+        nodeid=None,
+        worker="main",
+        started_at="2026-01-01T00:00:00+00:00",
+        duration_s=0.1,
+        status="passed",
+        calls=[_recorded_call(f"call{index}", bot, cache_key=cache_key)],
+        metrics=[MetricRecord(name="n", value=index, kind="int")],
+        **used,
+    )
+
+
+def _links(store: Store) -> list[tuple[str, str, str, str]]:
+    """Per run: its call's bot, its linked bot and its linked prompt."""
+    return store.conn.execute(
+        "SELECT r.id, cb.hash, rb.hash, p.function_name FROM experiment_runs r "
+        "JOIN message_log c ON c.run_id = r.id JOIN bots cb ON cb.id = c.bot_id "
+        "JOIN run_bots l ON l.run_id = r.id JOIN bots rb ON rb.id = l.bot_id "
+        "JOIN run_prompts rp ON rp.run_id = r.id JOIN prompts p ON p.id = rp.prompt_id "
+        "ORDER BY r.id"
+    ).fetchall()
+
+
+def test_a_run_names_the_definitions_an_earlier_record_carried(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    store = Store(path)
+    try:
+        session = store.begin_session(kind="test", argv=[])
+        # In one batch: the run that carries them, then one that names them.
+        assert store.insert_runs(session, [_run_record(0), _run_record(1, carried=False)]) == 2
+    finally:
+        store.close()
+    # A new writer knows them from the database alone (a recovered spool, a new batch).
+    store = Store(path)
+    try:
+        assert store.insert_run(session, _run_record(2, carried=False))
+        assert _links(store) == [(f"run{i}", "b" * 8, "b" * 8, "greet") for i in range(3)]
+    finally:
+        store.close()
+
+
+def test_a_run_naming_an_unknown_definition_is_not_stored(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    try:
+        session = store.begin_session(kind="test", argv=[])
+        with pytest.raises(
+            sqlite3.IntegrityError, match=r"run run0 uses prompt 'greet' version pp"
+        ):
+            store.insert_run(session, _run_record(0, carried=False))
+        assert store.conn.execute("SELECT count(*) FROM experiment_runs").fetchone() == (0,)
+        # A prompt defined, the bot not: the bot is named.
+        run = _run_record(1, carried=False).model_copy(
+            update={"prompts": [_definitions()[0]], "prompt_refs": []}
         )
+        with pytest.raises(sqlite3.IntegrityError, match=r"run run1 uses bot bbbb"):
+            store.insert_run(session, run)
+        assert store.conn.execute("SELECT count(*) FROM experiment_runs").fetchone() == (0,)
+    finally:
+        store.close()
+
+
+def test_a_batch_names_ids_by_their_keys_and_skips_stored_runs(tmp_path: Path) -> None:
+    from pytest_llmexp.batch import Batch
+    from pytest_llmexp.records import Recording
+
+    _, bot = _definitions()
+    run = _run_record
 
     store = Store(tmp_path / "db.sqlite")
     try:
@@ -452,3 +521,54 @@ def test_statistics_use_the_sample_std_and_skip_unevaluated_runs(tmp_path: Path)
     finally:
         store.close()
     assert stats == {"kind": "int", "n": 3, "mean": 4.0, "std": 2.0, "min": 2.0, "max": 6.0}
+
+
+def _git(where: Path, *args: str) -> str:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(where),
+        "GIT_AUTHOR_NAME": "pytest-llmexp tests",
+        "GIT_AUTHOR_EMAIL": "tests@pytest-llmexp.invalid",
+        "GIT_COMMITTER_NAME": "pytest-llmexp tests",
+        "GIT_COMMITTER_EMAIL": "tests@pytest-llmexp.invalid",
+    }
+    done = subprocess.run(
+        ["git", *args], cwd=where, env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git command to compare with")
+def test_the_git_commit_is_read_from_the_files_as_git_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_llmexp.provenance import _ASK_GIT, _head_from_files, git_sha
+
+    for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_CEILING_DIRECTORIES", "GIT_COMMON_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    repo = tmp_path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    assert _head_from_files(repo) is None  # no commit yet, as `git rev-parse HEAD` fails
+    (repo / "f").write_text("1")
+    _git(repo, "add", "f")
+    _git(repo, "commit", "-q", "-m", "one")
+    first = _git(repo, "rev-parse", "HEAD")
+    assert _head_from_files(repo / "sub") == first  # a loose ref, from a subdirectory
+    _git(repo, "pack-refs", "--all")
+    assert _head_from_files(repo) == first  # a packed ref
+    (repo / "f").write_text("2")
+    _git(repo, "commit", "-q", "-am", "two")
+    second = _git(repo, "rev-parse", "HEAD")
+    assert second != first and _head_from_files(repo) == second
+    _git(repo, "checkout", "-q", "--detach", first)
+    assert _head_from_files(repo) == first  # a detached HEAD
+    _git(repo, "worktree", "add", "-q", str(tmp_path / "linked"), "main")
+    assert _head_from_files(tmp_path / "linked") == second  # a linked worktree
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    assert _head_from_files(outside) is None
+    monkeypatch.setenv("GIT_DIR", str(repo / ".git"))
+    # Where the environment tells git where to look, git itself is asked.
+    assert _head_from_files(outside) is _ASK_GIT
+    assert git_sha(str(outside)) == first

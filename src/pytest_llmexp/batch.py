@@ -22,7 +22,8 @@ class Batch:
     """The rows of runs, and of calls outside runs, to insert in one transaction.
 
     Where a table holds the id of another row, a row here holds its key instead: the
-    experiment's name and size, the prompt's :data:`PromptKey`, the bot's hash.
+    experiment's name and size, the prompt's :data:`PromptKey`, the bot's hash. A key whose
+    definition is not in the batch names a row an earlier batch stored.
     """
 
     def __init__(self) -> None:
@@ -55,6 +56,9 @@ class Batch:
         self._run_ids.add(run.run_id)
         self.runs.append(run.row())
         self._add_used(run, run.run_id)
+        # Used, but defined by an earlier record: linked by key, resolved by the store.
+        self.run_prompts += [(run.run_id, *key) for key in run.prompt_refs]
+        self.run_bots += [(run.run_id, bot) for bot in run.bot_refs]
         self.metrics += [
             (run.run_id, m.name, m.value, m.kind, i) for i, m in enumerate(run.metrics)
         ]

@@ -246,13 +246,31 @@ class RunContext(_Collected):
         )
 
     def finish(
-        self, status: str, error_type: str | None = None, error_message: str | None = None
+        self,
+        status: str,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        *,
+        defined: set[Any] | None = None,
     ) -> RunRecord:
-        """Freeze the run into the record that is sent to the writer."""
+        """Freeze the run into the record that is sent to the writer. Prompts (by
+        ``(module, function_name, hash)``) and bots (by hash) in ``defined`` are named in
+        ``prompt_refs`` and ``bot_refs`` instead of being carried."""
         from .records import RunRecord
 
         with self._lock:
+            prompts = list(self._prompts.values())
+            bots = list(self._bots.values())
+            refs: dict[str, Any] = {}
+            if defined:
+                refs["prompt_refs"] = [k for k in self._prompts if k in defined]
+                refs["bot_refs"] = [k for k in self._bots if k in defined]
+                if refs["prompt_refs"]:
+                    prompts = [p for k, p in self._prompts.items() if k not in defined]
+                if refs["bot_refs"]:
+                    bots = [b for k, b in self._bots.items() if k not in defined]
             return RunRecord(
+                **refs,
                 run_id=self.run_id,
                 experiment=self.experiment,
                 num_executions=self.num_executions,
@@ -264,8 +282,8 @@ class RunContext(_Collected):
                 status=status,  # type: ignore[arg-type]
                 error_type=error_type,
                 error_message=error_message,
-                prompts=list(self._prompts.values()),
-                bots=list(self._bots.values()),
+                prompts=prompts,
+                bots=bots,
                 calls=list(self._calls),
                 metrics=list(self._metrics.values()),
                 metadata=dict(self._metadata),

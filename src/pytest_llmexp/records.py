@@ -122,7 +122,12 @@ class Recording(_Record):
 
 
 class RunRecord(Recording):
-    """One execution of an experiment, as it reaches the writer."""
+    """One execution of an experiment, as it reaches the writer.
+
+    ``prompts`` and ``bots`` carry the definitions the run used; ``prompt_refs`` and
+    ``bot_refs`` name the others it used, whose definitions an earlier record of the same
+    process carried (each definition travels once per process, not with every run).
+    """
 
     run_id: str
     experiment: str
@@ -144,6 +149,9 @@ class RunRecord(Recording):
     metric_specs: dict[str, MetricSpec] = Field(default_factory=dict)
     #: The stored run whose generations this run replayed (``--llm-replay-from``).
     replayed_from: str | None = None
+    #: Prompts used (module, function, hash) and bots used (hash) that are defined earlier.
+    prompt_refs: list[tuple[str, str, str]] = Field(default_factory=list)
+    bot_refs: list[str] = Field(default_factory=list)
 
     def row(self) -> tuple[Any, ...]:
         """The run's ``experiment_runs`` row, in the column order the store inserts, with

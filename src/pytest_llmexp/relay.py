@@ -83,6 +83,8 @@ class RunRelay:
         #: A usage error found during collection on an xdist worker, for the controller.
         self.usage_error: str | None = None
         self._stopping = False
+        #: Prompt keys and bot hashes whose definitions a spooled run of this process carried.
+        self._defined: set[tuple[str, str, str] | str] = set()
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(
@@ -134,7 +136,7 @@ class RunRelay:
                 self._stop_on_auth_error(item, call)
             elif report.when == "teardown":
                 junit = bool(getattr(item.config.option, "xmlpath", None))
-                self._hand_over(report, "run", self._run_json(report, state, junit))
+                self._hand_over_run(report, state, junit)
                 if self.spend is not None:
                     self.spend.add_run(state.run)
         if report.when == "teardown":
@@ -143,13 +145,22 @@ class RunRelay:
                 self._hand_over(report, "calls", orphans)
         return report
 
-    def _run_json(self, report: pytest.TestReport, state: _RunState, junit: bool) -> str:
+    def _hand_over_run(self, report: pytest.TestReport, state: _RunState, junit: bool) -> None:
         from .endpoint import redact
 
-        record = state.run.finish(state.status, state.error_type, state.error_message)
+        # Each prompt and bot definition travels once per process, with the first run that
+        # uses it; later runs name it. Most runs repeat the same few, and the definitions
+        # were half of each run's JSON, spooled, sent and parsed again for every run.
+        record = state.run.finish(
+            state.status, state.error_type, state.error_message, defined=self._defined
+        )
         if junit:
             self._properties(report, record)
-        return redact(record.model_dump_json())
+        if self._hand_over(report, "run", redact(record.model_dump_json())):
+            # Only a spooled definition may be named later: the spool alone must be enough
+            # to store the runs of a process that dies.
+            self._defined.update((p.module, p.function_name, p.hash) for p in record.prompts)
+            self._defined.update(b.hash for b in record.bots)
 
     @staticmethod
     def _properties(report: pytest.TestReport, record: RunRecord) -> None:
@@ -164,13 +175,16 @@ class RunRelay:
         ]
         report.user_properties = [*report.user_properties, *properties]
 
-    def _hand_over(self, report: pytest.TestReport, kind: Kind, payload: str) -> None:
-        """Spool the record, then attach it to the report for the writer."""
+    def _hand_over(self, report: pytest.TestReport, kind: Kind, payload: str) -> bool:
+        """Spool the record, then attach it to the report for the writer; whether it was
+        spooled."""
+        setattr(report, f"llmexp_{kind}", payload)
         try:
             self.spool.append(kind, payload)
         except OSError as exc:
             report.llmexp_spool_error = f"{self.spool.path}: {exc}"  # type: ignore[attr-defined]
-        setattr(report, f"llmexp_{kind}", payload)
+            return False
+        return True
 
     def _stop_on_auth_error(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
         if call.excinfo is None or self._stopping:

@@ -256,18 +256,27 @@ class Store:
             bot_ids = {key: self._bot_id(b) for key, b in batch.bots.items()}
             conn.executemany(
                 "INSERT OR IGNORE INTO run_prompts (run_id, prompt_id) VALUES (?, ?)",
-                [(r[0], prompt_ids[r[1:]]) for r in batch.run_prompts],
+                [
+                    (r[0], prompt_ids.get(r[1:]) or self._stored_prompt_id(r[0], r[1:]))
+                    for r in batch.run_prompts
+                ],
             )
             conn.executemany(
                 "INSERT OR IGNORE INTO run_bots (run_id, bot_id) VALUES (?, ?)",
-                [(run_id, bot_ids[bot]) for run_id, bot in batch.run_bots],
+                [
+                    (run_id, bot_ids.get(bot) or self._stored_bot_id(run_id, bot))
+                    for run_id, bot in batch.run_bots
+                ],
             )
             conn.executemany(
                 "INSERT OR IGNORE INTO message_log (id, run_id, bot_id, timestamp, model_name, "
                 "response_model, temperature, message_log, prompt_tokens, completion_tokens, "
                 "latency_ms, retries, finish_reason, error, error_type, truncated, cache_key, "
                 f"request, replayed_from) VALUES ({', '.join('?' * 19)})",
-                [(*r[:2], bot_ids[r[2]], *r[3:]) for r in batch.calls],
+                [
+                    (r[0], r[1], bot_ids.get(r[2]) or self._stored_bot_id(r[1], r[2]), *r[3:])
+                    for r in batch.calls
+                ],
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO llm_cache (key, message_log_id, recorded_at) "
@@ -311,6 +320,34 @@ class Store:
             row = (cursor.lastrowid,)
         self._prompt_ids[key] = int(row[0])
         return int(row[0])
+
+    def _stored_prompt_id(self, run_id: str | None, key: tuple[str, str, str]) -> int:
+        """The id of a prompt version an earlier record defined (a run names it by key)."""
+        cached = self._prompt_ids.get(key)
+        if cached is None:
+            row = self.conn.execute(
+                "SELECT id FROM prompts WHERE module = ? AND function_name = ? AND hash = ?", key
+            ).fetchone()
+            if row is None:
+                # As a foreign key that fails: the record stays in its spool, and is counted.
+                raise sqlite3.IntegrityError(
+                    f"run {run_id} uses prompt {key[1]!r} version {key[2][:12]}, which no "
+                    "stored record defines"
+                )
+            cached = self._prompt_ids[key] = int(row[0])
+        return cached
+
+    def _stored_bot_id(self, run_id: str | None, bot_hash: str) -> int:
+        """The id of a bot configuration an earlier record defined (named by its hash)."""
+        cached = self._bot_ids.get(bot_hash)
+        if cached is None:
+            row = self.conn.execute("SELECT id FROM bots WHERE hash = ?", (bot_hash,)).fetchone()
+            if row is None:
+                raise sqlite3.IntegrityError(
+                    f"run {run_id} uses bot {bot_hash[:12]}, which no stored record defines"
+                )
+            cached = self._bot_ids[bot_hash] = int(row[0])
+        return cached
 
     def _bot_id(self, bot: BotRecord) -> int:
         cached = self._bot_ids.get(bot.hash)
