@@ -84,10 +84,14 @@ def _spec(definition: pytest.Item | Any, override: int | None) -> _Spec | None:
     mark = definition.get_closest_marker("experiment")
     if mark is None:
         return None
+    return _mark_spec(mark, definition.name.split("[")[0], override)
+
+
+def _mark_spec(mark: pytest.Mark, test: str, override: int | None) -> _Spec:
+    """What an ``experiment`` mark on the test function ``test`` declares, checked."""
     from .errors import GateError
     from .gates import check_gates
 
-    test = definition.name.split("[")[0]
     where = f"@experiment on {test}"
     if len(mark.args) > 1:
         raise ExperimentError(
@@ -158,12 +162,20 @@ def select_experiments(
 ) -> None:
     """Tag experiment items, check their names, and keep only the ``wanted`` experiments."""
     functions: dict[str, set[str]] = {}
+    # The executions of a test share its mark: it is checked once, not once per execution.
+    specs: dict[tuple[int, str], tuple[pytest.Mark, _Spec]] = {}
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is None or EXEC_FIXTURE not in callspec.params:
             continue
-        spec = _spec(item, override)
-        assert spec is not None, item.nodeid
+        mark = item.get_closest_marker("experiment")
+        assert mark is not None, item.nodeid
+        test = item.name.split("[")[0]
+        # Keyed by identity, the mark kept with its spec so that its id is not reused.
+        cached = specs.get((id(mark), test))
+        if cached is None:
+            cached = specs[(id(mark), test)] = (mark, _mark_spec(mark, test, override))
+        spec = cached[1]
         name = spec.name
         item.stash[ITEM_KEY] = ExperimentItem(
             name=name,
