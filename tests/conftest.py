@@ -190,3 +190,23 @@ def history(_fake_server: FakeLLM, tmp_path_factory: pytest.TempPathFactory) -> 
     from history import build_history
 
     return build_history(_fake_server, tmp_path_factory.mktemp("history"))
+
+
+def definitions() -> tuple[Any, Any]:
+    """A prompt version and a bot configuration, as records."""
+    from pytest_llmexp.records import BotRecord, PromptRecord
+
+    prompt = PromptRecord(
+        hash="p" * 8, function_name="greet", module="m", role="user", template="hi"
+    )
+    bot = BotRecord(
+        hash="b" * 8,
+        class_name="SimpleBot",
+        model_name="m",
+        temperature=None,
+        system_prompt=None,
+        system_prompt_hash=None,
+        response_schema=None,
+        params={"timeout": 60},
+    )
+    return prompt, bot

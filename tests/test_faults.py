@@ -23,18 +23,22 @@ import pytest
 from conftest import MODES, Database, api_key
 from fakellm import FakeLLM
 
-SLOW = """
+_SLOW = """
 import time
-from pytest_llmexp import SimpleBot, experiment, metric
+from pytest_llmexp import SimpleBot, experiment, metric, prompt
 
 @metric
 def length(text) -> int:
     return len(text)
 
-@experiment(num_executions=4)
+@prompt("user")
+def greeting():
+    \"\"\"hello\"\"\"
+
+@experiment(num_executions=QUICK + 3)
 def test_slow(llm_run):
-    length(SimpleBot(model_name="m")("hello").content)
-    if llm_run.execution_index > 0:
+    length(SimpleBot(model_name="m")(greeting()).content)
+    if llm_run.execution_index >= QUICK:
         # Long enough to be killed while running, short enough to end a stray worker soon.
         for _ in range(100):
             time.sleep(0.05)
@@ -43,18 +47,15 @@ def test_slow(llm_run):
 def test_quick():
     length(SimpleBot(model_name="m")("hi").content)
 """
-# Three quick runs before the slow ones, each rendering a prompt: over at most two processes,
-# one spools a run that names the bot and prompt an earlier line of its spool defined.
-SLOW_AFTER_THREE = (
-    SLOW.replace("from pytest_llmexp import", "from pytest_llmexp import prompt,")
-    .replace("num_executions=4", "num_executions=5")
-    .replace("execution_index > 0", "execution_index > 2")
-    .replace('SimpleBot(model_name="m")("hello")', 'SimpleBot(model_name="m")(greeting())')
-    .replace(
-        "@experiment(num_executions=5)",
-        '@prompt("user")\ndef greeting():\n    """hello"""\n\n@experiment(num_executions=5)',
-    )
-)
+
+
+def slow(quick: int) -> str:
+    """A test file: experiment "slow" of ``quick`` quick runs, then three of 5 s each; and
+    experiment "quick", two quick runs."""
+    return _SLOW.replace("QUICK", str(quick))
+
+
+SLOW = slow(1)
 
 
 class Spawned:
@@ -139,14 +140,18 @@ def test_sigterm_ends_the_session_like_ctrl_c(spawn, pytester: pytest.Pytester) 
 def test_a_killed_session_is_recovered_by_the_next_one(
     spawn, pytester: pytest.Pytester, run_session
 ) -> None:
-    pytester.makepyfile(test_slow=SLOW_AFTER_THREE)
+    # Three quick runs over at most two processes: one spools a run that names the bot and
+    # prompt an earlier line of its spool defined.
+    pytester.makepyfile(test_slow=slow(3))
     killed = spawn("--llm-experiment", "slow")
     killed.wait_for_spooled(3)
     killed.kill_group()
     spool = pytester.path / "message_log.db-spool"
     spooled = killed.spooled()
     assert spooled >= 3 and any(spool.glob("*.lock"))
-    lines = [json.loads(line) for path in spool.glob("*.jsonl") for line in path.open()]
+    lines = [
+        json.loads(line) for path in spool.glob("*.jsonl") for line in path.read_text().splitlines()
+    ]
     assert any(line["record"].get("bot_refs") for line in lines)
     for path in spool.glob("*.jsonl"):
         assert api_key() not in path.read_text()

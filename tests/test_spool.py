@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import definitions
 from pytest_llmexp.recording import RunContext
 from pytest_llmexp.recovery import recover
 from pytest_llmexp.spool import SessionLock, SpendLedger, Spool, iter_spool, spool_dir
@@ -147,3 +148,42 @@ def test_the_spend_guard_names_the_cap_that_was_reached(tmp_path: Path) -> None:
     assert guard.reached() == (
         "spend guard: the session used 100 tokens, the cap is 100 (--llm-max-tokens)"
     )
+
+
+def test_a_definition_is_named_only_once_a_spooled_line_carried_it(tmp_path: Path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from pytest_llmexp.relay import RunRelay, _RunState
+
+    prompt, bot = definitions()
+    db = tmp_path / "message_log.db"
+    spool = Spool(db, "s1", "main")
+    relay = RunRelay("main", spool, None)
+
+    def hand_over(index: int) -> dict:
+        run = RunContext("e", num_executions=3, execution_index=index, worker="main")
+        run.add_call(bot, [prompt], None)
+        report = SimpleNamespace()
+        relay._hand_over_run(report, _RunState(run), junit=False)  # type: ignore[arg-type]
+        spooled = not hasattr(report, "llmexp_spool_error")
+        return {"spooled": spooled, **json.loads(report.llmexp_run)}
+
+    spool_dir(db).write_text("")  # a file where the spool directory goes: spooling fails
+    first = hand_over(0)
+    spool_dir(db).unlink()
+    second, third = hand_over(1), hand_over(2)
+    spool.close()
+    # The first run rode on its report alone, so the next one carries the definitions again.
+    assert not first["spooled"] and second["spooled"]
+    for run in (first, second):
+        assert ([p["hash"] for p in run["prompts"]], [b["hash"] for b in run["bots"]]) == (
+            [prompt.hash],
+            [bot.hash],
+        )
+        assert run["prompt_refs"] == run["bot_refs"] == []
+    assert third["prompts"] == third["bots"] == []
+    assert third["prompt_refs"] == [["m", "greet", prompt.hash]]
+    assert third["bot_refs"] == [bot.hash]
+    lines = list(iter_spool(spool.path))
+    assert [line[1]["execution_index"] for line in lines if line] == [1, 2]

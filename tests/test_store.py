@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from conftest import definitions
 from pytest_llmexp import StoreError
 from pytest_llmexp.recording import RunContext
 from pytest_llmexp.store import Store
@@ -343,31 +344,12 @@ def _recorded_call(call_id: str, bot: Any, *, cache_key: str | None = None) -> A
     )
 
 
-def _definitions() -> tuple[Any, Any]:
-    from pytest_llmexp.records import BotRecord, PromptRecord
-
-    prompt = PromptRecord(
-        hash="p" * 8, function_name="greet", module="m", role="user", template="hi"
-    )
-    bot = BotRecord(
-        hash="b" * 8,
-        class_name="SimpleBot",
-        model_name="m",
-        temperature=None,
-        system_prompt=None,
-        system_prompt_hash=None,
-        response_schema=None,
-        params={"timeout": 60},
-    )
-    return prompt, bot
-
-
 def _run_record(index: int, *, cache_key: str | None = None, carried: bool = True) -> Any:
     """A run with one prompt, one bot, one call and one metric; ``carried``: the run carries
     the definitions, else it names them, as a relay's later runs do."""
     from pytest_llmexp.records import MetricRecord, RunRecord
 
-    prompt, bot = _definitions()
+    prompt, bot = definitions()
     used: dict[str, Any] = (
         {"prompts": [prompt], "bots": [bot]}
         if carried
@@ -429,7 +411,7 @@ def test_a_run_naming_an_unknown_definition_is_not_stored(tmp_path: Path) -> Non
         assert store.conn.execute("SELECT count(*) FROM experiment_runs").fetchone() == (0,)
         # A prompt defined, the bot not: the bot is named.
         run = _run_record(1, carried=False).model_copy(
-            update={"prompts": [_definitions()[0]], "prompt_refs": []}
+            update={"prompts": [definitions()[0]], "prompt_refs": []}
         )
         with pytest.raises(sqlite3.IntegrityError, match=r"run run1 uses bot bbbb"):
             store.insert_run(session, run)
@@ -442,7 +424,7 @@ def test_a_batch_names_ids_by_their_keys_and_skips_stored_runs(tmp_path: Path) -
     from pytest_llmexp.batch import Batch
     from pytest_llmexp.records import Recording
 
-    _, bot = _definitions()
+    _, bot = definitions()
     run = _run_record
 
     store = Store(tmp_path / "db.sqlite")

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import cache, endpoint
 from .calls import CallFailed, request_completion
+from .clipping import clip_messages
 from .errors import BotError, LLMCallError, StructuredOutputError
 from .prompts import Message, MessageInput, MessageLike, to_messages
-from .recording import clip_messages, new_id, record_call, utcnow
+from .recording import new_id, record_call, utcnow
 from .records import BotRecord, CallRecord, PromptRecord
 from .schemas import (
     enumerate_int_ranges,

@@ -27,7 +27,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     settings = build_settings(config)
     config.stash[SETTINGS_KEY] = settings
-    from . import endpoint, recording
+    from . import clipping, endpoint, recording
 
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     client = endpoint.ClientSettings(
@@ -45,7 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
     endpoint.configure(client)
     # Calls outside any run travel on reports to the writer instead of being written here.
     recording.set_orphan_writer(None)
-    recording.set_storage_limit(settings.max_stored_chars)
+    clipping.set_storage_limit(settings.max_stored_chars)
     if workerinput is None:
         # Known before the database is opened: workers name their spool files with it.
         config.stash[wiring.WHO_KEY] = (recording.new_id(), "main")
@@ -90,7 +90,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         plugin = config.pluginmanager.get_plugin(name)
         if plugin is not None:
             config.pluginmanager.unregister(plugin)
-    from . import endpoint, recording
+    from . import clipping, endpoint, recording
     from .validation import DEFAULT_STORAGE_LIMIT
 
     endpoint.configure(endpoint.ClientSettings())
@@ -99,7 +99,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
         cache.configure(cache.CacheSettings())
     recording.set_orphan_writer(recording.default_orphan_writer)
-    recording.set_storage_limit(DEFAULT_STORAGE_LIMIT)
+    clipping.set_storage_limit(DEFAULT_STORAGE_LIMIT)
 
 
 @pytest.hookimpl(trylast=True)

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import ExperimentError, LLMExpError, MetricError
-from .validation import DEFAULT_STORAGE_LIMIT
 
 if TYPE_CHECKING:
     # Imported lazily below: the plugin imports this module in every pytest session.
@@ -38,7 +37,6 @@ __all__ = [
     "RunContext",
     "activate",
     "classify_exception",
-    "clip_messages",
     "compact_json",
     "current_run",
     "default_orphan_writer",
@@ -50,31 +48,8 @@ __all__ = [
     "record_call",
     "record_prompt",
     "set_orphan_writer",
-    "set_storage_limit",
     "utcnow",
 ]
-
-
-_storage_limit = DEFAULT_STORAGE_LIMIT
-
-
-def set_storage_limit(chars: int) -> None:
-    """Cap the stored length of each message's text (``--llm-max-stored-chars``)."""
-    global _storage_limit
-    _storage_limit = chars
-
-
-def clip_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
-    """``messages`` with each text cut at the storage limit, and whether any was cut."""
-    clipped: list[dict[str, Any]] = []
-    cut = False
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str) and len(content) > _storage_limit:
-            message = {**message, "content": content[:_storage_limit]}
-            cut = True
-        clipped.append(message)
-    return clipped, cut
 
 
 #: JSON as the database's text columns store it: no spaces, text as it is. Made once:
@@ -258,19 +233,9 @@ class RunContext(_Collected):
         ``prompt_refs`` and ``bot_refs`` instead of being carried."""
         from .records import RunRecord
 
+        defined = defined or set()
         with self._lock:
-            prompts = list(self._prompts.values())
-            bots = list(self._bots.values())
-            refs: dict[str, Any] = {}
-            if defined:
-                refs["prompt_refs"] = [k for k in self._prompts if k in defined]
-                refs["bot_refs"] = [k for k in self._bots if k in defined]
-                if refs["prompt_refs"]:
-                    prompts = [p for k, p in self._prompts.items() if k not in defined]
-                if refs["bot_refs"]:
-                    bots = [b for k, b in self._bots.items() if k not in defined]
             return RunRecord(
-                **refs,
                 run_id=self.run_id,
                 experiment=self.experiment,
                 num_executions=self.num_executions,
@@ -282,8 +247,10 @@ class RunContext(_Collected):
                 status=status,  # type: ignore[arg-type]
                 error_type=error_type,
                 error_message=error_message,
-                prompts=prompts,
-                bots=bots,
+                prompts=[p for k, p in self._prompts.items() if k not in defined],
+                bots=[b for k, b in self._bots.items() if k not in defined],
+                prompt_refs=[k for k in self._prompts if k in defined],
+                bot_refs=[k for k in self._bots if k in defined],
                 calls=list(self._calls),
                 metrics=list(self._metrics.values()),
                 metadata=dict(self._metadata),

@@ -150,7 +150,7 @@ class RunRelay:
 
         # Each prompt and bot definition travels once per process, with the first run that
         # uses it; later runs name it. Most runs repeat the same few, and the definitions
-        # were half of each run's JSON, spooled, sent and parsed again for every run.
+        # were 40% of each run's JSON, spooled, sent and parsed again for every run.
         record = state.run.finish(
             state.status, state.error_type, state.error_message, defined=self._defined
         )
@@ -178,13 +178,14 @@ class RunRelay:
     def _hand_over(self, report: pytest.TestReport, kind: Kind, payload: str) -> bool:
         """Spool the record, then attach it to the report for the writer; whether it was
         spooled."""
-        setattr(report, f"llmexp_{kind}", payload)
+        spooled = True
         try:
             self.spool.append(kind, payload)
         except OSError as exc:
             report.llmexp_spool_error = f"{self.spool.path}: {exc}"  # type: ignore[attr-defined]
-            return False
-        return True
+            spooled = False
+        setattr(report, f"llmexp_{kind}", payload)
+        return spooled
 
     def _stop_on_auth_error(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
         if call.excinfo is None or self._stopping:

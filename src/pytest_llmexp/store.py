@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .dbfile import check_file, create_private
+from .definitions import DefinitionIds
 from .endpoint import redact
 from .errors import StoreError
 from .provenance import environment_versions, git_sha
@@ -28,7 +29,7 @@ from .validation import DEFAULT_DB
 
 if TYPE_CHECKING:
     from .batch import Batch
-    from .records import BotRecord, PromptRecord, Recording, RunRecord
+    from .records import Recording, RunRecord
 
 __all__ = ["DEFAULT_DB", "Store", "default_store", "environment_versions", "git_sha"]
 
@@ -39,8 +40,6 @@ class Store:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
-        self._prompt_ids: dict[tuple[str, str, str], int] = {}
-        self._bot_ids: dict[str, int] = {}
         self._experiment_ids: dict[tuple[str, str], int] = {}
         #: How deep the open write transaction is nested (0: none).
         self._depth = 0
@@ -51,6 +50,7 @@ class Store:
             self.conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30
             )
+            self.ids = DefinitionIds(self.conn)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(
                 f"cannot open the experiment database {str(self.path)!r}: {exc}; choose a "
@@ -91,8 +91,7 @@ class Store:
                 yield self.conn
             except BaseException:
                 self.conn.execute("ROLLBACK")
-                self._prompt_ids.clear()
-                self._bot_ids.clear()
+                self.ids.clear()
                 self._experiment_ids.clear()
                 raise
             finally:
@@ -252,31 +251,30 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(r[0], self._experiment_id(session_id, r[1], r[2]), *r[3:]) for r in batch.runs],
             )
-            prompt_ids = {key: self._prompt_id(p) for key, p in batch.prompts.items()}
-            bot_ids = {key: self._bot_id(b) for key, b in batch.bots.items()}
+            known = self.ids
+            prompt_ids = {key: known.prompt(p) for key, p in batch.prompts.items()}
+            bot_ids = {key: known.bot(b) for key, b in batch.bots.items()}
+            # What runs name without defining it, an earlier record defined.
+            for link in batch.run_prompts:
+                if link[1:] not in prompt_ids:
+                    prompt_ids[link[1:]] = known.named(link[0], link[1:])
+            for run_id, bot in [*batch.run_bots, *((c[1], c[2]) for c in batch.calls)]:
+                if bot not in bot_ids:
+                    bot_ids[bot] = known.named(run_id, bot)
             conn.executemany(
                 "INSERT OR IGNORE INTO run_prompts (run_id, prompt_id) VALUES (?, ?)",
-                [
-                    (r[0], prompt_ids.get(r[1:]) or self._stored_prompt_id(r[0], r[1:]))
-                    for r in batch.run_prompts
-                ],
+                [(r[0], prompt_ids[r[1:]]) for r in batch.run_prompts],
             )
             conn.executemany(
                 "INSERT OR IGNORE INTO run_bots (run_id, bot_id) VALUES (?, ?)",
-                [
-                    (run_id, bot_ids.get(bot) or self._stored_bot_id(run_id, bot))
-                    for run_id, bot in batch.run_bots
-                ],
+                [(run_id, bot_ids[bot]) for run_id, bot in batch.run_bots],
             )
             conn.executemany(
                 "INSERT OR IGNORE INTO message_log (id, run_id, bot_id, timestamp, model_name, "
                 "response_model, temperature, message_log, prompt_tokens, completion_tokens, "
                 "latency_ms, retries, finish_reason, error, error_type, truncated, cache_key, "
                 f"request, replayed_from) VALUES ({', '.join('?' * 19)})",
-                [
-                    (r[0], r[1], bot_ids.get(r[2]) or self._stored_bot_id(r[1], r[2]), *r[3:])
-                    for r in batch.calls
-                ],
+                [(*r[:2], bot_ids[r[2]], *r[3:]) for r in batch.calls],
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO llm_cache (key, message_log_id, recorded_at) "
@@ -289,89 +287,6 @@ class Store:
                 batch.metrics,
             )
         return len(batch)
-
-    def _prompt_id(self, prompt: PromptRecord) -> int:
-        key = (prompt.module, prompt.function_name, prompt.hash)
-        cached = self._prompt_ids.get(key)
-        if cached is not None:
-            return cached
-        row = self.conn.execute(
-            "SELECT id FROM prompts WHERE module = ? AND function_name = ? AND hash = ?", key
-        ).fetchone()
-        if row is None:
-            previous = self.conn.execute(
-                "SELECT id FROM prompts WHERE module = ? AND function_name = ? "
-                "ORDER BY id DESC LIMIT 1",
-                key[:2],
-            ).fetchone()
-            cursor = self.conn.execute(
-                "INSERT INTO prompts (hash, function_name, module, role, template, "
-                "previous_version_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    prompt.hash,
-                    prompt.function_name,
-                    prompt.module,
-                    prompt.role,
-                    prompt.template,
-                    previous[0] if previous else None,
-                    utcnow(),
-                ),
-            )
-            row = (cursor.lastrowid,)
-        self._prompt_ids[key] = int(row[0])
-        return int(row[0])
-
-    def _stored_prompt_id(self, run_id: str | None, key: tuple[str, str, str]) -> int:
-        """The id of a prompt version an earlier record defined (a run names it by key)."""
-        cached = self._prompt_ids.get(key)
-        if cached is None:
-            row = self.conn.execute(
-                "SELECT id FROM prompts WHERE module = ? AND function_name = ? AND hash = ?", key
-            ).fetchone()
-            if row is None:
-                # As a foreign key that fails: the record stays in its spool, and is counted.
-                raise sqlite3.IntegrityError(
-                    f"run {run_id} uses prompt {key[1]!r} version {key[2][:12]}, which no "
-                    "stored record defines"
-                )
-            cached = self._prompt_ids[key] = int(row[0])
-        return cached
-
-    def _stored_bot_id(self, run_id: str | None, bot_hash: str) -> int:
-        """The id of a bot configuration an earlier record defined (named by its hash)."""
-        cached = self._bot_ids.get(bot_hash)
-        if cached is None:
-            row = self.conn.execute("SELECT id FROM bots WHERE hash = ?", (bot_hash,)).fetchone()
-            if row is None:
-                raise sqlite3.IntegrityError(
-                    f"run {run_id} uses bot {bot_hash[:12]}, which no stored record defines"
-                )
-            cached = self._bot_ids[bot_hash] = int(row[0])
-        return cached
-
-    def _bot_id(self, bot: BotRecord) -> int:
-        cached = self._bot_ids.get(bot.hash)
-        if cached is not None:
-            return cached
-        self.conn.execute(
-            "INSERT OR IGNORE INTO bots (hash, class_name, model_name, temperature, "
-            "system_prompt, system_prompt_hash, response_schema, params, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                bot.hash,
-                bot.class_name,
-                bot.model_name,
-                bot.temperature,
-                bot.system_prompt,
-                bot.system_prompt_hash,
-                None if bot.response_schema is None else _json(bot.response_schema),
-                _json(bot.params),
-                utcnow(),
-            ),
-        )
-        row = self.conn.execute("SELECT id FROM bots WHERE hash = ?", (bot.hash,)).fetchone()
-        self._bot_ids[bot.hash] = int(row[0])
-        return int(row[0])
 
     # -- reading ----------------------------------------------------------------------------
 
