@@ -27,14 +27,16 @@ from pathlib import Path
 
 import bench_scale
 from harness import (
-    Sample,
     Side,
+    alternate,
     compile_package,
+    experiment_session,
     fake_server,
     int_arg,
     llm_env,
     pytest_cmd,
     repeats_arg,
+    starting_database,
     timed,
     workdir,
 )
@@ -81,23 +83,14 @@ def main() -> None:
         (where / "test_bare.py").write_text(bare(count))
         (where / "test_experiment.py").write_text(experiment(count))
         env = llm_env(server)
-        db = where / "bench.db"
-        empty, grown = where / "empty.db", where / "grown.db"
-        (where / "test_empty.py").write_text(experiment(1).replace("test_names", "test_e"))
-        timed(pytest_cmd("test_empty.py", f"--llm-db={empty}"), cwd=where, env=env)
+        empty, grown = starting_database(where, env), where / "grown.db"
         shutil.copy(empty, grown)
         print(f"building a database of {grown_runs:,} runs...", flush=True)
         bench_scale.build(grown, server.url, grown_runs, count=max(1, grown_runs // 10_000))
 
         def side(name: str, part: str, start: Path) -> Side:
-            def measure() -> Sample:
-                for leftover in where.glob("bench.db*"):
-                    leftover.unlink()
-                shutil.copy(start, db)
-                cmd = pytest_cmd("test_experiment.py", f"--llm-db={db}")
-                return timed(cmd, cwd=where, env={**env, "BENCH_PART": part})
-
-            return Side(name, measure)
+            part_env = {**env, "BENCH_PART": part}
+            return Side(name, lambda: experiment_session(where, start, part_env))
 
         sides = [
             Side(
@@ -107,11 +100,7 @@ def main() -> None:
             *(side(part, part, empty) for part in PARTS),
             side(f"stored, database of {grown_runs:,} runs", "stored", grown),
         ]
-        for s in sides:  # warm-up
-            s.measure()
-        for _ in range(repeats):
-            for s in sides:
-                s.samples.append(s.measure())
+        alternate(sides, repeats=repeats)
     report(sides, count)
 
 

@@ -7,19 +7,18 @@ the fake server with no latency. Wall time and peak memory (the whole process tr
 
 from __future__ import annotations
 
-import shutil
-
 from harness import (
     Result,
-    Sample,
     Side,
     compare,
     compile_package,
+    experiment_session,
     fake_server,
     int_arg,
     llm_env,
     pytest_cmd,
     repeats_arg,
+    starting_database,
     timed,
     workdir,
 )
@@ -34,22 +33,13 @@ def main() -> list[Result]:
         (where / "test_bare.py").write_text(bare(count))
         (where / "test_experiment.py").write_text(experiment(count))
         env = llm_env(server)
-        db = where / "bench.db"
-
-        # Most sessions add to an existing database: each run starts from a copy of one
-        # that an earlier session created (creating it costs a first session once).
-        (where / "test_empty.py").write_text(experiment(1).replace("test_names", "test_e"))
-        timed(pytest_cmd("test_empty.py", f"--llm-db={where / 'empty.db'}"), cwd=where, env=env)
+        empty = starting_database(where, env)
 
         def run_experiment(*xdist: str) -> Side:
-            def measure() -> Sample:
-                for leftover in where.glob("bench.db*"):
-                    leftover.unlink()
-                shutil.copy(where / "empty.db", db)
-                cmd = pytest_cmd("test_experiment.py", f"--llm-db={db}", *xdist)
-                return timed(cmd, cwd=where, env=env)
-
-            return Side(f"@experiment {' '.join(xdist) or 'serial'}", measure)
+            return Side(
+                f"@experiment {' '.join(xdist) or 'serial'}",
+                lambda: experiment_session(where, empty, env, *xdist),
+            )
 
         for xdist, target in (((), 1.05), (("-n", "4"), 1.10)):
             base = Side(

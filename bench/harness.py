@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -79,12 +80,7 @@ def compare(
     """Run ``sides`` alternately ``repeats`` times; print min/median/max and the ratio of
     each side's median to the first (the baseline)."""
     print(f"\n## {title}", flush=True)
-    if warmup:
-        for side in sides:
-            side.measure()
-    for _ in range(repeats):
-        for side in sides:
-            side.samples.append(side.measure())
+    alternate(sides, repeats=repeats, warmup=warmup)
     base = sides[0]
     print(
         f"{'side':<34} {'min s':>8} {'median s':>9} {'max s':>8} {'CPU s':>7} {'peak MiB':>9} "
@@ -116,6 +112,17 @@ def compare(
         line += f", peak memory ratio {memory_ratio:.3f} (target <= {memory_target})"
     print(f"{line}: {verdict}", flush=True)
     return result
+
+
+def alternate(sides: Sequence[Side], *, repeats: int, warmup: bool = True) -> None:
+    """Measure ``sides`` in turn (A, B, A, B, ...) ``repeats`` times, after one warm-up
+    round, so that a machine that slows down half-way slows every side."""
+    if warmup:
+        for side in sides:
+            side.measure()
+    for _ in range(repeats):
+        for side in sides:
+            side.samples.append(side.measure())
 
 
 def within(title: str, measure: Callable[[], Sample], *, repeats: int, limit: float) -> Result:
@@ -233,6 +240,27 @@ def timed(cmd: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -
     # include the descendants it waited for (xdist's workers).
     cpu = usage.ru_utime + usage.ru_stime
     return Sample(seconds, max(tree_peak, usage.ru_maxrss * 1024), cpu)
+
+
+def starting_database(where: Path, env: dict[str, str]) -> Path:
+    """A database that a first session created in ``where``: most sessions add to an existing
+    one, so each measured session starts from a copy of it (see :func:`experiment_session`)
+    and creating it is paid once, outside any measurement."""
+    from workloads import experiment
+
+    db = where / "empty.db"
+    (where / "test_empty.py").write_text(experiment(1).replace("test_names", "test_e"))
+    timed(pytest_cmd("test_empty.py", f"--llm-db={db}"), cwd=where, env=env)
+    return db
+
+
+def experiment_session(where: Path, start: Path, env: dict[str, str], *args: str) -> Sample:
+    """One timed session of ``where/test_experiment.py`` into a fresh copy of ``start``."""
+    db = where / "bench.db"
+    for leftover in where.glob("bench.db*"):
+        leftover.unlink()
+    shutil.copy(start, db)
+    return timed(pytest_cmd("test_experiment.py", f"--llm-db={db}", *args), cwd=where, env=env)
 
 
 def pytest_cmd(*args: str) -> list[str]:

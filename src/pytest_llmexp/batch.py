@@ -69,7 +69,7 @@ class Batch:
 
     def _add_used(self, recording: Recording, run_id: str | None) -> None:
         for prompt in recording.prompts:
-            key = (prompt.module, prompt.function_name, prompt.hash)
+            key = prompt.key
             self.prompts.setdefault(key, prompt)
             if run_id is not None:
                 self.run_prompts.append((run_id, *key))

@@ -34,7 +34,7 @@ class DefinitionIds:
 
     def prompt(self, prompt: PromptRecord) -> int:
         """The id of a prompt version, inserted (after the function's previous version) if new."""
-        key = (prompt.module, prompt.function_name, prompt.hash)
+        key = prompt.key
         found = self._known_prompt(key)
         if found is not None:
             return found

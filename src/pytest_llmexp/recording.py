@@ -86,10 +86,6 @@ def utcnow() -> str:
     return f"{second[1]}{micros:06d}+00:00"
 
 
-def _prompt_key(prompt: PromptRecord) -> tuple[str, str, str]:
-    return (prompt.module, prompt.function_name, prompt.hash)
-
-
 class _Collected:
     """Prompts, bots and calls gathered under a lock, deduplicated by identity."""
 
@@ -101,7 +97,7 @@ class _Collected:
 
     def add_prompt(self, prompt: PromptRecord) -> None:
         with self._lock:
-            self._prompts.setdefault(_prompt_key(prompt), prompt)
+            self._prompts.setdefault(prompt.key, prompt)
 
     def add_call(
         self, bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None
@@ -109,7 +105,7 @@ class _Collected:
         with self._lock:
             self._bots.setdefault(bot.hash, bot)
             for prompt in prompts:
-                self._prompts.setdefault(_prompt_key(prompt), prompt)
+                self._prompts.setdefault(prompt.key, prompt)
             if call is not None:
                 self._calls.append(call)
 

@@ -25,6 +25,11 @@ class PromptRecord(_Record):
     role: str
     template: str
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """How the version is found in the ``prompts`` table: module, function, hash."""
+        return (self.module, self.function_name, self.hash)
+
 
 class BotRecord(_Record):
     """One bot configuration as it was called (after any ``--llm-model`` override)."""

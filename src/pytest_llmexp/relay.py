@@ -159,7 +159,7 @@ class RunRelay:
         if self._hand_over(report, "run", redact(record.model_dump_json())):
             # Only a spooled definition may be named later: the spool alone must be enough
             # to store the runs of a process that dies.
-            self._defined.update((p.module, p.function_name, p.hash) for p in record.prompts)
+            self._defined.update(p.key for p in record.prompts)
             self._defined.update(b.hash for b in record.bots)
 
     @staticmethod
