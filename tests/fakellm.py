@@ -91,6 +91,8 @@ class FakeLLM:
         self.refuse_json_schema = False
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        #: Each request's path, with its query string.
+        self.paths: list[str] = []
         #: When each request arrived (time.monotonic()).
         self.times: list[float] = []
         self._failures: deque[Failure] = deque()
@@ -110,6 +112,7 @@ class FakeLLM:
             self.refuse_json_schema = False
             self.requests.clear()
             self.headers.clear()
+            self.paths.clear()
             self.times.clear()
             self._failures.clear()
 
@@ -134,13 +137,14 @@ class FakeLLM:
     def _handle(
         self, path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, str, dict[str, str]]:
-        if not path.rstrip("/").endswith("/chat/completions"):
+        if not path.split("?")[0].rstrip("/").endswith("/chat/completions"):
             return 404, '{"error": {"message": "not found"}}', {}
         arrived = time.monotonic()
         request = json.loads(body)
         with self._lock:
             self.requests.append(request)
             self.headers.append(headers)
+            self.paths.append(path)
             self.times.append(arrived)
             failure = self._failures.popleft() if self._failures else None
             responder, latency = self.responder, self.latency

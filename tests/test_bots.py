@@ -153,6 +153,13 @@ def test_model_override_is_what_gets_called_and_recorded(
         (lambda: SimpleBot(model_name="m", stream=True), r"sets stream itself; remove stream="),
         (lambda: SimpleBot(model_name="m", messages=[]), r"sets messages itself"),
         (lambda: SimpleBot(model_name="m", seed=object()), r"must be JSON-serializable"),
+        (
+            lambda: SimpleBot(model_name="m", max_token=5),
+            r"got 'max_token', which the openai client's chat.completions.create does not take "
+            r"\(did you mean 'max_tokens'\?\); pass what an endpoint accepts beyond the API in "
+            r"extra_body",
+        ),
+        (lambda: SimpleBot(model_name="m", zzz=1, top_k=2), r"got 'top_k', 'zzz', which"),
         (lambda: SimpleBot(42, model_name="m"), r"system prompt must be a string or a @prompt"),
         (
             lambda: StructuredBot(model_name="m", pydantic_model=dict),
@@ -169,6 +176,65 @@ def test_model_override_is_what_gets_called_and_recorded(
 def test_bad_configuration_is_refused(build, message: str) -> None:
     with pytest.raises(BotError, match=message):
         build()
+
+
+def test_request_options_travel_as_the_client_sends_them(
+    run: RunContext, fake_llm: FakeLLM
+) -> None:
+    bot = SimpleBot(
+        model_name="m",
+        extra_headers={"X-Team": "evals"},
+        extra_query={"api-version": "2"},
+        extra_body={"top_k": 3},
+        timeout=7.5,
+    )
+    assert bot("hi").content == "Reply to: hi"
+    assert fake_llm.headers[0]["x-team"] == "evals"
+    assert fake_llm.paths[0] == "/v1/chat/completions?api-version=2"
+    request = fake_llm.requests[0]
+    assert request["top_k"] == 3
+    assert not {"extra_headers", "extra_query", "extra_body", "timeout"} & request.keys()
+    # The options are part of the bot's recorded configuration, as its other arguments are.
+    assert run.finish("passed").bots[0].params["extra_body"] == {"top_k": 3}
+
+
+def test_a_bots_own_timeout_overrides_the_endpoints(run: RunContext, fake_llm: FakeLLM) -> None:
+    fake_llm.latency = 1.0
+    with pytest.raises(LLMCallError) as info:
+        SimpleBot(model_name="m", timeout=0.2)("hi")
+    assert info.value.cause_type == "APITimeoutError"
+
+
+def test_a_reply_without_usage_or_model_is_recorded_as_unknown(
+    run: RunContext, fake_llm: FakeLLM
+) -> None:
+    reply = {"choices": [{"message": {"content": "ok"}}], "usage": {"prompt_tokens": "7"}}
+    fake_llm.fail_next(200, body=json.dumps(reply))
+    assert SimpleBot(model_name="m")("hi").content == "ok"
+    call = run.finish("passed").calls[0]
+    assert (call.prompt_tokens, call.completion_tokens) == (None, None)
+    assert (call.response_model, call.finish_reason, call.error) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ("[]", "it is a JSON list, not an object"),
+        ('{"choices": []}', "it has no choices"),
+        ('{"choices": [{"message": null}]}', "its first choice has no message"),
+        ('{"choices": [{"message": {"content": 3}}]}', "message content is int, not a string"),
+        ("", "Expecting value"),
+    ],
+)
+def test_a_reply_of_another_shape_is_a_malformed_response(
+    run: RunContext, fake_llm: FakeLLM, body: str, why: str
+) -> None:
+    fake_llm.fail_next(200, body=body)
+    with pytest.raises(LLMCallError, match="is not a chat completion") as info:
+        SimpleBot(model_name="m")("hi")
+    assert info.value.cause_type == "MalformedResponse"
+    assert why in str(info.value) and f"body starts {body[:200]!r}" in str(info.value)
+    assert run.finish("error").calls[0].error_type == "MalformedResponse"
 
 
 def test_user_message_as_system_prompt_is_refused() -> None:

@@ -7,10 +7,11 @@ repeated executions of an experiment stay independent.
 from __future__ import annotations
 
 import time
+from difflib import get_close_matches
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import cache, endpoint
-from .calls import CallFailed, request_completion
+from .calls import CallFailed, accepted_arguments, request_completion
 from .clipping import clip_messages
 from .errors import BotError, LLMCallError, StructuredOutputError
 from .prompts import Message, MessageInput, MessageLike, to_messages
@@ -75,13 +76,23 @@ class _Bot:
                 f"{name} sets {', '.join(reserved)} itself; remove "
                 f"{', '.join(k + '=' for k in reserved)} from its arguments"
             )
-        try:
-            if completion_kwargs:
+        if completion_kwargs:
+            accepted = accepted_arguments()
+            unknown = sorted(set(completion_kwargs) - accepted)
+            if unknown:
+                hints = [get_close_matches(k, accepted, n=1) for k in unknown]
+                raise BotError(
+                    f"{name} got {', '.join(repr(k) for k in unknown)}, which the openai "
+                    "client's chat.completions.create does not take"
+                    + "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
+                    + "; pass what an endpoint accepts beyond the API in extra_body={...}"
+                )
+            try:
                 cache.canonical(completion_kwargs)
-        except (TypeError, ValueError) as exc:
-            raise BotError(
-                f"{name}: completion arguments must be JSON-serializable to be recorded: {exc}"
-            ) from None
+            except (TypeError, ValueError) as exc:
+                raise BotError(
+                    f"{name}: completion arguments must be JSON-serializable to be recorded: {exc}"
+                ) from None
         self.system_prompt: Message | None = system_prompt
         self.model_name = model_name
         self.temperature = None if temperature is None else float(temperature)
