@@ -12,9 +12,13 @@ later stages switched off one at a time, through a ``conftest.py`` that replaces
   ``--db-runs`` runs (built as ``bench_scale.py`` builds its database), since a user's
   message_log.db grows with every session.
 
-All sides run alternately, and each repeat gives every side's ratio to the bare run of the
-same repeat; the table shows their medians, and what each part adds per run (the median of
-the repeats' differences from the side before it).
+The bots make their request through the ``openai`` client's ``post`` and read the reply as
+JSON, which costs less than ``chat.completions.create`` (the bare side of ``bench_runs.py``).
+So the parts are measured against a bare run that makes its request the same way (``bare,
+as the bots call``), and the bare run of ``bench_runs.py`` is shown beside it. All sides run
+alternately, and each repeat gives every side's ratio to each bare run of the same repeat;
+the table shows their medians, and what each part adds per run (the median of the repeats'
+differences from the side before it).
 
     python bench/bench_parts.py [--repeats N] [--executions N] [--db-runs N]
 """
@@ -40,7 +44,7 @@ from harness import (
     timed,
     workdir,
 )
-from workloads import bare, experiment
+from workloads import bare, bare_post, experiment
 
 #: Replaces the stages after a part; it fails the session if what it replaces is gone, so a
 #: refactor cannot make it measure nothing.
@@ -81,6 +85,7 @@ def main() -> None:
     with fake_server() as server, workdir("parts") as where:
         (where / "conftest.py").write_text(CONFTEST)
         (where / "test_bare.py").write_text(bare(count))
+        (where / "test_bare_post.py").write_text(bare_post(count))
         (where / "test_experiment.py").write_text(experiment(count))
         env = llm_env(server)
         empty, grown = starting_database(where, env), where / "grown.db"
@@ -92,11 +97,15 @@ def main() -> None:
             part_env = {**env, "BENCH_PART": part}
             return Side(name, lambda: experiment_session(where, start, part_env))
 
+        def bare_side(name: str, test_file: str) -> Side:
+            return Side(
+                name,
+                lambda: timed(pytest_cmd(test_file, "-p", "no:llmexp"), cwd=where, env=env),
+            )
+
         sides = [
-            Side(
-                "bare pytest + openai",
-                lambda: timed(pytest_cmd("test_bare.py", "-p", "no:llmexp"), cwd=where, env=env),
-            ),
+            bare_side("bare, chat.completions.create", "test_bare.py"),
+            bare_side("bare, as the bots call", "test_bare_post.py"),
             *(side(part, part, empty) for part in PARTS),
             side(f"stored, database of {grown_runs:,} runs", "stored", grown),
         ]
@@ -105,21 +114,24 @@ def main() -> None:
 
 
 def report(sides: list[Side], count: int) -> None:
-    base = sides[0].samples
+    create, post = sides[0].samples, sides[1].samples
     print(f"\n## Where the per-run overhead goes: {count} executions, serial")
-    print(f"{'side':<34} {'median s':>9} {'ratio':>6} {'adds per run':>13}")
+    print(f"{'side':<34} {'median s':>9} {'vs create':>10} {'vs post':>8} {'adds per run':>13}")
     for i, s in enumerate(sides):
-        pairs = zip(s.samples, base, strict=True)
-        ratio = statistics.median(a.seconds / b.seconds for a, b in pairs)
-        if i == 0:
+        ratios = [
+            statistics.median(a.seconds / b.seconds for a, b in zip(s.samples, base, strict=True))
+            for base in (create, post)
+        ]
+        if i < 2:
             adds = "-"
         else:
-            # Each side against the one before it: the grown database against the empty one.
+            # Each side against the one before it: the recording against the bare run that
+            # calls as the bots do, the grown database against the empty one.
             before = sides[i - 1].samples
             pairs = zip(s.samples, before, strict=True)
             diff = statistics.median(a.seconds - b.seconds for a, b in pairs)
             adds = f"{diff / count * 1e6:+.0f} µs"
-        print(f"{s.name:<34} {s.median:9.3f} {ratio:6.3f} {adds:>13}")
+        print(f"{s.name:<34} {s.median:9.3f} {ratios[0]:10.3f} {ratios[1]:8.3f} {adds:>13}")
 
 
 if __name__ == "__main__":

@@ -79,12 +79,35 @@ def test_names(execution):
 )
 
 
+#: The bare side with the request made as the bots make it (``client.post``, the reply read as
+#: JSON): what the plugin itself adds, apart from the cheaper request path it takes.
+BARE_POST = BARE.replace(
+    """    completion = client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, response_format=FORMAT
+    )
+    response = JobDescription.model_validate_json(completion.choices[0].message.content)""",
+    """    reply = json.loads(
+        client.post(
+            "/chat/completions",
+            body={"model": "gpt-4o-mini", "messages": MESSAGES, "response_format": FORMAT},
+            cast_to=str,
+        )
+    )
+    response = JobDescription.model_validate_json(reply["choices"][0]["message"]["content"])""",
+).replace("import pytest\n", "import json\n\nimport pytest\n")
+
+
 def experiment(count: int) -> str:
     return EXPERIMENT.replace("COUNT", str(count))
 
 
 def bare(count: int) -> str:
     return BARE.replace("COUNT", str(count))
+
+
+def bare_post(count: int) -> str:
+    assert BARE_POST != BARE, "the bare side's call changed: update BARE_POST"
+    return BARE_POST.replace("COUNT", str(count))
 
 
 SCRIPT = (
