@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 
 from pytest_llmexp.stats import interval
@@ -66,15 +69,35 @@ def test_a_table_is_cut_to_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None
     assert lines[2] == "d    short"
 
 
-def test_a_large_session_embeds_the_runs_that_did_not_pass_first() -> None:
-    from pytest_llmexp.htmlreport import embedded_runs
+def test_a_large_session_embeds_the_runs_that_did_not_pass_first(tmp_path: Path) -> None:
+    from pytest_llmexp.browse import runs
+    from pytest_llmexp.store import Store
 
-    runs = [{"id": f"r{i}", "status": "failed" if i % 7 == 3 else "passed"} for i in range(50)]
-    assert embedded_runs(runs, limit=50) == runs
-    chosen = embedded_runs(runs, limit=10)
-    failing = [r for r in runs if r["status"] == "failed"]
+    Store(tmp_path / "db").close()  # the real schema
+    conn = sqlite3.connect(tmp_path / "db")
+    statuses = ["failed" if i % 7 == 3 else "passed" for i in range(50)]
+    # Stored out of order, as xdist workers store them; the table is in execution order.
+    for i in reversed(range(50)):
+        conn.execute(
+            "INSERT INTO experiment_runs (id, experiment_id, execution_index, status, "
+            "started_at, run_data) VALUES (?, 1, ?, ?, '2026-01-01', '{}')",
+            (f"r{i}", i, statuses[i]),
+        )
+        conn.execute(
+            "INSERT INTO metrics (run_id, name, value, kind, position) VALUES (?, 'm', ?, "
+            "'int', 0)",
+            (f"r{i}", i),
+        )
+    every = runs(conn, 1)
+    assert [r["id"] for r in every] == [f"r{i}" for i in range(50)]
+    assert runs(conn, 1, limit=50) == every
+    chosen = runs(conn, 1, limit=10)
+    failing = [r for r in every if r["status"] == "failed"]
     assert len(chosen) == 10
     assert all(r in chosen for r in failing)  # 7 failed runs, then the first passed ones
     assert [r["id"] for r in chosen] == sorted((r["id"] for r in chosen), key=lambda i: int(i[1:]))
     assert [r["id"] for r in chosen if r["status"] == "passed"] == ["r0", "r1", "r2"]
-    assert embedded_runs(runs, limit=3) == failing[:3]
+    assert [r["metrics"] for r in chosen[:2]] == [{"m": 0}, {"m": 1}]
+    assert runs(conn, 1, limit=3) == failing[:3]
+    assert runs(conn, 1, passed=True, limit=2) == [every[0], every[1]]
+    conn.close()

@@ -167,18 +167,39 @@ def experiment_detail(conn: sqlite3.Connection, experiment_id: int) -> dict[str,
 
 
 def runs(
-    conn: sqlite3.Connection, experiment_id: int, *, passed: bool | None = None
+    conn: sqlite3.Connection,
+    experiment_id: int,
+    *,
+    passed: bool | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """The experiment's runs in case and execution order, each with its metric values; only
-    the passed ones, or only the others, when ``passed`` says so."""
+    the passed ones, or only the others, when ``passed`` says so. With ``limit``, at most that
+    many, chosen in SQL: those that did not pass first, then the first that passed."""
     status = {None: "", True: " AND r.status = 'passed'", False: " AND r.status != 'passed'"}[
         passed
     ]
+    table_order = "coalesce(r.case_id, ''), r.execution_index, r.started_at"
+    chosen, args = "", [experiment_id]
+    if limit is not None:
+        chosen = (
+            " AND r.id IN (SELECT r.id FROM experiment_runs r WHERE r.experiment_id = ?"
+            f"{status} ORDER BY r.status = 'passed', {table_order} LIMIT ?)"
+        )
+        args += [experiment_id, limit]
+    found = conn.execute(
+        "SELECT id, case_id, execution_index, status, duration_s, error_type, "
+        f"error_message FROM experiment_runs r WHERE r.experiment_id = ?{status}{chosen} "
+        f"ORDER BY {table_order}",
+        args,
+    ).fetchall()
+    # The metrics of those runs only: a report embeds a few hundred runs of many thousands.
+    ids = json.dumps([row[0] for row in found])
     metrics: dict[str, dict[str, float | int]] = {}
     for run_id, metric, value, kind in conn.execute(
-        "SELECT m.run_id, m.name, m.value, m.kind FROM experiment_runs r JOIN metrics m "
-        f"ON r.id = m.run_id WHERE r.experiment_id = ?{status}",
-        (experiment_id,),
+        "SELECT run_id, name, value, kind FROM metrics "
+        "WHERE run_id IN (SELECT value FROM json_each(?))",
+        (ids,),
     ):
         # As recorded: a bool metric is stored 1/0, an int one whole.
         metrics.setdefault(run_id, {})[metric] = value if kind == "float" else int(value)
@@ -203,12 +224,7 @@ def runs(
             "error_message": message,
             "metrics": in_order(metrics.get(run_id, {}), order),
         }
-        for run_id, case, index, status, duration, error_type, message in conn.execute(
-            "SELECT id, case_id, execution_index, status, duration_s, error_type, "
-            f"error_message FROM experiment_runs r WHERE experiment_id = ?{status} "
-            "ORDER BY coalesce(case_id, ''), execution_index, started_at",
-            (experiment_id,),
-        )
+        for run_id, case, index, status, duration, error_type, message in found
     ]
 
 

@@ -173,19 +173,6 @@ def _run_table(name: str, runs: list[dict[str, Any]]) -> str:
     )
 
 
-def embedded_runs(runs: list[dict[str, Any]], limit: int = EMBEDDED_RUNS) -> list[dict[str, Any]]:
-    """The runs whose rows and conversations the report holds, in table order: all of them up
-    to ``limit``, else those that did not pass first, then the first that passed."""
-    if len(runs) <= limit:
-        return runs
-    chosen = set([r["id"] for r in runs if r["status"] != "passed"][:limit])
-    for r in runs:
-        if len(chosen) >= limit:
-            break
-        chosen.add(r["id"])
-    return [r for r in runs if r["id"] in chosen]
-
-
 def _left_out(name: str, total: int, shown: int) -> str:
     if shown == total:
         return ""
@@ -257,8 +244,10 @@ def _section(
     experiment_id = find_experiment(conn, name, session)
     detail = browse.experiment_detail(conn, experiment_id)
     points = trend(conn, name, length, until=detail["session_id"])
-    every = browse.runs(conn, experiment_id)
-    runs = embedded_runs(every)
+    (total,) = conn.execute(
+        "SELECT count(*) FROM experiment_runs WHERE experiment_id = ?", (experiment_id,)
+    ).fetchone()
+    runs = browse.runs(conn, experiment_id, limit=EMBEDDED_RUNS)
     for run in runs:
         runs_data[run["id"]] = browse.run_detail(conn, run["id"])
     counts = ", ".join(f"{c} {s}" for s, c in detail["runs"].items() if c) or "no run"
@@ -281,7 +270,7 @@ def _section(
         f"<h3>Metrics</h3>{_metrics_table(detail)}"
         f'<div class="charts">{_charts(detail, points)}</div>'
         f"<h3>Gates</h3>{_gates(detail)}"
-        f"<h3>Runs</h3>{_left_out(name, len(every), len(runs))}{_run_table(name, runs)}"
+        f"<h3>Runs</h3>{_left_out(name, total, len(runs))}{_run_table(name, runs)}"
         f"<h3>Prompt history</h3>{_prompt_history(conn, experiment_id)}"
         "</section>"
     )
