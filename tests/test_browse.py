@@ -70,7 +70,7 @@ def test_a_table_is_cut_to_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_a_large_session_embeds_the_runs_that_did_not_pass_first(tmp_path: Path) -> None:
-    from pytest_llmexp.browse import runs
+    from pytest_llmexp.runview import runs
     from pytest_llmexp.store import Store
 
     Store(tmp_path / "db").close()  # the real schema

@@ -7,11 +7,10 @@ repeated executions of an experiment stay independent.
 from __future__ import annotations
 
 import time
-from difflib import get_close_matches
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import cache, endpoint
-from .calls import CallFailed, accepted_arguments, request_completion
+from .calls import CallFailed, check_arguments, request_completion
 from .clipping import clip_messages
 from .errors import BotError, LLMCallError, StructuredOutputError
 from .prompts import Message, MessageInput, MessageLike, to_messages
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SimpleBot", "StructuredBot"]
 
-_RESERVED = ("messages", "model", "stream", "response_format", "n")
 #: Bot records by configuration, shared by the bots of a process (see ``_shared_record``).
 _SHARED_RECORDS: dict[tuple[Any, ...], tuple[object, BotRecord]] = {}
 _MAX_SHARED = 1024
@@ -70,23 +68,8 @@ class _Bot:
             or not 0 <= temperature <= 2
         ):
             raise BotError(f"{name}: temperature must be a number from 0 to 2, got {temperature!r}")
-        reserved = sorted(set(completion_kwargs) & set(_RESERVED))
-        if reserved:
-            raise BotError(
-                f"{name} sets {', '.join(reserved)} itself; remove "
-                f"{', '.join(k + '=' for k in reserved)} from its arguments"
-            )
         if completion_kwargs:
-            accepted = accepted_arguments()
-            unknown = sorted(set(completion_kwargs) - accepted)
-            if unknown:
-                hints = [get_close_matches(k, accepted, n=1) for k in unknown]
-                raise BotError(
-                    f"{name} got {', '.join(repr(k) for k in unknown)}, which the openai "
-                    "client's chat.completions.create does not take"
-                    + "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
-                    + "; pass what an endpoint accepts beyond the API in extra_body={...}"
-                )
+            check_arguments(name, completion_kwargs)
             try:
                 cache.canonical(completion_kwargs)
             except (TypeError, ValueError) as exc:

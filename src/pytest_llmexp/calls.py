@@ -19,11 +19,14 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from difflib import get_close_matches
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 from .endpoint import redact
+from .errors import BotError
 
 if TYPE_CHECKING:
     import openai
@@ -31,10 +34,9 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKOFF_BASE",
     "MAX_RETRY_AFTER",
-    "OPTIONS",
     "CallFailed",
     "Reply",
-    "accepted_arguments",
+    "check_arguments",
     "request_completion",
     "retry_after",
 ]
@@ -45,10 +47,11 @@ BACKOFF_CAP = 8.0
 #: The longest ``Retry-After`` waited for. An endpoint that asks for longer (a spent daily
 #: quota, say) fails the call at once rather than stalling the session.
 MAX_RETRY_AFTER = 60.0
-_MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
+#: What reading a reply of another shape raises (``json.loads`` and :func:`_reply`).
+_MALFORMED = (ValueError, TypeError)
 #: The arguments of ``chat.completions.create`` that are request options, not body fields,
 #: and the names ``post`` takes them by.
-OPTIONS = {
+_OPTIONS = {
     "extra_headers": "headers",
     "extra_query": "params",
     "extra_body": "extra_json",
@@ -81,12 +84,13 @@ class CallFailed(Exception):
         self.status_code = status_code
 
 
+#: What a bot sets itself: the conversation, the model, the response format, one reply.
+_RESERVED = frozenset({"messages", "model", "stream", "response_format", "n"})
 _accepted: frozenset[str] | None = None
 
 
-def accepted_arguments() -> frozenset[str]:
-    """The arguments ``chat.completions.create`` of the installed ``openai`` takes: the
-    client's own check, which a bot makes when it is built rather than at each call."""
+def _accepted_arguments() -> frozenset[str]:
+    """The arguments ``chat.completions.create`` of the installed ``openai`` takes."""
     global _accepted
     if _accepted is None:
         import inspect
@@ -97,18 +101,40 @@ def accepted_arguments() -> frozenset[str]:
     return _accepted
 
 
+def check_arguments(bot: str, arguments: Mapping[str, Any]) -> None:
+    """Refuse completion ``arguments`` that ``bot`` sets itself, or that the client's
+    ``chat.completions.create`` does not take (its own check, made when the bot is built
+    rather than at each call)."""
+    reserved = sorted(arguments.keys() & _RESERVED)
+    if reserved:
+        raise BotError(
+            f"{bot} sets {', '.join(reserved)} itself; remove "
+            f"{', '.join(k + '=' for k in reserved)} from its arguments"
+        )
+    accepted = _accepted_arguments()
+    unknown = sorted(arguments.keys() - accepted)
+    if unknown:
+        hints = [get_close_matches(k, accepted, n=1) for k in unknown]
+        raise BotError(
+            f"{bot} got {', '.join(repr(k) for k in unknown)}, which the openai client's "
+            "chat.completions.create does not take"
+            + "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
+            + "; pass what an endpoint accepts beyond the API in extra_body={...}"
+        )
+
+
 def request_completion(client: openai.OpenAI, max_retries: int, **request: Any) -> Reply:
     """Send a chat completion request, retrying what is worth retrying up to ``max_retries``.
 
     ``request`` holds what ``chat.completions.create`` would take: body fields, and the
-    request options named in :data:`OPTIONS`.
+    request options named in ``_OPTIONS``.
     """
     import openai
 
     # The client's RequestOptions, a TypedDict of its private types module.
     options: Any = {}
-    for name in OPTIONS.keys() & request.keys():
-        options[OPTIONS[name]] = request.pop(name)
+    for name in _OPTIONS.keys() & request.keys():
+        options[_OPTIONS[name]] = request.pop(name)
     retries = 0
     while True:
         try:

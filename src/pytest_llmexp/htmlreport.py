@@ -11,7 +11,7 @@ from html import escape
 from importlib import resources
 from typing import Any
 
-from . import browse
+from . import browse, runview
 from .compare import unified_diff
 from .endpoint import redact
 from .lookup import find_experiment
@@ -247,9 +247,9 @@ def _section(
     (total,) = conn.execute(
         "SELECT count(*) FROM experiment_runs WHERE experiment_id = ?", (experiment_id,)
     ).fetchone()
-    runs = browse.runs(conn, experiment_id, limit=EMBEDDED_RUNS)
+    runs = runview.runs(conn, experiment_id, limit=EMBEDDED_RUNS)
     for run in runs:
-        runs_data[run["id"]] = browse.run_detail(conn, run["id"])
+        runs_data[run["id"]] = runview.run_detail(conn, run["id"])
     counts = ", ".join(f"{c} {s}" for s, c in detail["runs"].items() if c) or "no run"
     verdict = {None: None, True: "passed", False: "failed"}[detail["gate_passed"]]
     anchor = "exp-" + "".join(c if c.isalnum() else "-" for c in name)
