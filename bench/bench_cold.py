@@ -28,10 +28,10 @@ def workload() -> tuple[Callable[[], Any], Callable[[], Any]]:
     """The recorded run and the bare baseline, as functions of no arguments."""
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
     os.environ.setdefault("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
-    from pytest_llmexp import bots
-    from pytest_llmexp.calls import Reply
-    from pytest_llmexp.endpoint import redact
-    from pytest_llmexp.recording import RunContext, activate
+    from pytest_llmexp._run import bots
+    from pytest_llmexp._run.calls import Reply
+    from pytest_llmexp._run.recording import RunContext, activate
+    from pytest_llmexp._util.redact import redact
 
     reply = Reply(REPLY, "gpt-4o-mini", 24, 6, "stop", 0)
     bots.request_completion = lambda client, retries, **request: reply  # no HTTP

@@ -61,11 +61,11 @@ def _replace(owner, name, function):
 
 
 if PART == "recording":
-    from pytest_llmexp.relay import RunRelay
+    from pytest_llmexp._plugin.relay import RunRelay
 
     _replace(RunRelay, "_hand_over_run", lambda self, report, state, junit: None)
 elif PART == "spooled":
-    from pytest_llmexp.intake import Intake
+    from pytest_llmexp._plugin.intake import Intake
 
     def _count_only(self):
         queue, self._queue = self._queue, []

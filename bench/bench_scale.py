@@ -54,7 +54,7 @@ def template_run(url: str):  # -> RunRecord
     from pydantic import BaseModel, Field
 
     from pytest_llmexp import StructuredBot, metric, prompt
-    from pytest_llmexp.recording import RunContext, activate
+    from pytest_llmexp._run.recording import RunContext, activate
 
     class JobDescription(BaseModel):
         name: str = Field(..., description="A job name.")
@@ -83,7 +83,7 @@ def template_run(url: str):  # -> RunRecord
 
 def build(db: Path, url: str, runs: int, count: int = 10) -> list[str]:
     """``count`` sessions of ``runs // count`` executions each; their ids."""
-    from pytest_llmexp.store import Store
+    from pytest_llmexp._store.store import Store
 
     template = template_run(url)
     rng = random.Random(0)
@@ -128,9 +128,9 @@ def message_bytes(db: Path) -> int:
 
 def summary_seconds(db: Path, session: str) -> Sample:
     """The session-end work behind the terminal summary, in process."""
-    from pytest_llmexp.store import Store
-    from pytest_llmexp.summary import write_summary
-    from pytest_llmexp.verdicts import judge_session
+    from pytest_llmexp._plugin.terminal import write_summary
+    from pytest_llmexp._store.store import Store
+    from pytest_llmexp._verdict.verdicts import judge_session
 
     class Terminal:
         def __init__(self) -> None:

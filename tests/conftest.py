@@ -119,7 +119,7 @@ def run_session(
 @pytest.fixture(scope="session")
 def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One model cache for the whole test session: the model is assembled once."""
-    from pytest_llmexp.llama import missing_packages
+    from pytest_llmexp._local.server import missing_packages
 
     missing = missing_packages()
     if missing:
@@ -153,7 +153,7 @@ def local_session(
 def _no_calls_outside_runs() -> Iterator[None]:
     """Unit tests run bots inside a run; a call outside one would land in the outer db."""
     yield
-    from pytest_llmexp.recording import drain_orphans
+    from pytest_llmexp._run.recording import drain_orphans
 
     leaked = drain_orphans()
     assert leaked is None, f"LLM calls made outside any run: {leaked}"
@@ -163,8 +163,8 @@ def _no_calls_outside_runs() -> Iterator[None]:
 def inside_run(name: str = "unit", **client: Any) -> Iterator[Any]:
     """A current run (a ``RunContext``), with the endpoint configured by ``client``; the
     autouse ``_default_endpoint`` fixture restores the endpoint after the test."""
-    from pytest_llmexp import endpoint
-    from pytest_llmexp.recording import RunContext, activate
+    from pytest_llmexp._run import endpoint
+    from pytest_llmexp._run.recording import RunContext, activate
 
     endpoint.configure(endpoint.ClientSettings(**client))
     context = RunContext(name, num_executions=1, execution_index=0, worker="main")
@@ -176,7 +176,7 @@ def inside_run(name: str = "unit", **client: Any) -> Iterator[Any]:
 def _default_endpoint() -> Iterator[None]:
     """In-process tests start from the default endpoint settings, not from whatever this
     outer session's own plugin chose (such as the local model, when no API key is set)."""
-    from pytest_llmexp import endpoint
+    from pytest_llmexp._run import endpoint
 
     outer = endpoint.settings()
     endpoint.configure(endpoint.ClientSettings())
@@ -194,7 +194,7 @@ def history(_fake_server: FakeLLM, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def definitions() -> tuple[Any, Any]:
     """A prompt version and a bot configuration, as records."""
-    from pytest_llmexp.records import BotRecord, PromptRecord
+    from pytest_llmexp._store.records import BotRecord, PromptRecord
 
     prompt = PromptRecord(
         hash="p" * 8, function_name="greet", module="m", role="user", template="hi"

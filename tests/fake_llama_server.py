@@ -13,7 +13,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from pytest_llmexp._llama_main import _watch_lifeline
+from pytest_llmexp._local.main import _watch_lifeline
 
 
 class Models(BaseHTTPRequestHandler):

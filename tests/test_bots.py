@@ -16,10 +16,11 @@ from pytest_llmexp import (
     SimpleBot,
     StructuredBot,
     StructuredOutputError,
-    endpoint,
     prompt,
 )
-from pytest_llmexp.recording import RunContext
+from pytest_llmexp._run import endpoint
+from pytest_llmexp._run.recording import RunContext
+from pytest_llmexp._util.redact import display_url, redact
 
 
 @prompt("system")
@@ -279,11 +280,11 @@ def test_endpoint_without_key_gets_a_placeholder(
 
 
 def test_display_url_strips_credentials() -> None:
-    assert endpoint.display_url("https://user:pw@host:8443/v1?key=abc#x") == "https://host:8443/v1"
-    assert "openai default" in endpoint.display_url(None)
+    assert display_url("https://user:pw@host:8443/v1?key=abc#x") == "https://host:8443/v1"
+    assert "openai default" in display_url(None)
 
 
 def test_redact_masks_keys_and_url_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "plainsecretvalue")
     text = "key plainsecretvalue, other sk-proj-abcdefghijkl, url https://me:pw@host/v1"
-    assert endpoint.redact(text) == "key pla***, other sk-proj-a***, url https://***@host/v1"
+    assert redact(text) == "key pla***, other sk-proj-a***, url https://***@host/v1"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmexp.stats import interval
-from pytest_llmexp.svgcharts import _ticks, distribution_svg, trend_svg
-from pytest_llmexp.textview import table
+from pytest_llmexp._verdict.stats import interval
+from pytest_llmexp._view.svgcharts import _ticks, distribution_svg, trend_svg
+from pytest_llmexp._view.textview import table
 
 
 def test_the_interval_of_a_mean_is_students_t() -> None:
@@ -70,8 +70,8 @@ def test_a_table_is_cut_to_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_a_large_session_embeds_the_runs_that_did_not_pass_first(tmp_path: Path) -> None:
-    from pytest_llmexp.runview import runs
-    from pytest_llmexp.store import Store
+    from pytest_llmexp._store.store import Store
+    from pytest_llmexp._view.runview import runs
 
     Store(tmp_path / "db").close()  # the real schema
     conn = sqlite3.connect(tmp_path / "db")

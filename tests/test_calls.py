@@ -10,9 +10,10 @@ import pytest
 
 from conftest import inside_run
 from fakellm import FakeLLM
-from pytest_llmexp import LLMCallError, SimpleBot, endpoint
-from pytest_llmexp.calls import MAX_RETRY_AFTER, retry_after
-from pytest_llmexp.recording import RunContext
+from pytest_llmexp import LLMCallError, SimpleBot
+from pytest_llmexp._run import endpoint
+from pytest_llmexp._run.calls import MAX_RETRY_AFTER, retry_after
+from pytest_llmexp._run.recording import RunContext
 
 
 @pytest.fixture

@@ -12,10 +12,11 @@ import pytest
 from conftest import inside_run
 from fakellm import FakeLLM
 from pytest_llmexp import ReplayMiss, SimpleBot, StoreError, StructuredBot, prompt
-from pytest_llmexp import cache as cache_module
-from pytest_llmexp.cache import CacheSettings, cache_key, describe_miss, request_digest
-from pytest_llmexp.cachedb import build_cassette, export_cassette, import_cassette
-from pytest_llmexp.store import Store
+from pytest_llmexp._run import cache as cache_module
+from pytest_llmexp._run.cache import CacheSettings, describe_miss
+from pytest_llmexp._store.cassette import build_cassette, export_cassette, import_cassette
+from pytest_llmexp._store.store import Store
+from pytest_llmexp._util.jsontext import cache_key, request_digest
 
 
 @prompt("user")

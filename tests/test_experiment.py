@@ -15,8 +15,11 @@ import pytest
 
 from conftest import Database
 from fakellm import FakeLLM
-from pytest_llmexp import Experiment, ExperimentError, SimpleBot, metric, prompt, recording
-from pytest_llmexp.recording import current_run, new_id
+from pytest_llmexp import Experiment, ExperimentError, SimpleBot, metric, prompt
+from pytest_llmexp._run import recording
+from pytest_llmexp._run.recording import current_run
+from pytest_llmexp._util.clock import utcnow
+from pytest_llmexp._util.ids import new_id
 
 
 @prompt("user")
@@ -128,7 +131,7 @@ def test_timestamps_are_written_as_datetime_writes_them(
     monkeypatch.setattr(recording.time, "time_ns", lambda: nanoseconds)
     seconds, micros = divmod(nanoseconds // 1000, 1_000_000)
     expected = datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=micros)
-    assert recording.utcnow() == expected.isoformat(timespec="microseconds")
+    assert utcnow() == expected.isoformat(timespec="microseconds")
 
 
 @metric

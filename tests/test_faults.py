@@ -310,7 +310,7 @@ def test_a_database_that_cannot_be_used_is_refused_untouched(
             conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
         expected = "is a SQLite database of another program (tables invoices)"
     else:
-        from pytest_llmexp.store import Store
+        from pytest_llmexp._store.store import Store
 
         Store(path).close()
         with closing(sqlite3.connect(path)) as conn, conn:
@@ -356,7 +356,7 @@ def test_a_failed_live_insert_is_kept_in_the_spool_and_recovered(
     pytester.makeconftest(
         """
         import sqlite3
-        from pytest_llmexp import store
+        from pytest_llmexp._store import store
 
         def broken_insert_batch(self, session_id, batch):
             raise sqlite3.OperationalError("disk I/O error (injected)")
@@ -394,7 +394,7 @@ def test_a_spool_whose_lines_were_all_stored_is_not_read_again(
         from pathlib import Path
 
         import pytest
-        from pytest_llmexp import recovery
+        from pytest_llmexp._store import recovery
 
         _iter_spool = recovery.iter_spool
 
@@ -433,7 +433,7 @@ def test_runs_that_cannot_be_spooled_are_still_stored(
 ) -> None:
     pytester.makeconftest(
         """
-        from pytest_llmexp import spool
+        from pytest_llmexp._store import spool
 
         def full_disk(self, kind, payload):
             raise OSError(28, "No space left on device (injected)")

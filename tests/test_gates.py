@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from pytest_llmexp import GateError, MetricError, metric
-from pytest_llmexp.collect import case_id
-from pytest_llmexp.compare import bootstrap_difference, unified_diff
-from pytest_llmexp.evaluate import (
+from pytest_llmexp._plugin.collect import case_id
+from pytest_llmexp._verdict.compare import bootstrap_difference, unified_diff
+from pytest_llmexp._verdict.evaluate import (
     ExperimentData,
     Run,
     applicable_gates,
@@ -19,7 +19,7 @@ from pytest_llmexp.evaluate import (
     percentile,
     unstable_metrics,
 )
-from pytest_llmexp.gates import parse_gate
+from pytest_llmexp._verdict.gates import parse_gate
 
 
 def cli(text: str) -> Any:
@@ -282,7 +282,7 @@ def test_bootstrap_by_hand() -> None:
 def test_large_samples_get_the_normal_interval_the_bootstrap_converges_to(
     monkeypatch: pytest.MonkeyPatch, paired: bool
 ) -> None:
-    from pytest_llmexp import compare
+    from pytest_llmexp._verdict import compare
 
     rng = np.random.default_rng(2)
     base, cur = list(rng.exponential(2, 600)), list(rng.exponential(2.3, 600))
@@ -308,11 +308,11 @@ def test_a_verdict_that_cannot_be_computed_fails_the_session(
 ) -> None:
     from types import SimpleNamespace
 
-    from pytest_llmexp import verdicts
-    from pytest_llmexp.conclusion import Conclusion
-    from pytest_llmexp.health import Health
-    from pytest_llmexp.settings import Settings
-    from pytest_llmexp.store import Store
+    from pytest_llmexp._plugin.conclusion import Conclusion
+    from pytest_llmexp._plugin.settings import Settings
+    from pytest_llmexp._store.store import Store
+    from pytest_llmexp._verdict import verdicts
+    from pytest_llmexp._verdict.health import Health
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("a stored gate from another version")

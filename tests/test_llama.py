@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from procs import alive, linux_only
-from pytest_llmexp import LocalModelError, LocalServer, llama
-from pytest_llmexp.llama import LocalModel
+from pytest_llmexp import LocalModelError, LocalServer
+from pytest_llmexp._local import server as llama
+from pytest_llmexp._local.server import LocalModel
 
 FAKE = str(Path(__file__).with_name("fake_llama_server.py"))
 MODEL = LocalModel(file_name="fake.gguf", sha256="0" * 64)
@@ -100,7 +101,7 @@ def test_the_server_exits_when_the_process_that_started_it_is_killed(tmp_path: P
         textwrap.dedent(
             f"""
             import sys, time
-            from pytest_llmexp.llama import LocalModel, LocalServer
+            from pytest_llmexp._local.server import LocalModel, LocalServer
             server = LocalServer(command=[sys.executable, {FAKE!r}, "serve"],
                                  model=LocalModel("fake.gguf", "0" * 64))
             server.start()

@@ -15,7 +15,7 @@ import pytest
 
 import procs
 from procs import linux_only
-from pytest_llmexp.llama import LABEL
+from pytest_llmexp._local.server import LABEL
 
 # Imported by the inner sessions: the llama.cpp server processes that are children of this
 # session's controller (the process itself without xdist, a worker's parent with it).
@@ -37,7 +37,7 @@ def servers(parent=None):
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if b"pytest_llmexp._llama_main" in argv and ppid == parent:
+        if b"pytest_llmexp._local.main" in argv and ppid == parent:
             found.append(int(entry.name))
     return found
 """
@@ -80,7 +80,7 @@ def test_plain_failure():
 
 
 def alive(pid: int) -> bool:
-    return procs.alive(pid, b"pytest_llmexp._llama_main")
+    return procs.alive(pid, b"pytest_llmexp._local.main")
 
 
 def local_model_identity() -> tuple[str, str]:
@@ -237,7 +237,7 @@ def test_replay_never_starts_the_local_model(
 def test_a_corrupt_cached_model_is_assembled_again(
     _model_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from pytest_llmexp import llama
+    from pytest_llmexp._local import server as llama
 
     monkeypatch.setenv("LLMEXP_CACHE_DIR", str(tmp_path))
     model, sha = local_model_identity()
@@ -264,8 +264,8 @@ def test_local_model_with_a_base_url_is_a_usage_error(
 
 
 HIDE_LOCAL = """
-import pytest_llmexp.llama
-pytest_llmexp.llama.REQUIRED = {"no_such_module_for_tests": "llama-cpp-python"}
+import pytest_llmexp._local.server
+pytest_llmexp._local.server.REQUIRED = {"no_such_module_for_tests": "llama-cpp-python"}
 """
 
 
@@ -364,6 +364,6 @@ def test_a_server_that_cannot_start_stops_the_session_with_the_reason(
 )
 def test_the_xdist_controller_knows_executions_by_their_ids(nodeid: str, expected: bool) -> None:
     """Under xdist the controller starts the server when a worker collected any of these."""
-    from pytest_llmexp.collect import is_execution_id
+    from pytest_llmexp._plugin.collect import is_execution_id
 
     assert is_execution_id(nodeid) is expected

@@ -7,8 +7,8 @@ import pytest
 from pydantic import BaseModel
 
 from pytest_llmexp import MetricError, metric
-from pytest_llmexp.metrics import to_metric_record
-from pytest_llmexp.recording import RunContext, activate
+from pytest_llmexp._run.metrics import to_metric_record
+from pytest_llmexp._run.recording import RunContext, activate
 
 
 class Score(BaseModel):

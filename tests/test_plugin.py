@@ -728,7 +728,7 @@ def test_credentials_on_the_command_line_are_not_stored(
 
 FLAKY_STORE = """
 import sqlite3
-from pytest_llmexp import store
+from pytest_llmexp._store import store
 
 _insert_batch = store.Store.insert_batch
 failures = {"left": FAILURES}
@@ -782,7 +782,7 @@ def test_a_session_end_that_cannot_be_stored_fails_the_session(
     pytester.makeconftest(
         """
         import sqlite3
-        from pytest_llmexp import store
+        from pytest_llmexp._store import store
 
         def broken_finish(self, session_id, **kwargs):
             raise sqlite3.OperationalError("database or disk is full (injected)")
@@ -863,9 +863,9 @@ def test_pytest_does_not_rewrite_the_plugins_modules(
         assert loaders["conftest"] == "AssertionRewritingHook", file.name
         assert loaders["pytest_llmexp"] == "AssertionRewritingHook", file.name
         ours = {m: loader for m, loader in loaders.items() if m.startswith("pytest_llmexp.")}
-        assert {"pytest_llmexp.plugin", "pytest_llmexp.settings"} <= set(ours), file.name
+        assert {"pytest_llmexp.plugin", "pytest_llmexp._plugin.settings"} <= set(ours), file.name
         if file.name != "loaders-main.json" or mode == "serial":  # where the runs ran
-            assert "pytest_llmexp.bots" in ours, file.name
+            assert "pytest_llmexp._run.bots" in ours, file.name
         assert set(ours.values()) == {"SourceFileLoader"}, file.name
 
 
@@ -875,7 +875,7 @@ def test_only_our_names_leave_pytests_rewrite_list(monkeypatch: pytest.MonkeyPat
     class Hook:
         def __init__(self, marked: object) -> None:
             self._must_rewrite = marked
-            self._marked_for_rewrite_cache = {"pytest_llmexp.bots": True, "other": True}
+            self._marked_for_rewrite_cache = {"pytest_llmexp._run.bots": True, "other": True}
 
     ours = Hook({"pytest_llmexp", "pytest_llmexp.plugin", "pytest_llmexp_other", "other"})
     theirs, renamed = Hook({"other"}), Hook(("x",))
@@ -884,5 +884,5 @@ def test_only_our_names_leave_pytests_rewrite_list(monkeypatch: pytest.MonkeyPat
     assert ours._must_rewrite == {"pytest_llmexp_other", "other"}
     assert ours._marked_for_rewrite_cache == {}
     assert theirs._must_rewrite == {"other"}
-    assert theirs._marked_for_rewrite_cache == {"pytest_llmexp.bots": True, "other": True}
+    assert theirs._marked_for_rewrite_cache == {"pytest_llmexp._run.bots": True, "other": True}
     assert renamed._must_rewrite == ("x",)

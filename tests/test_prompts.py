@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_llmexp import Message, PromptError, prompt
-from pytest_llmexp.recording import RunContext, activate
+from pytest_llmexp._run.recording import RunContext, activate
 
 
 @prompt("user")
@@ -142,7 +142,7 @@ JINJA = [
 def test_the_fast_path_renders_as_jinja2_does(template: str, value: object) -> None:
     from jinja2 import TemplateError
 
-    from pytest_llmexp.prompts import _environment, simple_parts
+    from pytest_llmexp._run.prompts import _environment, simple_parts
 
     def greet(name, other="x"):
         pass

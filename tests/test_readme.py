@@ -1,4 +1,5 @@
-"""The README's set-up commands are the ones CI runs."""
+"""The README and the docs pages: the set-up commands are the ones CI runs, and every
+option, ini key and ``llmexp`` command they name exists."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
+#: What a reader reads: the README and every page of the docs site.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def guide() -> str:
+    return "\n".join(page.read_text() for page in PAGES)
 
 
 def readme_commands() -> list[str]:
@@ -31,8 +38,8 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert readme_commands()[1] in ci_lines
 
 
-def test_every_option_the_readme_names_exists(pytester: pytest.Pytester) -> None:
-    text = (ROOT / "README.md").read_text()
+def test_every_option_the_guide_names_exists(pytester: pytest.Pytester) -> None:
+    text = guide()
     options = set(re.findall(r"(--llm-[a-z-]+[a-z])", text))
     ini_keys = set(re.findall(r"`(llm_[a-z_]+)`", text)) - {"llm_run"}  # llm_run: the fixture
     assert {"--llm-gate", "--llm-compare", "--llm-report-json", "--llm-report-md"} <= options
@@ -41,13 +48,13 @@ def test_every_option_the_readme_names_exists(pytester: pytest.Pytester) -> None
     help_text = "\n".join(result.outlines)
     missing = sorted(o for o in options if o not in help_text)
     missing += sorted(k for k in ini_keys if f"  {k} (" not in help_text)
-    assert not missing, f"the README names options pytest does not know: {missing}"
+    assert not missing, f"the guide names options pytest does not know: {missing}"
 
 
-def test_every_llmexp_command_the_readme_names_exists(capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_llmexp_command_the_guide_names_exists(capsys: pytest.CaptureFixture[str]) -> None:
     from pytest_llmexp.cli import main
 
-    text = (ROOT / "README.md").read_text()
+    text = guide()
     # As typed: in code spans and after a shell prompt.
     named = set(re.findall(r"(?:`|\$ )llmexp ([a-z]+)\b", text))
     assert {"sessions", "show", "run", "prompts", "compare", "export", "gate", "report"} <= named
@@ -56,6 +63,28 @@ def test_every_llmexp_command_the_readme_names_exists(capsys: pytest.CaptureFixt
         main(["--help"])
     listed = capsys.readouterr().out
     missing = sorted(c for c in named if not re.search(rf"^\s+{c}\s", listed, flags=re.M))
-    assert not missing, f"the README names llmexp commands that do not exist: {missing}"
-    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
-        assert (ROOT / image).is_file(), image
+    assert not missing, f"the guide names llmexp commands that do not exist: {missing}"
+
+
+def test_every_image_and_page_the_guide_links_to_exists() -> None:
+    linked = 0
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target:
+                continue
+            assert (page.parent / target).is_file(), f"{page.name} links to {target}"
+            linked += 1
+    assert linked > 10
+
+
+def test_the_docs_home_is_the_readme() -> None:
+    # The site's home page is the README with its links made relative to docs/.
+    readme = (ROOT / "README.md").read_text().replace("](docs/", "](")
+    assert (ROOT / "docs" / "index.md").read_text() == readme
+
+
+def test_the_readme_is_short_and_every_page_is_in_the_site() -> None:
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+    nav = (ROOT / "mkdocs.yml").read_text()
+    missing = [p.name for p in PAGES[1:] if f" {p.name}" not in nav]
+    assert not missing, f"pages not in mkdocs.yml's nav: {missing}"

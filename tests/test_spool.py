@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import definitions
-from pytest_llmexp.recording import RunContext
-from pytest_llmexp.recovery import recover
-from pytest_llmexp.spool import SessionLock, SpendLedger, Spool, iter_spool, spool_dir
-from pytest_llmexp.store import Store
+from pytest_llmexp._run.recording import RunContext
+from pytest_llmexp._store.recovery import recover
+from pytest_llmexp._store.spool import SessionLock, SpendLedger, Spool, iter_spool, spool_dir
+from pytest_llmexp._store.store import Store
 
 
 def run_json(index: int) -> str:
@@ -58,7 +58,7 @@ def test_a_held_lock_cannot_be_taken_over(tmp_path: Path) -> None:
     holder.hold()
     # flock locks belong to open files: another process, as another session would be.
     probe = (
-        "import sys; from pathlib import Path; from pytest_llmexp.spool import SessionLock; "
+        "import sys; from pathlib import Path; from pytest_llmexp._store.spool import SessionLock; "
         "sys.exit(0 if SessionLock(Path(sys.argv[1]), 's1').take_over() else 7)"
     )
     taken = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], timeout=60, check=False)
@@ -84,7 +84,7 @@ def test_recovery_ingests_dead_sessions_only_once(store: Store, tmp_path: Path) 
             sys.executable,
             "-c",
             "import sys, time; from pathlib import Path; "
-            "from pytest_llmexp.spool import SessionLock; "
+            "from pytest_llmexp._store.spool import SessionLock; "
             f"SessionLock(Path(sys.argv[1]), {dead!r}).hold(); print('held', flush=True); "
             "sys.stdin.read()",
             str(directory),
@@ -126,7 +126,7 @@ def test_the_spend_ledger_adds_up_across_processes(tmp_path: Path) -> None:
     assert ledger.totals() == (0, 0)
     assert ledger.add(2, 30) == (2, 30)
     script = (
-        "import sys; from pathlib import Path; from pytest_llmexp.spool import SpendLedger; "
+        "import sys; from pathlib import Path; from pytest_llmexp._store.spool import SpendLedger; "
         "[SpendLedger(Path(sys.argv[1]), 's1').add(1, 10) for _ in range(50)]"
     )
     procs = [
@@ -138,7 +138,7 @@ def test_the_spend_ledger_adds_up_across_processes(tmp_path: Path) -> None:
 
 
 def test_the_spend_guard_names_the_cap_that_was_reached(tmp_path: Path) -> None:
-    from pytest_llmexp.spend import SpendGuard
+    from pytest_llmexp._run.spend import SpendGuard
 
     guard = SpendGuard(tmp_path / "db", "s1", max_calls=None, max_tokens=100)
     assert guard.reached() is None
@@ -154,7 +154,7 @@ def test_a_definition_is_named_only_once_a_spooled_line_carried_it(tmp_path: Pat
     import json
     from types import SimpleNamespace
 
-    from pytest_llmexp.relay import RunRelay, _RunState
+    from pytest_llmexp._plugin.relay import RunRelay, RunState
 
     prompt, bot = definitions()
     db = tmp_path / "message_log.db"
@@ -165,7 +165,7 @@ def test_a_definition_is_named_only_once_a_spooled_line_carried_it(tmp_path: Pat
         run = RunContext("e", num_executions=3, execution_index=index, worker="main")
         run.add_call(bot, [prompt], None)
         report = SimpleNamespace()
-        relay._hand_over_run(report, _RunState(run), junit=False)  # type: ignore[arg-type]
+        relay._hand_over_run(report, RunState(run), junit=False)  # type: ignore[arg-type]
         spooled = not hasattr(report, "llmexp_spool_error")
         return {"spooled": spooled, **json.loads(report.llmexp_run)}
 

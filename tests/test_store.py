@@ -15,8 +15,8 @@ import pytest
 
 from conftest import definitions
 from pytest_llmexp import StoreError
-from pytest_llmexp.recording import RunContext
-from pytest_llmexp.store import Store
+from pytest_llmexp._run.recording import RunContext
+from pytest_llmexp._store.store import Store
 
 #: The columns ARCHITECTURE.md promises; columns may be added, none removed or renamed.
 SCHEMA = {
@@ -143,7 +143,7 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
 def test_the_per_run_tables_are_clustered_and_keep_their_rows(tmp_path: Path) -> None:
     from sqlite_utils import Database
 
-    from pytest_llmexp.migrations import migrations
+    from pytest_llmexp._store.migrations import migrations
 
     path = tmp_path / "message_log.db"
     with sqlite3.connect(path) as conn:
@@ -182,7 +182,7 @@ def test_the_per_run_tables_are_clustered_and_keep_their_rows(tmp_path: Path) ->
 def test_run_data_loses_what_tables_hold_and_metrics_keep_their_order(tmp_path: Path) -> None:
     from sqlite_utils import Database
 
-    from pytest_llmexp.migrations import migrations
+    from pytest_llmexp._store.migrations import migrations
 
     path = tmp_path / "message_log.db"
     run_data = (
@@ -226,8 +226,8 @@ def test_run_data_loses_what_tables_hold_and_metrics_keep_their_order(tmp_path: 
 
 
 def test_the_fast_schema_check_knows_every_migration(tmp_path: Path) -> None:
-    from pytest_llmexp import schema
-    from pytest_llmexp.migrations import MIGRATION_SET, migrations
+    from pytest_llmexp._store import schema
+    from pytest_llmexp._store.migrations import MIGRATION_SET, migrations
 
     assert tuple(m.name for m in migrations._migrations) == schema.SCHEMA
     assert schema.MIGRATION_SET == MIGRATION_SET
@@ -235,7 +235,7 @@ def test_the_fast_schema_check_knows_every_migration(tmp_path: Path) -> None:
     Store(path).close()
     # Reopening a current database does not import sqlite_utils (a fresh interpreter).
     code = (
-        "import sys; from pytest_llmexp.store import Store; "
+        "import sys; from pytest_llmexp._store.store import Store; "
         f"Store({str(path)!r}).close(); print('sqlite_utils' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -296,7 +296,7 @@ def test_inserting_a_run_twice_stores_it_once(tmp_path: Path) -> None:
 
 
 def test_a_batch_of_runs_skips_those_already_stored(tmp_path: Path) -> None:
-    from pytest_llmexp.records import MetricRecord
+    from pytest_llmexp._store.records import MetricRecord
 
     def run(index: int, *names: str):  # -> RunRecord
         context = RunContext("e", num_executions=3, execution_index=index, worker="main")
@@ -322,7 +322,7 @@ def test_a_batch_of_runs_skips_those_already_stored(tmp_path: Path) -> None:
 
 
 def _recorded_call(call_id: str, bot: Any, *, cache_key: str | None = None) -> Any:
-    from pytest_llmexp.records import CallRecord
+    from pytest_llmexp._store.records import CallRecord
 
     return CallRecord(
         id=call_id,
@@ -347,7 +347,7 @@ def _recorded_call(call_id: str, bot: Any, *, cache_key: str | None = None) -> A
 def _run_record(index: int, *, cache_key: str | None = None, carried: bool = True) -> Any:
     """A run with one prompt, one bot, one call and one metric; ``carried``: the run carries
     the definitions, else it names them, as a relay's later runs do."""
-    from pytest_llmexp.records import MetricRecord, RunRecord
+    from pytest_llmexp._store.records import MetricRecord, RunRecord
 
     prompt, bot = definitions()
     used: dict[str, Any] = (
@@ -421,8 +421,8 @@ def test_a_run_naming_an_unknown_definition_is_not_stored(tmp_path: Path) -> Non
 
 
 def test_a_batch_names_ids_by_their_keys_and_skips_stored_runs(tmp_path: Path) -> None:
-    from pytest_llmexp.batch import Batch
-    from pytest_llmexp.records import Recording
+    from pytest_llmexp._store.batch import Batch
+    from pytest_llmexp._store.records import Recording
 
     _, bot = definitions()
     run = _run_record
@@ -488,7 +488,7 @@ def test_a_batch_names_ids_by_their_keys_and_skips_stored_runs(tmp_path: Path) -
 
 
 def test_statistics_use_the_sample_std_and_skip_unevaluated_runs(tmp_path: Path) -> None:
-    from pytest_llmexp.metrics import to_metric_record
+    from pytest_llmexp._run.metrics import to_metric_record
 
     store = Store(tmp_path / "db.sqlite")
     try:
@@ -524,7 +524,7 @@ def _git(where: Path, *args: str) -> str:
 def test_the_git_commit_is_read_from_the_files_as_git_reads_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytest_llmexp.provenance import _ASK_GIT, _head_from_files, git_sha
+    from pytest_llmexp._store.provenance import _ASK_GIT, _head_from_files, git_sha
 
     for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_CEILING_DIRECTORIES", "GIT_COMMON_DIR"):
         monkeypatch.delenv(name, raising=False)

@@ -9,9 +9,10 @@ from pydantic import BaseModel, Field
 
 from conftest import inside_run
 from fakellm import FakeLLM
-from pytest_llmexp import LLMCallError, StructuredBot, endpoint
-from pytest_llmexp.recording import RunContext
-from pytest_llmexp.schemas import enumerate_int_ranges, refuses_json_schema
+from pytest_llmexp import LLMCallError, StructuredBot
+from pytest_llmexp._run import endpoint
+from pytest_llmexp._run.recording import RunContext
+from pytest_llmexp._run.structured import enumerate_int_ranges, refuses_json_schema
 
 
 class Verdict(BaseModel):

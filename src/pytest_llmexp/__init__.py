@@ -52,13 +52,14 @@ from .errors import (  # noqa: E402
 )
 
 if TYPE_CHECKING:
-    from .bots import SimpleBot, StructuredBot
-    from .collect import experiment
-    from .experiment import Experiment
-    from .llama import LocalServer
-    from .metrics import metric
-    from .prompts import Message, prompt
-    from .recording import RunContext
+    from . import endpoint
+    from ._local.server import LocalServer
+    from ._plugin.collect import experiment
+    from ._run.bots import SimpleBot, StructuredBot
+    from ._run.metrics import metric
+    from ._run.prompts import Message, prompt
+    from ._run.recording import RunContext
+    from ._run.scripted import Experiment
 
 __all__ = [
     "BotError",
@@ -79,29 +80,35 @@ __all__ = [
     "StoreError",
     "StructuredBot",
     "StructuredOutputError",
+    "endpoint",
     "experiment",
     "metric",
     "prompt",
 ]
 
+#: Where each lazily loaded public name lives. None of them names a module of this
+#: package: importing a submodule binds its name on the package, which would shadow the
+#: public name of the same spelling (``experiment`` the decorator, not a module).
 _WHERE = {
-    "SimpleBot": "bots",
-    "StructuredBot": "bots",
-    "experiment": "collect",
-    "Experiment": "experiment",
-    "LocalServer": "llama",
-    "metric": "metrics",
-    "Message": "prompts",
-    "prompt": "prompts",
-    "RunContext": "recording",
+    "SimpleBot": "._run.bots",
+    "StructuredBot": "._run.bots",
+    "experiment": "._plugin.collect",
+    "Experiment": "._run.scripted",
+    "LocalServer": "._local.server",
+    "metric": "._run.metrics",
+    "Message": "._run.prompts",
+    "prompt": "._run.prompts",
+    "RunContext": "._run.recording",
 }
 
 
 def __getattr__(name: str) -> Any:
+    if name == "endpoint":
+        return importlib.import_module(".endpoint", __name__)
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'pytest_llmexp' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
 

@@ -9,20 +9,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .validation import DEFAULT_DB
+from ._util.defaults import DEFAULT_DB
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ._store.store import Store
 
 __all__ = ["main"]
 
 
 def _recover(args: argparse.Namespace) -> int:
+    from ._store.recovery import recover
+    from ._store.spool import spool_dir
+    from ._store.store import Store
+    from ._verdict.health import recovery_lines
     from .errors import StoreError
-    from .health import recovery_lines
-    from .recovery import recover
-    from .spool import spool_dir
-    from .store import Store
 
     db_path = Path(args.db).resolve()
     directory = spool_dir(db_path)
@@ -53,8 +53,8 @@ def _recover(args: argparse.Namespace) -> int:
 
 
 def _open_store(db: str, command: str) -> Store | None:
+    from ._store.store import Store
     from .errors import StoreError
-    from .store import Store
 
     path = Path(db).resolve()
     if not path.is_file():
@@ -68,8 +68,8 @@ def _open_store(db: str, command: str) -> Store | None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .cachedb import export_cassette
-    from .compare import resolve_session
+    from ._store.cassette import export_cassette
+    from ._util.lookup import resolve_session
     from .errors import ExperimentError
 
     store = _open_store(args.db, "cache export")
@@ -113,9 +113,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .cachedb import import_cassette
+    from ._store.cassette import import_cassette
+    from ._store.store import Store
     from .errors import StoreError
-    from .store import Store
 
     try:
         with open(args.file, encoding="utf-8") as lines:
@@ -142,7 +142,7 @@ def _import(args: argparse.Namespace) -> int:
 def _read_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    from .commands import COMMANDS
+    from ._view.commands import COMMANDS
 
     listing = argparse.ArgumentParser(add_help=False, parents=[common])
     listing.add_argument("--json", action="store_true", help="print JSON, for scripts")
@@ -285,11 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.db is None and os.environ.get("LLMEXP_DB"):
         args.db, args.db_source = os.environ["LLMEXP_DB"], "LLMEXP_DB"
     elif args.db is None:
-        from .dbfile import project_db
+        from ._store.dbfile import project_db
 
         path, args.db_source = project_db(Path.cwd(), DEFAULT_DB)
         args.db = str(path)
-    from .commands import Failed
+    from ._view.commands import Failed
 
     try:
         return int(args.run(args))

@@ -11,12 +11,22 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import wiring
-from .collect import MARKER_HELP
-from .settings import SETTINGS_KEY, add_options, build_settings
+from ._plugin import wiring
+from ._plugin.collect import MARKER_HELP
+from ._plugin.keys import (
+    BOTS_MODULE,
+    LOCAL_KEY,
+    RELAY_KEY,
+    SETTINGS_KEY,
+    STARTED_KEY,
+    WHO_KEY,
+    WORKERINPUT_SESSION,
+    WRITER_KEY,
+)
+from ._plugin.settings import add_options, build_settings
 
 if TYPE_CHECKING:
-    from .recording import RunContext
+    from ._run.recording import RunContext
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -27,31 +37,51 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     settings = build_settings(config)
     config.stash[SETTINGS_KEY] = settings
-    from . import clipping, endpoint, recording
+    from ._run import process
 
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
-    client = endpoint.ClientSettings(
+    if workerinput is None:
+        from ._util.clock import utcnow
+        from ._util.ids import new_id
+
+        # Known before the database is opened: workers name their spool files with it.
+        config.stash[WHO_KEY] = (new_id(), "main")
+        config.stash[STARTED_KEY] = utcnow()
+    else:
+        config.stash[WHO_KEY] = (workerinput[WORKERINPUT_SESSION], workerinput["workerid"])
+    client = process.ClientSettings(
         base_url=settings.base_url,
         timeout=settings.timeout,
         max_retries=settings.max_retries,
         model=settings.model,
     )
     if workerinput is not None:
-        from .local import worker_client_settings
+        from ._plugin.localmodel import worker_client_settings
 
         client = worker_client_settings(workerinput) or client
     elif settings.local:
         client = wiring.start_local(config, client)
-    endpoint.configure(client)
-    # Calls outside any run travel on reports to the writer instead of being written here.
-    recording.set_orphan_writer(None)
-    clipping.set_storage_limit(settings.max_stored_chars)
+    cache = process.CacheSettings()
+    if settings.cache != "off" or settings.replay_from is not None:
+        from ._store.spool import cassette_path
+
+        cache = process.CacheSettings(
+            mode=settings.cache,
+            cassette=cassette_path(settings.db_path, config.stash[WHO_KEY][0]),
+            replay_of=settings.replay_from,
+        )
+    process.setup(
+        process.ProcessSettings(
+            endpoint=client,
+            cache=cache,
+            storage_limit=settings.max_stored_chars,
+            # Calls outside any run travel on reports to the writer instead of being written here.
+            buffer_orphans=True,
+        )
+    )
     if workerinput is None:
-        # Known before the database is opened: workers name their spool files with it.
-        config.stash[wiring.WHO_KEY] = (recording.new_id(), "main")
-        config.stash[wiring.STARTED_KEY] = recording.utcnow()
         if wiring.distributes(config):
-            from .intake import ReportHooks
+            from ._plugin.intake import ReportHooks
 
             # The controller sees no items; runs arrive from the workers' reports.
             writer = wiring.make_writer(config)
@@ -62,21 +92,19 @@ def pytest_configure(config: pytest.Config) -> None:
             # A command-line gate or a report: the session's end has work even without
             # experiments (a gate that gated nothing fails; reports are written).
             wiring.make_writer(config)
-    else:
-        config.stash[wiring.WHO_KEY] = (workerinput["llmexp_session"], workerinput["workerid"])
     if settings.cache != "off" or settings.replay_from is not None:
         # Set up now, so that no call of this process can reach the endpoint unreplayed.
         wiring.make_relay(config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    local = config.stash.get(wiring.LOCAL_KEY, None)
+    local = config.stash.get(LOCAL_KEY, None)
     if local is not None:
         local.stop()
-    relay = config.stash.get(wiring.RELAY_KEY, None)
+    relay = config.stash.get(RELAY_KEY, None)
     if relay is not None:
         relay.spool.close()
-    writer = config.stash.get(wiring.WRITER_KEY, None)
+    writer = config.stash.get(WRITER_KEY, None)
     if writer is not None:
         writer.close()
     for name in (
@@ -90,29 +118,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         plugin = config.pluginmanager.get_plugin(name)
         if plugin is not None:
             config.pluginmanager.unregister(plugin)
-    from . import clipping, endpoint, recording
-    from .validation import DEFAULT_STORAGE_LIMIT
+    from ._run import process
 
-    endpoint.configure(endpoint.ClientSettings())
-    if relay is not None:
-        from . import cache
-
-        cache.configure(cache.CacheSettings())
-    recording.set_orphan_writer(recording.default_orphan_writer)
-    clipping.set_storage_limit(DEFAULT_STORAGE_LIMIT)
+    process.teardown()
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.definition.get_closest_marker("experiment") is None:
         return  # called for every test function of every session: the common case first
-    from .collect import generate_executions
+    from ._plugin.collect import generate_executions
 
     generate_executions(metafunc, metafunc.config.stash[SETTINGS_KEY].num_executions)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from .collect import select_experiments
+    from ._plugin.collect import select_experiments
 
     settings = config.stash[SETTINGS_KEY]
     try:
@@ -130,30 +151,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    relay = config.stash.get(wiring.RELAY_KEY, None)
+    relay = config.stash.get(RELAY_KEY, None)
     worker = hasattr(config, "workerinput")
     if relay is None and worker:
         # A worker's calls outside runs, made after a lazy import of the bots, still travel.
         relay = wiring.make_relay(config)
     if relay is not None:
         relay.finish(session)
-    if not worker and wiring.WRITER_KEY not in config.stash and wiring.BOTS in sys.modules:
+    if not worker and WRITER_KEY not in config.stash and BOTS_MODULE in sys.modules:
         # The bots were imported by a test itself: calls it made outside any run are stored
         # by a writer made now (registered too late for this hook, so called here).
         wiring.make_writer(config).pytest_sessionfinish(session, exitstatus)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    from . import endpoint
-    from .local import header_lines
+    from ._plugin.localmodel import header_lines
+    from ._run import endpoint
+    from ._util.redact import display_url
 
     settings = config.stash[SETTINGS_KEY]
-    local = config.stash.get(wiring.LOCAL_KEY, None)
+    local = config.stash.get(LOCAL_KEY, None)
     server = local.server if local is not None else None
     if server is not None:
         where = f"endpoint {endpoint.endpoint_label()}"
     else:
-        url = endpoint.display_url(endpoint.resolved_base_url())
+        url = display_url(endpoint.resolved_base_url())
         where = f"endpoint {url}" + (f", model override {settings.model}" if settings.model else "")
     return [f"llmexp: {where}, database {settings.db_path}", *header_lines(settings, server)]
 
@@ -169,7 +191,7 @@ def llm_run(request: pytest.FixtureRequest) -> RunContext:
     """The current experiment run: ``run_id``, ``experiment``, ``execution_index``,
     ``num_executions``, and ``set_metadata(key, value)`` to attach JSON-safe data to the run.
     """
-    from .recording import current_run
+    from ._run.recording import current_run
 
     current = current_run()
     if current is None:

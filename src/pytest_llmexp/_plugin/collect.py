@@ -1,0 +1,207 @@
+"""``@experiment`` and its marker: one test becomes ``num_executions`` items ``[exec-N]``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
+
+import pytest
+
+from .._util.defaults import check_experiment_name, check_num_executions
+from ..errors import ExperimentError
+from .keys import ITEM_KEY
+
+__all__ = [
+    "EXEC_FIXTURE",
+    "ExperimentItem",
+    "case_id",
+    "execution_index",
+    "experiment",
+    "generate_executions",
+    "is_execution_id",
+    "select_experiments",
+]
+
+EXEC_FIXTURE = "_llmexp_execution"
+MARKER_HELP = (
+    "experiment(num_executions=1, name=None, gates=()): run the test num_executions times as "
+    "an LLM experiment, each execution one recorded run; gates: e.g. ['name_length: mean >= 5']"
+)
+_KNOWN_ARGS = ("num_executions", "name", "gates")
+# An execution's parameter id, exec-N, possibly joined by "-" with the ids of other parameters.
+_EXECUTION_ID = re.compile(r"\[(?:[^\]]*-)?exec-(\d+)(?:-[^\]]*)?\]$")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ExperimentItem(NamedTuple):
+    """What the plugin knows about one collected execution."""
+
+    name: str
+    num_executions: int
+    execution_index: int
+    #: The parametrize id without ``exec-N``; ``None`` when the test has no other parameters.
+    case_id: str | None = None
+    #: The experiment's gates as declared in code.
+    gates: tuple[str, ...] = ()
+
+
+def experiment(
+    num_executions: int | Callable[..., Any] = 1,
+    name: str | None = None,
+    gates: Any = None,
+    **unknown: Any,
+) -> Any:
+    """Run the decorated test ``num_executions`` times as the experiment ``name``.
+
+    The name defaults to the function's name without ``test_``. ``gates`` are thresholds on
+    the experiment's aggregates that decide the session's verdict, e.g.
+    ``["name_length: mean >= 5", "pass_rate >= 0.9"]``. This is the same as
+    ``@pytest.mark.experiment(...)``; both are checked at collection.
+    """
+    if callable(num_executions) and name is None and gates is None and not unknown:
+        return pytest.mark.experiment(num_executions)  # bare @experiment
+    kwargs: dict[str, Any] = {"num_executions": num_executions, **unknown}
+    if name is not None:
+        kwargs["name"] = name
+    if gates is not None:
+        kwargs["gates"] = gates
+    return pytest.mark.experiment(**kwargs)
+
+
+class _Spec(NamedTuple):
+    name: str
+    num_executions: int
+    gates: tuple[str, ...]
+
+
+def _spec(definition: pytest.Item | Any, override: int | None) -> _Spec | None:
+    """The experiment name, execution count and gates of a test, or ``None``."""
+    mark = definition.get_closest_marker("experiment")
+    if mark is None:
+        return None
+    return _mark_spec(mark, definition.name.split("[")[0], override)
+
+
+def _mark_spec(mark: pytest.Mark, test: str, override: int | None) -> _Spec:
+    """What an ``experiment`` mark on the test function ``test`` declares, checked."""
+    from .._verdict.gates import check_gates
+    from ..errors import GateError
+
+    where = f"@experiment on {test}"
+    if len(mark.args) > 1:
+        raise ExperimentError(
+            f"{where}: takes at most one positional argument (num_executions), got {mark.args!r}"
+        )
+    unknown = sorted(set(mark.kwargs) - set(_KNOWN_ARGS))
+    if unknown:
+        raise ExperimentError(
+            f"{where}: unknown argument(s) {', '.join(unknown)}; it takes {', '.join(_KNOWN_ARGS)}"
+        )
+    if mark.args and "num_executions" in mark.kwargs:
+        raise ExperimentError(f"{where}: num_executions is given twice")
+    count = mark.args[0] if mark.args else mark.kwargs.get("num_executions", 1)
+    check_num_executions(count, where)
+    default_name = test.removeprefix("test_") or test
+    name = mark.kwargs.get("name")
+    name = check_experiment_name(default_name if name is None else name, where)
+    try:
+        gates = check_gates(mark.kwargs.get("gates", ()), source="code", where=where)
+    except GateError as exc:
+        raise ExperimentError(str(exc)) from None
+    return _Spec(name, override if override is not None else count, tuple(g.text for g in gates))
+
+
+def case_id(nodeid: str) -> str | None:
+    """The case of an execution: its parametrize id without ``exec-N`` (``None`` if none)."""
+    test = nodeid.rsplit("::", 1)[-1]
+    if not test.endswith("]") or "[" not in test:
+        return None
+    ids = test[test.index("[") + 1 : -1]
+    rest = re.sub(r"(?:^|-)exec-\d+(?=-|$)", "", ids, count=1).strip("-")
+    return rest or None
+
+
+def execution_index(nodeid: str) -> int | None:
+    """The execution index in an experiment item's node id, or ``None`` if it is not one (for
+    the xdist controller, which sees ids but no items)."""
+    match = _EXECUTION_ID.search(nodeid)
+    return None if match is None else int(match.group(1))
+
+
+def is_execution_id(nodeid: str) -> bool:
+    """Whether a node id is one of an experiment's executions."""
+    return execution_index(nodeid) is not None
+
+
+def generate_executions(metafunc: pytest.Metafunc, override: int | None) -> None:
+    """Parametrize an experiment test over its executions, ids ``exec-0`` ... ``exec-N-1``."""
+    try:
+        spec = _spec(metafunc.definition, override)
+    except ExperimentError as exc:
+        raise pytest.Collector.CollectError(str(exc)) from None
+    if spec is None:
+        return
+    count = spec.num_executions
+    if EXEC_FIXTURE not in metafunc.fixturenames:
+        metafunc.fixturenames.append(EXEC_FIXTURE)
+    metafunc.parametrize(
+        EXEC_FIXTURE, range(count), indirect=True, ids=[f"exec-{i}" for i in range(count)]
+    )
+
+
+def select_experiments(
+    config: pytest.Config,
+    items: list[pytest.Item],
+    wanted: tuple[str, ...],
+    override: int | None,
+) -> None:
+    """Tag experiment items, check their names, and keep only the ``wanted`` experiments."""
+    functions: dict[str, set[str]] = {}
+    # The executions of a test share its mark: it is checked once, not once per execution.
+    specs: dict[tuple[int, str], tuple[pytest.Mark, _Spec]] = {}
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or EXEC_FIXTURE not in callspec.params:
+            continue
+        mark = item.get_closest_marker("experiment")
+        assert mark is not None, item.nodeid
+        test = item.name.split("[")[0]
+        # Keyed by identity, the mark kept with its spec so that its id is not reused.
+        cached = specs.get((id(mark), test))
+        if cached is None:
+            cached = specs[(id(mark), test)] = (mark, _mark_spec(mark, test, override))
+        spec = cached[1]
+        name = spec.name
+        item.stash[ITEM_KEY] = ExperimentItem(
+            name=name,
+            num_executions=spec.num_executions,
+            execution_index=int(callspec.params[EXEC_FIXTURE]),
+            case_id=case_id(item.nodeid),
+            gates=spec.gates,
+        )
+        functions.setdefault(name, set()).add(item.nodeid.split("[")[0])
+    for name, tests in sorted(functions.items()):
+        if len(tests) > 1:
+            raise pytest.UsageError(
+                f"experiment name {name!r} is used by {' and '.join(sorted(tests))}; give "
+                "each a distinct name with @experiment(name=...)"
+            )
+    if not wanted:
+        return
+    unmatched = [name for name in wanted if name not in functions]
+    if unmatched:
+        known = ", ".join(sorted(functions)) or "none were collected"
+        raise pytest.UsageError(
+            f"--llm-experiment {', '.join(unmatched)}: no such experiment; "
+            f"known experiments: {known}"
+        )
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        info = item.stash.get(ITEM_KEY, None)
+        (keep if info is not None and info.name in wanted else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep

@@ -1,0 +1,229 @@
+"""On every process that runs tests: one run per experiment item, attached to its report.
+
+The finished run is appended to this process's spool file, then rides on the
+teardown report as JSON (``report.llmexp_run``); pytest-xdist ships reports to the
+controller, where the writer stores them. Calls made outside any run ride the same way
+(``report.llmexp_calls``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .._run.recording import drain_orphans_json
+from .keys import (
+    ITEM_KEY,
+    REPORT_PREFIX,
+    RUN_KEY,
+    WORKEROUTPUT_CALLS,
+    WORKEROUTPUT_CALLS_SPOOLED,
+    WORKEROUTPUT_SPOOL_LINES,
+    WORKEROUTPUT_USAGE_ERROR,
+)
+
+if TYPE_CHECKING:
+    from .._run.recording import RunContext
+    from .._run.spend import SpendGuard
+    from .._store.records import RunRecord
+    from .._store.spool import Kind, Spool
+
+__all__ = ["RunRelay", "RunState"]
+
+_SEVERITY = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+_MAX_MESSAGE = 4000
+_AUTH = (401, 403)
+
+
+class RunState:
+    """A run while its item goes through setup, call and teardown."""
+
+    def __init__(self, run: RunContext) -> None:
+        self.run = run
+        self.status = "passed"
+        self.error_type: str | None = None
+        self.error_message: str | None = None
+        #: Why the plugin itself skipped the run (``SpendLimit``).
+        self.skip_kind: str | None = None
+
+    def note(self, report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
+        """Fold one phase's outcome into the run's status; the most severe one wins."""
+        if report.passed:
+            return
+        from .._run.recording import classify_exception
+        from .._util.redact import redact
+
+        excinfo = call.excinfo
+        if report.skipped:
+            if hasattr(report, "wasxfail"):
+                status, kind, message = "failed", "xfail", str(report.wasxfail)
+            else:
+                longrepr = report.longrepr
+                reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+                status, kind, message = "skipped", "Skipped", reason
+        elif excinfo is None:
+            status, kind, message = "failed", "Failed", str(report.longrepr)
+        elif report.when == "call":
+            status, kind, message = classify_exception(excinfo.value)
+        else:
+            # A fixture that fails to set up or tear down: the run could not be evaluated.
+            status, kind, message = "error", excinfo.typename, str(excinfo.value)
+        if status == "skipped" and self.skip_kind is not None:
+            kind = self.skip_kind
+        if _SEVERITY[status] > _SEVERITY[self.status]:
+            self.status, self.error_type = status, kind
+            self.error_message = redact(message)[:_MAX_MESSAGE]
+
+
+class RunRelay:
+    """Creates the run of each experiment item, spools it, and hands it over on the report."""
+
+    def __init__(self, worker: str, spool: Spool, spend: SpendGuard | None) -> None:
+        self.worker = worker
+        self.spool = spool
+        self.spend = spend
+        #: A usage error found during collection on an xdist worker, for the controller.
+        self.usage_error: str | None = None
+        self._stopping = False
+        #: Prompt keys and bot hashes whose definitions a spooled run of this process carried.
+        self._defined: set[tuple[str, str, str] | str] = set()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, Any, Any]:
+        info = item.stash.get(ITEM_KEY, None)
+        if info is None:
+            return (yield)
+        from .._run.recording import RunContext, activate
+
+        run = RunContext(
+            info.name,
+            num_executions=info.num_executions,
+            execution_index=info.execution_index,
+            worker=self.worker,
+            nodeid=item.nodeid,
+            case_id=info.case_id,
+            gates=info.gates,
+        )
+        item.stash[RUN_KEY] = RunState(run)
+        try:
+            with activate(run, process_wide=True):
+                return (yield)
+        finally:
+            del item.stash[RUN_KEY]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        state = item.stash.get(RUN_KEY, None)
+        if state is None or self.spend is None:
+            return
+        reason = self.spend.reached()
+        if reason is not None:
+            state.skip_kind = "SpendLimit"
+            pytest.skip(reason)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        state = item.stash.get(RUN_KEY, None)
+        if state is not None:
+            state.note(report, call)
+            if report.when == "setup" and self.worker != "main":
+                # Lets the xdist controller record a run whose worker dies mid-run.
+                report.llmexp_start = state.run.start_json()  # type: ignore[attr-defined]
+            elif report.when == "call":
+                self._stop_on_auth_error(item, call)
+            elif report.when == "teardown":
+                junit = bool(getattr(item.config.option, "xmlpath", None))
+                self._hand_over_run(report, state, junit)
+                if self.spend is not None:
+                    self.spend.add_run(state.run)
+        if report.when == "teardown":
+            orphans = drain_orphans_json()
+            if orphans is not None:
+                self._hand_over(report, "calls", orphans)
+        return report
+
+    def _hand_over_run(self, report: pytest.TestReport, state: RunState, junit: bool) -> None:
+        from .._util.redact import redact
+
+        # Each prompt and bot definition travels once per process, with the first run that
+        # uses it; later runs name it. Most runs repeat the same few, and the definitions
+        # were 40% of each run's JSON, spooled, sent and parsed again for every run.
+        record = state.run.finish(
+            state.status, state.error_type, state.error_message, defined=self._defined
+        )
+        if junit:
+            self._properties(report, record)
+        if self._hand_over(report, "run", redact(record.model_dump_json())):
+            # Only a spooled definition may be named later: the spool alone must be enough
+            # to store the runs of a process that dies.
+            self._defined.update(p.key for p in record.prompts)
+            self._defined.update(b.hash for b in record.bots)
+
+    @staticmethod
+    def _properties(report: pytest.TestReport, record: RunRecord) -> None:
+        """Shown by --junitxml as <property> elements of the test case, for CI dashboards;
+        only then attached, as pytest keeps every report until the session ends."""
+        properties: list[tuple[str, object]] = [("llmexp.run_id", record.run_id)]
+        if record.case_id is not None:
+            properties.append(("llmexp.case", record.case_id))
+        properties += [
+            (f"llmexp.metric.{m.name}", m.value if m.kind == "float" else int(m.value))
+            for m in record.metrics
+        ]
+        report.user_properties = [*report.user_properties, *properties]
+
+    def _hand_over(self, report: pytest.TestReport, kind: Kind, payload: str) -> bool:
+        """Spool the record, then attach it to the report for the writer; whether it was
+        spooled."""
+        spooled = True
+        try:
+            self.spool.append(kind, payload)
+        except OSError as exc:
+            report.llmexp_spool_error = f"{self.spool.path}: {exc}"  # type: ignore[attr-defined]
+            spooled = False
+        setattr(report, f"{REPORT_PREFIX}{kind}", payload)
+        return spooled
+
+    def _stop_on_auth_error(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+        if call.excinfo is None or self._stopping:
+            return
+        from ..errors import LLMCallError
+
+        exc = call.excinfo.value
+        if not isinstance(exc, LLMCallError) or exc.status_code not in _AUTH:
+            return
+        from .._run.endpoint import endpoint_label
+
+        self._stopping = True
+        # pytest's own fail-fast path (as -x): this process stops, and under xdist the
+        # controller stops the other workers too.
+        item.session.shouldfail = (
+            f"pytest-llmexp: {endpoint_label()} refused the credentials "
+            f"({exc.status_code} {exc.error_type}); stopping the session instead of failing "
+            "every run: check OPENAI_API_KEY and --llm-base-url"
+        )
+
+    def finish(self, session: pytest.Session) -> None:
+        """Called from the plugin's ``pytest_sessionfinish``, registered or not."""
+        # On an xdist worker, calls made after the last test (session fixture teardown)
+        # travel in workeroutput, which the controller reads when the worker goes down.
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is not None:
+            if self.usage_error is not None:
+                workeroutput[WORKEROUTPUT_USAGE_ERROR] = self.usage_error
+            orphans = drain_orphans_json()
+            if orphans is not None:
+                with suppress(OSError):  # it still travels in workeroutput
+                    self.spool.append("calls", orphans)
+                    workeroutput[WORKEROUTPUT_CALLS_SPOOLED] = True
+                workeroutput[WORKEROUTPUT_CALLS] = orphans
+            workeroutput[WORKEROUTPUT_SPOOL_LINES] = self.spool.lines
+        self.spool.close()

@@ -1,0 +1,387 @@
+"""The ``--llm-*`` options and ``llm_*`` ini keys, validated once into :class:`Settings`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
+from urllib.parse import urlsplit
+
+import pytest
+
+from .._util.defaults import (
+    CACHE_MODES,
+    DEFAULT_DB,
+    DEFAULT_ERROR_BUDGET,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_STORAGE_LIMIT,
+    DEFAULT_TIMEOUT,
+)
+
+if TYPE_CHECKING:
+    from .._run.cache import CacheMode
+    from .._verdict.gates import Gate
+
+__all__ = ["Settings", "add_options", "build_settings"]
+
+
+class Settings(NamedTuple):
+    """Everything the plugin was told, after validation (a named tuple: it is made in every
+    pytest session, and a dataclass of this size takes a millisecond to define)."""
+
+    experiments: tuple[str, ...]
+    db_path: Path
+    num_executions: int | None
+    model: str | None
+    base_url: str | None
+    timeout: float
+    max_retries: int
+    #: The embedded local model: asked for (``--llm-model local``), chosen because no key and
+    #: no endpoint is configured, or not used.
+    local: Literal["explicit", "auto"] | None = None
+    #: No key and no endpoint is configured, and the local model is not installed either.
+    local_unavailable: bool = False
+    #: The share of runs that may error before the session fails as "infrastructure".
+    error_budget: float = DEFAULT_ERROR_BUDGET
+    #: The spend guard's caps on the session's LLM calls and tokens.
+    max_calls: int | None = None
+    max_tokens: int | None = None
+    #: The longest message text stored per message.
+    max_stored_chars: int = DEFAULT_STORAGE_LIMIT
+    #: Gates from the ini file (``llm_gates``) and the command line (``--llm-gate``).
+    ini_gates: tuple[Gate, ...] = ()
+    cli_gates: tuple[Gate, ...] = ()
+    #: ``"last"`` (the last complete session) or a session id (prefix) to compare with.
+    compare: str | None = None
+    fail_on_regression: bool = False
+    report_json: Path | None = None
+    report_md: Path | None = None
+    report_html: Path | None = None
+    #: ``--llm-cache``: off, record, replay or auto.
+    cache: CacheMode = "off"
+    #: ``--llm-replay-from``: the stored session (id or prefix) whose generations are replayed.
+    replay_from: str | None = None
+
+
+N = TypeVar("N", int, float)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmexp", "LLM experiments")
+    group.addoption(
+        "--llm-experiment",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only the experiment NAME (repeatable); every other test is deselected.",
+    )
+    group.addoption(
+        "--llm-db",
+        metavar="PATH",
+        help=f"the experiment database (ini: llm_db; default: {DEFAULT_DB} in the rootdir).",
+    )
+    group.addoption(
+        "--llm-num-executions",
+        metavar="N",
+        help="run every selected experiment N times, whatever it declares.",
+    )
+    group.addoption(
+        "--llm-model",
+        metavar="NAME",
+        help="call every bot with model NAME instead of its own (ini: llm_model); 'local' is "
+        "the embedded model, served by llama.cpp on 127.0.0.1 (pytest-llmexp[local]).",
+    )
+    group.addoption(
+        "--llm-base-url",
+        metavar="URL",
+        help="the OpenAI-compatible endpoint (ini: llm_base_url; default: OPENAI_BASE_URL, "
+        "else OpenAI).",
+    )
+    group.addoption(
+        "--llm-timeout",
+        metavar="SECONDS",
+        help=f"timeout of one LLM request (ini: llm_timeout; default: {DEFAULT_TIMEOUT:g}).",
+    )
+    group.addoption(
+        "--llm-max-retries",
+        metavar="N",
+        help="retries of a failed LLM request, with backoff (ini: llm_max_retries; "
+        f"default: {DEFAULT_MAX_RETRIES}).",
+    )
+    group.addoption(
+        "--llm-error-budget",
+        metavar="SHARE",
+        help="fail the session when more than SHARE of its runs errored (timeouts, 429s, 5xx, "
+        f"bad replies), whatever the metrics (ini: llm_error_budget; default: "
+        f"{DEFAULT_ERROR_BUDGET:g}).",
+    )
+    group.addoption(
+        "--llm-max-calls",
+        metavar="N",
+        help="spend guard: once the session made N LLM calls, skip the runs not yet started "
+        "(ini: llm_max_calls).",
+    )
+    group.addoption(
+        "--llm-max-tokens",
+        metavar="N",
+        help="spend guard: once the session used N tokens, skip the runs not yet started "
+        "(ini: llm_max_tokens).",
+    )
+    group.addoption(
+        "--llm-max-stored-chars",
+        metavar="N",
+        help="store at most N characters of each message, flagging the call truncated "
+        f"(ini: llm_max_stored_chars; default: {DEFAULT_STORAGE_LIMIT}).",
+    )
+    group.addoption(
+        "--llm-gate",
+        action="append",
+        default=[],
+        metavar="GATE",
+        help="a gate the session's verdict follows, '[EXPERIMENT.]METRIC: STATISTIC OP NUMBER', "
+        "e.g. 'name_generator.name_length: p10 >= 3' (repeatable; wins over ini llm_gates and "
+        "the gates in code).",
+    )
+    group.addoption(
+        "--llm-compare",
+        nargs="?",
+        const="last",
+        default=None,
+        metavar="SESSION_ID",
+        help="compare each experiment with the last complete session of it in the database, "
+        "or with session SESSION_ID (write --llm-compare=SESSION_ID).",
+    )
+    group.addoption(
+        "--llm-fail-on-regression",
+        action="store_true",
+        default=None,
+        help="fail the session when a metric regressed against the baseline with a 95%% "
+        "interval that excludes zero (implies --llm-compare; ini: llm_fail_on_regression).",
+    )
+    group.addoption(
+        "--llm-report-json",
+        metavar="PATH",
+        help="write the verdict (experiments, metrics, gates, comparison) as JSON to PATH.",
+    )
+    group.addoption(
+        "--llm-report-md",
+        metavar="PATH",
+        help="write the verdict as Markdown tables to PATH (e.g. $GITHUB_STEP_SUMMARY).",
+    )
+    group.addoption(
+        "--llm-report",
+        metavar="PATH",
+        help="write the HTML report of this session's experiments to PATH: one file that opens "
+        "with no network (also: llmexp report).",
+    )
+    group.addoption(
+        "--llm-cache",
+        metavar="MODE",
+        help="record and replay LLM calls: off (the default), record (store each reply), "
+        "replay (serve every call from the store, never call the endpoint), auto (replay what "
+        "is stored, record the rest) (ini: llm_cache).",
+    )
+    group.addoption(
+        "--llm-replay-from",
+        metavar="SESSION_ID",
+        help="re-score stored session SESSION_ID: rerun its experiments on its stored "
+        "generations and measure them with the current metrics, with no LLM call (LLM-judge "
+        "calls it lacks follow --llm-cache).",
+    )
+    parser.addini("llm_cache", "record and replay LLM calls: off, record, replay or auto")
+    parser.addini(
+        "llm_gates", "gates, one per line: [EXPERIMENT.]METRIC: STAT OP NUMBER", "linelist"
+    )
+    parser.addini("llm_fail_on_regression", "fail the session on a regression", "bool", False)
+    parser.addini("llm_db", "the experiment database (default: message_log.db in the rootdir)")
+    parser.addini("llm_model", "the model every bot calls instead of its own ('local': embedded)")
+    parser.addini("llm_base_url", "the OpenAI-compatible endpoint")
+    parser.addini("llm_timeout", f"timeout of one LLM request in seconds ({DEFAULT_TIMEOUT:g})")
+    parser.addini("llm_max_retries", f"retries of a failed LLM request ({DEFAULT_MAX_RETRIES})")
+    parser.addini("llm_error_budget", f"share of runs that may error ({DEFAULT_ERROR_BUDGET:g})")
+    parser.addini("llm_max_calls", "spend guard: the session's cap on LLM calls")
+    parser.addini("llm_max_tokens", "spend guard: the session's cap on tokens")
+    parser.addini("llm_max_stored_chars", "the longest message text stored")
+
+
+def _value(config: pytest.Config, name: str, *, ini: bool = True) -> tuple[str | None, str]:
+    """The raw value of option ``name`` (command line first, then ini) and where it came from."""
+    cli = config.getoption(name)
+    if cli is not None:
+        return str(cli), "--" + name.replace("_", "-")
+    value = config.getini(name) if ini else None
+    if isinstance(value, str) and value.strip():
+        return value.strip(), f"ini {name}"
+    return None, ""
+
+
+def _bad(where: str, value: str, expected: str) -> pytest.UsageError:
+    return pytest.UsageError(f"{where}: expected {expected}, got {value!r}")
+
+
+def _number(
+    config: pytest.Config,
+    name: str,
+    parse: Callable[[str], N],
+    valid: Callable[[N], bool],
+    expected: str,
+    *,
+    ini: bool = True,
+) -> N | None:
+    """Option ``name`` parsed and checked, or ``None`` if it is not set."""
+    raw, where = _value(config, name, ini=ini)
+    if raw is None:
+        return None
+    try:
+        value = parse(raw)
+    except ValueError:
+        raise _bad(where, raw, expected) from None
+    if not valid(value):
+        raise _bad(where, raw, expected)
+    return value
+
+
+def build_settings(config: pytest.Config) -> Settings:
+    """Read and validate every option; a bad value is a ``pytest.UsageError``."""
+    names = tuple(config.getoption("llm_experiment") or ())
+    for name in names:
+        if not name.strip():
+            raise _bad("--llm-experiment", name, "an experiment name")
+
+    raw_db, where = _value(config, "llm_db")
+    if config.getoption("llm_db") is not None:
+        if not raw_db or not raw_db.strip():
+            raise _bad(where, raw_db or "", "a file path")
+        # Like --junitxml, a command line path is relative to the invocation directory.
+        db_path = Path(config.invocation_params.dir, raw_db)
+    else:
+        db_path = Path(config.rootpath, raw_db or DEFAULT_DB)
+    if db_path.is_dir():
+        raise _bad(where or "llm_db", str(db_path), "a file path, not a directory")
+
+    num_executions = _number(
+        config,
+        "llm_num_executions",
+        int,
+        lambda n: n >= 1,
+        "a positive whole number, e.g. 10",
+        ini=False,
+    )
+
+    model, model_where = _value(config, "llm_model")
+
+    base_url, where = _value(config, "llm_base_url")
+    if base_url is not None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _bad(where, base_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8080/v1")
+
+    from .localmodel import local_mode
+
+    local, local_unavailable = local_mode(model, model_where, base_url, where)
+
+    timeout = _number(
+        config,
+        "llm_timeout",
+        float,
+        lambda t: 0 < t < float("inf"),
+        "a positive number of seconds, e.g. 30",
+    )
+    max_retries = _number(
+        config, "llm_max_retries", int, lambda n: n >= 0, "a whole number >= 0, e.g. 2"
+    )
+
+    error_budget = _number(
+        config,
+        "llm_error_budget",
+        float,
+        lambda share: 0 <= share <= 1,
+        "a share of runs from 0 to 1, e.g. 0.1",
+    )
+    positive = "a positive whole number, e.g. 1000"
+    max_calls = _number(config, "llm_max_calls", int, lambda n: n >= 1, positive)
+    max_tokens = _number(config, "llm_max_tokens", int, lambda n: n >= 1, positive)
+    max_stored_chars = _number(config, "llm_max_stored_chars", int, lambda n: n >= 1, positive)
+
+    verdict = _verdict_options(config)
+
+    return Settings(
+        **verdict,
+        experiments=names,
+        db_path=db_path.resolve(),
+        num_executions=num_executions,
+        model=model,
+        base_url=base_url,
+        timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+        max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
+        local=local,
+        local_unavailable=local_unavailable,
+        error_budget=DEFAULT_ERROR_BUDGET if error_budget is None else error_budget,
+        max_calls=max_calls,
+        max_tokens=max_tokens,
+        max_stored_chars=DEFAULT_STORAGE_LIMIT if max_stored_chars is None else max_stored_chars,
+    )
+
+
+def _gates(values: list[str], source: Literal["ini", "cli"], where: str) -> tuple[Gate, ...]:
+    if not values:
+        return ()
+    from .._verdict.gates import parse_gate
+    from ..errors import GateError
+
+    gates = []
+    for text in values:
+        try:
+            gates.append(parse_gate(text, source=source, where=where))
+        except GateError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return tuple(gates)
+
+
+def _report_path(config: pytest.Config, name: str) -> Path | None:
+    raw = config.getoption(name)
+    if raw is None:
+        return None
+    where = "--" + name.replace("_", "-")
+    path = Path(config.invocation_params.dir, raw)
+    if not str(raw).strip() or path.is_dir():
+        raise _bad(where, str(raw), "a file path")
+    return path
+
+
+_SESSION_PREFIX = re.compile(r"^[0-9a-f]{4,32}$")
+
+
+def _verdict_options(config: pytest.Config) -> dict[str, Any]:
+    """Gates, comparison, report, cache and re-scoring options."""
+    compare = config.getoption("llm_compare")
+    if compare is not None and compare != "last" and not _SESSION_PREFIX.match(compare):
+        hint = (
+            "; it is a path: write --llm-compare=SESSION_ID, or put --llm-compare after the paths"
+            if Path(config.invocation_params.dir, compare).exists()
+            else ""
+        )
+        raise _bad("--llm-compare", compare, "a session id (or its first 4+ hex digits)" + hint)
+    fail_on_regression = config.getoption("llm_fail_on_regression")
+    if fail_on_regression is None:
+        fail_on_regression = bool(config.getini("llm_fail_on_regression"))
+    if fail_on_regression and compare is None:
+        compare = "last"
+    cache, where = _value(config, "llm_cache")
+    if cache is not None and cache not in CACHE_MODES:
+        raise _bad(where, cache, "one of " + ", ".join(CACHE_MODES))
+    replay_from = config.getoption("llm_replay_from")
+    if replay_from is not None and not _SESSION_PREFIX.match(replay_from):
+        raise _bad("--llm-replay-from", replay_from, "a session id (or its first 4+ hex digits)")
+    return {
+        "cache": cache or "off",
+        "replay_from": replay_from,
+        "ini_gates": _gates(list(config.getini("llm_gates")), "ini", "ini llm_gates"),
+        "cli_gates": _gates(list(config.getoption("llm_gate") or []), "cli", "--llm-gate"),
+        "compare": compare,
+        "fail_on_regression": fail_on_regression,
+        "report_json": _report_path(config, "llm_report_json"),
+        "report_md": _report_path(config, "llm_report_md"),
+        "report_html": _report_path(config, "llm_report"),
+    }

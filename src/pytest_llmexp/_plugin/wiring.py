@@ -1,0 +1,114 @@
+"""What the plugin sets up in a process, and when: as late as it can.
+
+A session without experiments must cost next to nothing, so the writer, the run relay (with
+its spool, spend guard and cache) and the per-test hooks are made on first need: where
+experiment items are collected or the bots are imported, where xdist distributes, or where
+the session's end has work of its own. ``plugin.py``'s hooks call these.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .keys import (
+    BOTS_MODULE,
+    ITEM_KEY,
+    LOCAL_KEY,
+    RELAY_KEY,
+    SETTINGS_KEY,
+    STARTED_KEY,
+    WHO_KEY,
+    WRITER_KEY,
+)
+
+if TYPE_CHECKING:
+    from .._run.endpoint import ClientSettings
+    from .relay import RunRelay
+    from .writer import Writer
+
+__all__ = ["distributes", "make_relay", "make_writer", "register_run_hooks", "start_local"]
+
+
+def make_writer(config: pytest.Config) -> Writer:
+    """The controller's writer, made and registered on first need (see ``plugin.pytest_configure``
+    and :func:`register_run_hooks`)."""
+    writer = config.stash.get(WRITER_KEY, None)
+    if writer is not None:
+        return writer
+    from .writer import Writer, XdistHooks
+
+    session_id, _ = config.stash[WHO_KEY]
+    settings = config.stash[SETTINGS_KEY]
+    writer = Writer(config, settings, config.stash[STARTED_KEY], session_id)
+    config.stash[WRITER_KEY] = writer
+    config.pluginmanager.register(writer, "llmexp-writer")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(writer), "llmexp-xdist")
+    return writer
+
+
+def make_relay(config: pytest.Config) -> RunRelay:
+    """This process's run machinery (relay, spool, spend guard, cache), made on first need:
+    a session without experiments never makes it."""
+    relay = config.stash.get(RELAY_KEY, None)
+    if relay is not None:
+        return relay
+    from .._run.spend import SpendGuard
+    from .._store.spool import Spool
+    from .relay import RunRelay
+
+    settings = config.stash[SETTINGS_KEY]
+    session_id, worker = config.stash[WHO_KEY]
+    spend = None
+    if settings.max_calls is not None or settings.max_tokens is not None:
+        spend = SpendGuard(
+            settings.db_path,
+            session_id,
+            max_calls=settings.max_calls,
+            max_tokens=settings.max_tokens,
+        )
+    relay = config.stash[RELAY_KEY] = RunRelay(
+        worker, Spool(settings.db_path, session_id, worker), spend
+    )
+    return relay
+
+
+def distributes(config: pytest.Config) -> bool:
+    """Whether pytest-xdist will run the tests on workers (``-n N`` with N > 0, ``--tx``)."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return False
+    return config.getoption("dist", "no") != "no" or bool(config.getoption("tx", None))
+
+
+def start_local(config: pytest.Config, client: ClientSettings) -> ClientSettings:
+    """Reserve the local model server's port; the server starts when experiments are about
+    to run (see :mod:`.local`)."""
+    from .._local.server import LocalServer
+    from .localmodel import LocalModelPlugin, LocalXdistHooks
+
+    settings = config.stash[SETTINGS_KEY]
+    local = LocalModelPlugin(LocalServer(), needed=settings.cache != "replay")
+    config.stash[LOCAL_KEY] = local
+    config.pluginmanager.register(local, "llmexp-local")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(LocalXdistHooks(local), "llmexp-local-xdist")
+    return local.server.client_settings(timeout=client.timeout, max_retries=client.max_retries)
+
+
+def register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Register the per-test hooks only where runs or calls can happen: this process has
+    experiment items, or a test module imported the bots. A session without experiments
+    pays nothing per test; calls made there are still stored when the session ends."""
+    if not any(ITEM_KEY in item.stash for item in items) and BOTS_MODULE not in sys.modules:
+        return
+    manager = config.pluginmanager
+    if not manager.hasplugin("llmexp-relay"):
+        manager.register(make_relay(config), "llmexp-relay")
+    writer = None if hasattr(config, "workerinput") else make_writer(config)
+    if writer is not None and not manager.hasplugin("llmexp-reports"):
+        from .intake import ReportHooks
+
+        manager.register(ReportHooks(writer.intake), "llmexp-reports")

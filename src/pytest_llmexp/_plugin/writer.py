@@ -1,0 +1,338 @@
+"""The one process that writes message_log.db: the xdist controller, or the only process."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .._store.spool import (
+    SessionLock,
+    remove_empty,
+    remove_session_files,
+    spool_dir,
+    spool_name,
+    spooled_sessions,
+)
+from .collect import is_execution_id
+from .conclusion import Conclusion
+from .intake import Intake
+from .keys import (
+    ITEM_KEY,
+    RELAY_KEY,
+    WORKERINPUT_SESSION,
+    WORKEROUTPUT_CALLS,
+    WORKEROUTPUT_CALLS_SPOOLED,
+    WORKEROUTPUT_SPOOL_LINES,
+    WORKEROUTPUT_USAGE_ERROR,
+)
+
+if TYPE_CHECKING:
+    from .._store.recovery import Ingested
+    from .._store.store import Store
+    from .._verdict.health import Health
+    from .settings import Settings
+    from .signals import SigtermAsInterrupt
+
+__all__ = ["Writer", "XdistHooks"]
+
+
+class Writer:
+    """Begins the session when experiments are about to run, stores the finished runs that
+    reports bring (in batches, see :mod:`.intake`), and at the end reconciles the spool and
+    judges the session's health."""
+
+    def __init__(
+        self, config: pytest.Config, settings: Settings, started_at: str, session_id: str
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.started_at = started_at
+        self.session_id = session_id
+        self.spool_dir = spool_dir(settings.db_path)
+        self.lock = SessionLock(self.spool_dir, self.session_id)
+        self.store: Store | None = None
+        self.begun = False
+        self.summaries: dict[str, dict[str, Any]] = {}
+        self.health: Health | None = None
+        #: A usage error an xdist worker found while collecting.
+        self.usage_error: str | None = None
+        #: Sessions killed earlier whose spools this session ingested.
+        self.recovered: list[Ingested] = []
+        self.intake = Intake(self._begun_store, self.session_id)
+        self._spool_kept = False
+        #: Installed when the session begins.
+        self.sigterm: SigtermAsInterrupt | None = None
+        self.conclusion = Conclusion(settings, self.session_id)
+        #: The stored session whose generations this one replays (``--llm-replay-from``).
+        self.replay_of: str | None = None
+        self.cache_line: str | None = None
+
+    def _begun_store(self) -> Store:
+        self.begin()
+        return self._store()
+
+    def _store(self) -> Store:
+        if self.store is None:
+            from .._store.store import Store
+            from ..errors import StoreError
+
+            try:
+                self.store = Store(self.settings.db_path)
+            except StoreError as exc:
+                pytest.exit(f"pytest-llmexp: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        return self.store
+
+    def begin(self) -> None:
+        """Open the database, ingest dead sessions' spools, and insert this session's row."""
+        if self.begun:
+            return
+        self.begun = True
+        import sqlite3
+
+        from .._run.endpoint import endpoint_label
+        from .._store.recovery import recover
+        from .signals import SigtermAsInterrupt
+
+        # From here on a cancelled CI job (SIGTERM) ends the session as Ctrl-C does.
+        self.sigterm = SigtermAsInterrupt()
+        self.sigterm.install()
+        store = self._store()
+        try:
+            self.lock.hold()
+        except OSError as exc:
+            pytest.exit(
+                f"pytest-llmexp: cannot create the spool directory {str(self.spool_dir)!r} "
+                f"beside the database ({exc}); choose a writable path with --llm-db",
+                returncode=pytest.ExitCode.USAGE_ERROR,
+            )
+        from .._store.cassette import check_replay_source, prepare_cassette
+        from .._store.spool import cassette_path
+        from .._verdict.verdicts import check_compare_target
+        from ..errors import ExperimentError
+
+        with store.reading() as conn:
+            problem = check_compare_target(conn, self.settings.compare)
+            if problem is None and self.settings.replay_from is not None:
+                try:
+                    self.replay_of = check_replay_source(conn, self.settings.replay_from)
+                except ExperimentError as exc:
+                    problem = str(exc)
+        if problem is not None:
+            store.close()
+            self.store = None
+            pytest.exit(f"pytest-llmexp: {problem}", returncode=pytest.ExitCode.USAGE_ERROR)
+        try:
+            self.recovered = recover(store, self.spool_dir, own_session=self.session_id)
+            # After recovery, so that what a killed session recorded can be replayed.
+            cassette = cassette_path(self.settings.db_path, self.session_id)
+            prepare_cassette(store, cassette, self.settings.cache, self.replay_of)
+            store.begin_session(
+                kind="pytest",
+                session_id=self.session_id,
+                started_at=self.started_at,
+                argv=list(self.config.invocation_params.args),
+                rootdir=str(self.config.rootpath),
+                endpoint=endpoint_label(),
+                cache_mode=self.settings.cache,
+                replay_of=self.replay_of,
+            )
+        except sqlite3.Error as exc:
+            pytest.exit(
+                f"pytest-llmexp: cannot write to {str(self.settings.db_path)!r}: "
+                f"{type(exc).__name__}: {exc}",
+                returncode=pytest.ExitCode.INTERNAL_ERROR,
+            )
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        if not self.config.pluginmanager.hasplugin("dsession") and any(
+            ITEM_KEY in item.stash for item in session.items
+        ):
+            self.begin()
+
+    def _reconcile(self) -> None:
+        """Insert whatever the spool holds that the reports did not bring, then delete it."""
+        from .._store.recovery import ingest
+
+        intake = self.intake
+        relay = self.config.stash.get(RELAY_KEY, None)
+        if relay is not None:  # this process's own spool (without xdist, its only one)
+            intake.spooled_lines[relay.worker] = relay.spool.lines
+        files = spooled_sessions(self.spool_dir).get(self.session_id, [])
+        skip = None
+        if intake.reliable_counts:
+            skip = {spool_name(self.session_id, w): n for w, n in intake.stored_lines.items()}
+            stored = {
+                spool_name(self.session_id, worker)
+                for worker, lines in intake.spooled_lines.items()
+                if intake.stored_lines.get(worker, 0) == lines
+            }
+            files = [path for path in files if path.name not in stored]
+        result = ingest(self._store(), self.session_id, files, skip=skip)
+        intake.lost += len(result.errors)
+        intake.write_errors += result.errors
+        self._spool_kept = bool(result.errors)
+        if not result.errors:
+            remove_session_files(self.spool_dir, self.session_id, keep_lock=True)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.usage_error is not None:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        from .._run.recording import drain_orphans_json
+
+        calls = drain_orphans_json()
+        if calls is not None:
+            self.intake.write("calls", calls, spooled=None)
+        self.intake.retry_pending()
+        if not self.begun or self.store is None:
+            self.conclusion.without_experiments(session)
+            self.conclusion.write_reports(session, None, self.summaries, None)
+            return
+        import sqlite3
+
+        from .._store.cassette import cache_line
+        from .._verdict.health import judge
+
+        self._reconcile()
+        # pytest counted every failed report (collection errors too); ours are executions.
+        self.conclusion.other_failures = session.testsfailed - self.intake.failed_executions
+        if self.intake.lost:
+            # Results that are not stored must not let a CI job pass.
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        # Ctrl-C, SIGTERM, pytest.exit() or an internal error: the session did not complete.
+        interrupted = exitstatus not in (
+            pytest.ExitCode.OK,
+            pytest.ExitCode.TESTS_FAILED,
+            pytest.ExitCode.NO_TESTS_COLLECTED,
+        )
+        status = "interrupted" if interrupted else "complete"
+        try:
+            self.summaries = self.store.summaries(self.session_id)
+            self.health = judge(self.store, self.session_id, self.summaries, self.settings)
+            self.health.lost = self.intake.lost
+            if self.health.failed and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            self.conclusion.judge(
+                session,
+                self.store,
+                self.health,
+                tests_failed=exitstatus == pytest.ExitCode.TESTS_FAILED,
+                interrupted=interrupted,
+                lost=self.intake.lost,
+            )
+            self.store.finish_session(
+                self.session_id,
+                status=status,
+                exitstatus=int(session.exitstatus),
+                health=self.health.as_json(),
+            )
+            with self.store.reading() as conn:
+                self.cache_line = cache_line(conn, self.session_id)
+        except sqlite3.Error as exc:
+            # The session's end and its summaries are results too.
+            self.intake.lost += 1
+            self.intake.write_errors.append(f"{type(exc).__name__}: {exc}")
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        self.conclusion.write_reports(session, status, self.summaries, self.health, self.store)
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.usage_error is not None:
+            terminalreporter.write_line(f"ERROR: {self.usage_error}", red=True, bold=True)
+        if self.begun:
+            self._session_lines(terminalreporter)
+        for line, color in self.conclusion.terminal_lines():
+            terminalreporter.write_line(line, **({color: True} if color else {}))
+        self._error_lines(terminalreporter)
+
+    def _session_lines(self, terminalreporter: pytest.TerminalReporter) -> None:
+        from .._verdict.health import problem_lines, recovery_lines
+        from .terminal import write_summary
+
+        for line in recovery_lines(self.recovered):
+            terminalreporter.write_line(line, yellow=True)
+        if self.summaries:
+            write_summary(
+                terminalreporter,
+                self.summaries,
+                str(self.settings.db_path),
+                self.session_id,
+                self.conclusion.verdict,
+            )
+        if self.cache_line is not None:
+            terminalreporter.write_line(self.cache_line)
+        for line, red in problem_lines(self.health):
+            terminalreporter.write_line(line, red=red, yellow=not red, bold=red)
+
+    def _error_lines(self, terminalreporter: pytest.TerminalReporter) -> None:
+        spool_errors, write_errors, lost = (
+            self.intake.spool_errors,
+            self.intake.write_errors,
+            self.intake.lost,
+        )
+        if spool_errors:
+            terminalreporter.write_line(
+                f"warning: {len(spool_errors)} run(s) could not be spooled (last: "
+                f"{spool_errors[-1]}); they were stored from their reports",
+                yellow=True,
+            )
+        if write_errors:
+            where = self.settings.db_path
+            if lost:
+                line = f"ERROR: {lost} result(s) could not be stored in {where}"
+                if self._spool_kept:
+                    line += (
+                        f"; they are kept in {self.spool_dir} and will be stored by the next "
+                        "session or by `llmexp recover`"
+                    )
+            else:
+                line = f"warning: writes to {where} failed and succeeded when retried"
+            terminalreporter.write_line(
+                f"{line} ({len(write_errors)} failure(s); last: {write_errors[-1]})",
+                red=bool(lost),
+                yellow=not lost,
+            )
+
+    def close(self) -> None:
+        if self.sigterm is not None:
+            self.sigterm.uninstall()
+        # A spool kept for recovery needs no lock file: a session without one is dead.
+        self.lock.release(remove=True)
+        remove_empty(self.spool_dir)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+class XdistHooks:
+    """Controller hooks that exist only when pytest-xdist is loaded."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[WORKERINPUT_SESSION] = self.writer.session_id
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        # Runs before any test is scheduled: the session row and lock exist before any run.
+        if any(is_execution_id(nodeid) for nodeid in ids):
+            self.writer.begin()
+
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        output = getattr(node, "workeroutput", None) or {}
+        if output.get("exitstatus") == pytest.ExitCode.INTERRUPTED:
+            self.writer.intake.interrupted_workers.add(str(node.workerinput["workerid"]))
+        if self.writer.usage_error is None:
+            self.writer.usage_error = output.get(WORKEROUTPUT_USAGE_ERROR)
+        lines = output.get(WORKEROUTPUT_SPOOL_LINES)
+        if isinstance(lines, int):
+            self.writer.intake.spooled_lines[str(node.workerinput["workerid"])] = lines
+        calls = output.get(WORKEROUTPUT_CALLS)
+        if calls is not None:
+            spooled = (
+                str(node.workerinput["workerid"])
+                if output.get(WORKEROUTPUT_CALLS_SPOOLED)
+                else None
+            )
+            self.writer.intake.write("calls", calls, spooled=spooled)

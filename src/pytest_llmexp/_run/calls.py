@@ -1,0 +1,246 @@
+"""One chat completion request, with explicit retries that are counted and recorded.
+
+The ``openai`` client is built with ``max_retries=0``: this module retries instead, so every
+call's retries are known exactly, failed calls included. A retry waits the endpoint's
+``Retry-After`` (or ``retry-after-ms``) when it gives one, else an exponential backoff with
+jitter.
+
+The request goes through the client's documented ``post`` (its base URL, credentials,
+headers, timeout and typed errors) rather than ``chat.completions.create``, and the reply is
+read as JSON rather than as the client's response models. ``create`` runs its arguments
+through a type-directed transform that leaves chat completion parameters as they are (none
+is aliased or reformatted) yet costs about 0.5 ms for a request with a JSON schema: a fifth
+of a whole structured call against a local endpoint. The bot needs four fields of the reply,
+not the models' construction.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from difflib import get_close_matches
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+from .._util.redact import redact
+from ..errors import BotError
+
+if TYPE_CHECKING:
+    import openai
+
+__all__ = [
+    "BACKOFF_BASE",
+    "MAX_RETRY_AFTER",
+    "CallFailed",
+    "Reply",
+    "check_arguments",
+    "request_completion",
+    "retry_after",
+]
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 8.0
+#: The longest ``Retry-After`` waited for. An endpoint that asks for longer (a spent daily
+#: quota, say) fails the call at once rather than stalling the session.
+MAX_RETRY_AFTER = 60.0
+#: What reading a reply of another shape raises (``json.loads`` and :func:`_reply`).
+_MALFORMED = (ValueError, TypeError)
+#: The arguments of ``chat.completions.create`` that are request options, not body fields,
+#: and the names ``post`` takes them by.
+_OPTIONS = {
+    "extra_headers": "headers",
+    "extra_query": "params",
+    "extra_body": "extra_json",
+    "timeout": "timeout",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a successful request returned."""
+
+    content: str | None
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    finish_reason: str | None
+    retries: int
+
+
+class CallFailed(Exception):
+    """A request that failed for good; the message is redacted."""
+
+    def __init__(
+        self, error_type: str, message: str, *, retries: int, status_code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.retries = retries
+        self.status_code = status_code
+
+
+#: What a bot sets itself: the conversation, the model, the response format, one reply.
+_RESERVED = frozenset({"messages", "model", "stream", "response_format", "n"})
+_accepted: frozenset[str] | None = None
+
+
+def _accepted_arguments() -> frozenset[str]:
+    """The arguments ``chat.completions.create`` of the installed ``openai`` takes."""
+    global _accepted
+    if _accepted is None:
+        import inspect
+
+        from openai.resources.chat import Completions
+
+        _accepted = frozenset(inspect.signature(Completions.create).parameters) - {"self"}
+    return _accepted
+
+
+def check_arguments(bot: str, arguments: Mapping[str, Any]) -> None:
+    """Refuse completion ``arguments`` that ``bot`` sets itself, or that the client's
+    ``chat.completions.create`` does not take (its own check, made when the bot is built
+    rather than at each call)."""
+    reserved = sorted(arguments.keys() & _RESERVED)
+    if reserved:
+        raise BotError(
+            f"{bot} sets {', '.join(reserved)} itself; remove "
+            f"{', '.join(k + '=' for k in reserved)} from its arguments"
+        )
+    accepted = _accepted_arguments()
+    unknown = sorted(arguments.keys() - accepted)
+    if unknown:
+        hints = [get_close_matches(k, accepted, n=1) for k in unknown]
+        raise BotError(
+            f"{bot} got {', '.join(repr(k) for k in unknown)}, which the openai client's "
+            "chat.completions.create does not take"
+            + "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
+            + "; pass what an endpoint accepts beyond the API in extra_body={...}"
+        )
+
+
+def request_completion(client: openai.OpenAI, max_retries: int, **request: Any) -> Reply:
+    """Send a chat completion request, retrying what is worth retrying up to ``max_retries``.
+
+    ``request`` holds what ``chat.completions.create`` would take: body fields, and the
+    request options named in ``_OPTIONS``.
+    """
+    import openai
+
+    # The client's RequestOptions, a TypedDict of its private types module.
+    options: Any = {}
+    for name in _OPTIONS.keys() & request.keys():
+        options[_OPTIONS[name]] = request.pop(name)
+    retries = 0
+    while True:
+        try:
+            text = client.post("/chat/completions", body=request, options=options, cast_to=str)
+        except openai.OpenAIError as exc:
+            wait, why_not = _retry_wait(exc, retries)
+            status = getattr(exc, "status_code", None)
+            if wait is None or retries >= max_retries:
+                message = redact(f"{type(exc).__name__}: {exc}") + (why_not or "")
+                raise CallFailed(
+                    type(exc).__name__, message, retries=retries, status_code=status
+                ) from None
+            time.sleep(wait)
+            retries += 1
+            continue
+        try:
+            return _reply(json.loads(text), retries)
+        except _MALFORMED as exc:
+            start = redact(text[:200])
+            raise CallFailed(
+                "MalformedResponse",
+                f"MalformedResponse: the endpoint's reply is not a chat completion "
+                f"({type(exc).__name__}: {redact(str(exc))[:200]}); body starts {start!r}",
+                retries=retries,
+            ) from None
+
+
+def _reply(completion: Any, retries: int) -> Reply:
+    """The fields a bot records of a chat completion (decoded JSON); a reply of another
+    shape raises one of ``_MALFORMED``."""
+    if not isinstance(completion, dict):
+        raise TypeError(f"it is a JSON {type(completion).__name__}, not an object")
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise ValueError("it has no choices")
+    choice = choices[0]
+    if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+        raise ValueError("its first choice has no message")
+    content = choice["message"].get("content")
+    if content is not None and not isinstance(content, str):
+        raise TypeError(f"message content is {type(content).__name__}, not a string")
+    usage = completion.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
+    return Reply(
+        content=content,
+        model=_text(completion.get("model")),
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        finish_reason=_text(choice.get("finish_reason")),
+        retries=retries,
+    )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(value: Any) -> int | None:
+    """A token count as the endpoint gave it; anything but a whole number is unknown."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _retry_wait(exc: Exception, retries: int) -> tuple[float | None, str | None]:
+    """How long to wait before retrying ``exc`` (``None``: do not retry), and why not."""
+    import openai
+
+    backoff = min(BACKOFF_CAP, BACKOFF_BASE * 2**retries) * (1 - 0.25 * random.random())
+    if isinstance(exc, openai.APIConnectionError):  # timeouts included
+        return backoff, None
+    if not isinstance(exc, openai.APIStatusError):
+        return None, None
+    headers = exc.response.headers
+    should = headers.get("x-should-retry")
+    if should == "false" or (
+        should != "true" and exc.status_code not in RETRYABLE_STATUS and exc.status_code < 500
+    ):
+        return None, None
+    asked = retry_after(headers)
+    if asked is None:
+        return backoff, None
+    if asked > MAX_RETRY_AFTER:
+        return None, (
+            f" (the endpoint asked to retry after {asked:g} s, longer than the "
+            f"{MAX_RETRY_AFTER:g} s this waits; not retried)"
+        )
+    # At least what the endpoint asked for, plus a little jitter so workers spread out.
+    return asked * (1 + 0.1 * random.random()), None
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds asked for by ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

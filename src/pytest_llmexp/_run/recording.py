@@ -1,0 +1,347 @@
+"""The current run: what prompts, bots, calls and metrics it used.
+
+A run is held in a ``ContextVar`` so that concurrent runs in one process (``Experiment`` runs
+them in a thread pool) are kept apart. Under pytest, one test runs at a time per process, so
+the plugin also makes the run *process-wide*: threads the test starts itself (which do not
+inherit context variables) still record into it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from .._util.clock import utcnow
+from .._util.ids import new_id
+from ..errors import ExperimentError, LLMExpError, MetricError
+from .process import PROCESS
+
+if TYPE_CHECKING:
+    # Imported lazily below: the plugin imports this module in every pytest session.
+    from .._store.records import (
+        BotRecord,
+        CallRecord,
+        MetricRecord,
+        MetricSpec,
+        PromptRecord,
+        Recording,
+        RunRecord,
+    )
+
+__all__ = [
+    "RunContext",
+    "activate",
+    "classify_exception",
+    "clip_messages",
+    "current_run",
+    "drain_orphans",
+    "drain_orphans_json",
+    "in_metric",
+    "measuring",
+    "record_call",
+    "record_prompt",
+]
+
+
+class _Collected:
+    """Prompts, bots and calls gathered under a lock, deduplicated by identity."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._prompts: dict[tuple[str, str, str], PromptRecord] = {}
+        self._bots: dict[str, BotRecord] = {}
+        self._calls: list[CallRecord] = []
+
+    def add_prompt(self, prompt: PromptRecord) -> None:
+        with self._lock:
+            self._prompts.setdefault(prompt.key, prompt)
+
+    def add_call(
+        self, bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None
+    ) -> None:
+        with self._lock:
+            self._bots.setdefault(bot.hash, bot)
+            for prompt in prompts:
+                self._prompts.setdefault(prompt.key, prompt)
+            if call is not None:
+                self._calls.append(call)
+
+
+class RunContext(_Collected):
+    """One execution of an experiment while it runs."""
+
+    def __init__(
+        self,
+        experiment: str,
+        *,
+        num_executions: int,
+        execution_index: int,
+        worker: str,
+        nodeid: str | None = None,
+        case_id: str | None = None,
+        gates: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.run_id = new_id()
+        self.experiment = experiment
+        self.num_executions = num_executions
+        self.execution_index = execution_index
+        self.worker = worker
+        self.nodeid = nodeid
+        #: The parametrize case this run repeats (``None``: the experiment has one case).
+        self.case_id = case_id
+        self.gates = list(gates)
+        self.started_at = utcnow()
+        self._t0 = time.perf_counter()
+        self._metrics: dict[str, MetricRecord] = {}
+        self._metadata: dict[str, Any] = {}
+        self._metric_specs: dict[str, MetricSpec] = {}
+        self._occurrences: dict[str, int] = {}
+        #: The stored run whose generations this run replays (``--llm-replay-from``).
+        self.replayed_from: str | None = None
+
+    def occurrence(self, request: str) -> int:
+        """How many identical requests (same ``request`` digest) this run got a reply to."""
+        with self._lock:
+            return self._occurrences.get(request, 0)
+
+    def answered(self, request: str) -> None:
+        """Count a reply to ``request``: a failed call (then retried) does not count."""
+        with self._lock:
+            self._occurrences[request] = self._occurrences.get(request, 0) + 1
+
+    def add_metric(self, metric: MetricRecord, spec: MetricSpec | None = None) -> None:
+        with self._lock:
+            if metric.name in self._metrics:
+                raise MetricError(
+                    f"metric {metric.name!r} was called twice in run {self.execution_index} of "
+                    f"experiment {self.experiment!r} (values {self._metrics[metric.name].value!r} "
+                    f"and {metric.value!r}); a metric gives one value per run: compute it once, "
+                    "or define a second metric with another name",
+                    metric_name=metric.name,
+                )
+            self._metrics[metric.name] = metric
+            if spec is not None and spec != type(spec)():
+                self._metric_specs[metric.name] = spec
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of the metadata attached so far."""
+        with self._lock:
+            return dict(self._metadata)
+
+    def set_metadata(self, key: str, value: Any) -> None:
+        """Attach ``key: value`` to the run; ``value`` must be JSON-serializable."""
+        __tracebackhide__ = True
+        if not isinstance(key, str) or not key:
+            raise ExperimentError(f"run metadata keys must be non-empty strings, got {key!r}")
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ExperimentError(
+                f"run metadata {key!r} must be JSON-serializable (str, int, float, bool, None, "
+                f"lists and dicts of those), got {type(value).__name__}: {exc}"
+            ) from None
+        with self._lock:
+            self._metadata[key] = json.loads(text)
+
+    def call_count(self) -> int:
+        """How many LLM calls the run has made so far."""
+        with self._lock:
+            return len(self._calls)
+
+    def usage(self, *, live: bool = False) -> tuple[int, int]:
+        """The run's LLM calls so far, and their tokens (prompt + completion); ``live``: only
+        the calls that reached the endpoint, not those served from the cache."""
+        with self._lock:
+            calls = [c for c in self._calls if not (live and c.replayed_from)]
+            tokens = sum((c.prompt_tokens or 0) + (c.completion_tokens or 0) for c in calls)
+            return len(calls), tokens
+
+    def start_json(self) -> str:
+        """What the writer needs to record this run if its process dies before it ends."""
+        return json.dumps(
+            {
+                "run_id": self.run_id,
+                "experiment": self.experiment,
+                "num_executions": self.num_executions,
+                "execution_index": self.execution_index,
+                "worker": self.worker,
+                "nodeid": self.nodeid,
+                "started_at": self.started_at,
+                "case_id": self.case_id,
+            }
+        )
+
+    def finish(
+        self,
+        status: str,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        *,
+        defined: set[Any] | None = None,
+    ) -> RunRecord:
+        """Freeze the run into the record that is sent to the writer. Prompts (by
+        ``(module, function_name, hash)``) and bots (by hash) in ``defined`` are named in
+        ``prompt_refs`` and ``bot_refs`` instead of being carried."""
+        from .._store.records import RunRecord
+
+        defined = defined or set()
+        with self._lock:
+            return RunRecord(
+                run_id=self.run_id,
+                experiment=self.experiment,
+                num_executions=self.num_executions,
+                execution_index=self.execution_index,
+                nodeid=self.nodeid,
+                worker=self.worker,
+                started_at=self.started_at,
+                duration_s=time.perf_counter() - self._t0,
+                status=status,  # type: ignore[arg-type]
+                error_type=error_type,
+                error_message=error_message,
+                prompts=[p for k, p in self._prompts.items() if k not in defined],
+                bots=[b for k, b in self._bots.items() if k not in defined],
+                prompt_refs=[k for k in self._prompts if k in defined],
+                bot_refs=[k for k in self._bots if k in defined],
+                calls=list(self._calls),
+                metrics=list(self._metrics.values()),
+                metadata=dict(self._metadata),
+                case_id=self.case_id,
+                gates=self.gates,
+                metric_specs=dict(self._metric_specs),
+                replayed_from=self.replayed_from,
+            )
+
+
+class _OrphanLog(_Collected):
+    """Calls made outside any run; they are logged to ``message_log`` with no run."""
+
+    def drain(self) -> Recording | None:
+        with self._lock:
+            if not self._calls:
+                return None
+            from .._store.records import Recording
+
+            recording = Recording(
+                prompts=list(self._prompts.values()),
+                bots=list(self._bots.values()),
+                calls=list(self._calls),
+            )
+            self._prompts.clear()
+            self._bots.clear()
+            self._calls.clear()
+            return recording
+
+
+_current: ContextVar[RunContext | None] = ContextVar("pytest_llmexp_run", default=None)
+_measuring: ContextVar[bool] = ContextVar("pytest_llmexp_measuring", default=False)
+_process_run: RunContext | None = None
+_orphans = _OrphanLog()
+
+
+def _write_orphans(recording: Recording) -> None:
+    """Write calls made outside any run straight to the default store (outside pytest)."""
+    from .._store.store import default_store
+
+    default_store().insert_recording(recording)
+
+
+def drain_orphans() -> Recording | None:
+    """Take the buffered calls made outside any run, if there are any."""
+    return _orphans.drain()
+
+
+def drain_orphans_json() -> str | None:
+    """Calls made outside any run since the last drain, as JSON, if there were any."""
+    recording = _orphans.drain()
+    return None if recording is None else recording.model_dump_json()
+
+
+def current_run() -> RunContext | None:
+    """The run the calling code belongs to, or ``None`` outside any run."""
+    return _current.get() or _process_run
+
+
+@contextmanager
+def activate(run: RunContext, *, process_wide: bool = False) -> Iterator[RunContext]:
+    """Make ``run`` the current run for this context (and, if asked, this process)."""
+    global _process_run
+    token = _current.set(run)
+    if process_wide:
+        _process_run = run
+    try:
+        yield run
+    finally:
+        _current.reset(token)
+        if process_wide:
+            _process_run = None
+
+
+class measuring:
+    """``with measuring():`` marks the code inside as a metric function: its LLM calls are a
+    judge's. (A class, not a generator: it is entered at every metric call.)"""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _measuring.set(True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _measuring.reset(self._token)
+
+
+def in_metric() -> bool:
+    """Whether the calling code runs inside a ``@metric`` function."""
+    return _measuring.get()
+
+
+def record_prompt(prompt: PromptRecord) -> None:
+    """Note that the current run rendered ``prompt`` (outside a run it is kept with calls)."""
+    run = current_run()
+    if run is not None:
+        run.add_prompt(prompt)
+
+
+def record_call(bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None) -> None:
+    """Add an LLM call, with the bot and prompts it used, to the current run or the log."""
+    run = current_run()
+    if run is not None:
+        run.add_call(bot, prompts, call)
+        return
+    _orphans.add_call(bot, prompts, call)
+    if not PROCESS.settings.buffer_orphans:
+        recording = _orphans.drain()
+        if recording is not None:
+            _write_orphans(recording)
+
+
+def clip_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """``messages`` with each text cut at the storage limit, and whether any was cut."""
+    limit = PROCESS.settings.storage_limit
+    clipped: list[dict[str, Any]] = []
+    cut = False
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str) and len(content) > limit:
+            message = {**message, "content": content[:limit]}
+            cut = True
+        clipped.append(message)
+    return clipped, cut
+
+
+def classify_exception(exc: BaseException) -> tuple[str, str, str]:
+    """The run status, error type and message for an exception that ended a run.
+
+    An assertion (or any exception from the user's own code) is a ``failed`` run: the
+    experiment gave a verdict. An exception of ours, including wrapped LLM client errors,
+    is an ``error``: the run could not be evaluated.
+    """
+    if isinstance(exc, LLMExpError):
+        return "error", exc.error_type, str(exc)
+    return "failed", type(exc).__name__, str(exc)

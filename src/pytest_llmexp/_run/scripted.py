@@ -1,0 +1,145 @@
+"""``Experiment``: the same recording as the pytest plugin, from a script or a notebook."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+
+from .._store.records import RunRecord
+from .._store.store import Store
+from .._util.defaults import DEFAULT_DB, check_experiment_name, check_num_executions
+from ..errors import ExperimentError
+from . import endpoint
+from .recording import RunContext, activate, classify_exception
+
+__all__ = ["Experiment"]
+
+
+class Experiment:
+    """Run a function ``num_executions`` times, each call one recorded run.
+
+    A ``with`` block runs once, so the body is a function::
+
+        with Experiment("name_generator", num_executions=10) as exp:
+            exp.run(generate_and_score)
+        print(exp.summary())
+    """
+
+    def __init__(
+        self,
+        name: str,
+        num_executions: int = 1,
+        max_workers: int | None = None,
+        db: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.name = check_experiment_name(name, "Experiment")
+        self.num_executions = check_num_executions(num_executions, f"Experiment({name!r})")
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
+            raise ExperimentError(
+                f"Experiment({name!r}): max_workers must be a positive int or None, "
+                f"got {max_workers!r}"
+            )
+        self.max_workers = max_workers or min(num_executions, 16)
+        self.db_path = os.path.abspath(db or os.environ.get("LLMEXP_DB") or DEFAULT_DB)
+        self.session_id: str | None = None
+        self._store: Store | None = None
+        self._next_index = 0
+        self._index_lock = threading.Lock()
+        self._final_summary: dict[str, Any] | None = None
+
+    def __enter__(self) -> Experiment:
+        if self._store is not None:
+            raise ExperimentError(f"Experiment({self.name!r}) is already running")
+        self._store = Store(self.db_path)
+        self.session_id = self._store.begin_session(
+            kind="experiment",
+            argv=list(sys.argv),
+            rootdir=os.getcwd(),
+            endpoint=endpoint.endpoint_label(),
+        )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        store, self._store = self._store, None
+        if store is None or self.session_id is None:
+            return
+        try:
+            status = "complete" if exc_type is None else "interrupted"
+            store.finish_session(
+                self.session_id, status=status, exitstatus=0 if exc_type is None else 2
+            )
+            self._final_summary = store.summaries(self.session_id).get(self.name)
+        finally:
+            store.close()
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[RunRecord]:
+        """Call ``fn(*args, **kwargs)`` ``num_executions`` times in a thread pool."""
+        store, session_id = self._store, self.session_id
+        if store is None or session_id is None:
+            raise ExperimentError(
+                f"Experiment({self.name!r}).run() needs the experiment open: "
+                "`with Experiment(...) as exp: exp.run(fn)`"
+            )
+        if not callable(fn):
+            raise ExperimentError(
+                f"Experiment({self.name!r}).run() takes a function, got {type(fn).__name__}"
+            )
+        with self._index_lock:
+            first = self._next_index
+            self._next_index += self.num_executions
+
+        def one(index: int) -> RunRecord:
+            run = RunContext(
+                self.name,
+                num_executions=self.num_executions,
+                execution_index=index,
+                worker=threading.current_thread().name,
+            )
+            with activate(run):
+                try:
+                    fn(*args, **kwargs)
+                except Exception as exc:
+                    record = run.finish(*classify_exception(exc))
+                else:
+                    record = run.finish("passed")
+            store.insert_run(session_id, record)
+            return record
+
+        indices = range(first, first + self.num_executions)
+        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="llmexp") as pool:
+            futures = [pool.submit(contextvars.copy_context().run, one, i) for i in indices]
+            return [f.result() for f in futures]
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per metric: n, mean, std, min, max over the runs that were evaluated."""
+        if self._store is not None and self.session_id is not None:
+            summary = self._store.summaries(self.session_id).get(self.name)
+        else:
+            summary = self._final_summary
+        if summary is None:
+            return {}
+        return {
+            name: {k: v for k, v in stats.items() if k != "kind"}
+            for name, stats in summary["metrics"].items()
+        }
+
+    def runs(self) -> dict[str, int]:
+        """How many runs ended in each status."""
+        if self._store is not None and self.session_id is not None:
+            summary = self._store.summaries(self.session_id).get(self.name)
+        else:
+            summary = self._final_summary
+        return dict(summary["runs"]) if summary else {}

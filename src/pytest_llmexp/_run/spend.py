@@ -1,0 +1,46 @@
+"""The spend guard: optional caps on a session's LLM calls and tokens, across its processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._store.spool import SpendLedger
+
+if TYPE_CHECKING:
+    from .recording import RunContext
+
+__all__ = ["SpendGuard"]
+
+
+class SpendGuard:
+    """Counts each finished run's calls and tokens; once a cap is reached, runs that have not
+    started yet are skipped. Runs already going finish, so a session can pass a cap by what
+    its processes were running at that moment."""
+
+    def __init__(
+        self, db_path: Path, session_id: str, *, max_calls: int | None, max_tokens: int | None
+    ) -> None:
+        self.ledger = SpendLedger(db_path, session_id)
+        self.max_calls = max_calls
+        self.max_tokens = max_tokens
+
+    def add_run(self, run: RunContext) -> None:
+        calls, tokens = run.usage(live=True)
+        if calls:
+            self.ledger.add(calls, tokens)
+
+    def reached(self) -> str | None:
+        """Why no further run may start, or ``None``."""
+        calls, tokens = self.ledger.totals()
+        if self.max_calls is not None and calls >= self.max_calls:
+            return (
+                f"spend guard: the session made {calls} LLM calls, the cap is {self.max_calls} "
+                "(--llm-max-calls)"
+            )
+        if self.max_tokens is not None and tokens >= self.max_tokens:
+            return (
+                f"spend guard: the session used {tokens} tokens, the cap is {self.max_tokens} "
+                "(--llm-max-tokens)"
+            )
+        return None

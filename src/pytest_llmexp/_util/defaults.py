@@ -1,0 +1,50 @@
+"""Checks and defaults shared by the pytest plugin and ``Experiment`` (stdlib only)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ..errors import ExperimentError
+
+__all__ = [
+    "CACHE_MODES",
+    "DEFAULT_DB",
+    "DEFAULT_ERROR_BUDGET",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_STORAGE_LIMIT",
+    "DEFAULT_TIMEOUT",
+    "CacheMode",
+    "check_experiment_name",
+    "check_num_executions",
+]
+
+# The defaults live here, in a module the plugin imports anyway, so that validating the
+# options of a session without experiments imports nothing else.
+#: The share of runs that may error (infrastructure) before the session fails.
+DEFAULT_ERROR_BUDGET = 0.1
+DEFAULT_DB = "message_log.db"
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 2
+#: The longest message text stored; longer texts are cut and the call flagged ``truncated``.
+DEFAULT_STORAGE_LIMIT = 100_000
+#: ``--llm-cache`` modes.
+CacheMode = Literal["off", "record", "replay", "auto"]
+CACHE_MODES: tuple[CacheMode, ...] = ("off", "record", "replay", "auto")
+
+
+def check_num_executions(value: object, where: str) -> int:
+    """``value`` if it is a positive int, else an error naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ExperimentError(
+            f"{where}: num_executions must be a positive int, got {value!r}; e.g. num_executions=10"
+        )
+    return value
+
+
+def check_experiment_name(value: object, where: str) -> str:
+    """``value`` if it is a usable experiment name, else an error naming ``where``."""
+    if not isinstance(value, str) or not value.strip() or value != value.strip():
+        raise ExperimentError(
+            f"{where}: name must be a non-empty string without surrounding spaces, got {value!r}"
+        )
+    return value
