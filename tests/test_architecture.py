@@ -9,6 +9,7 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -273,3 +274,45 @@ def test_every_public_name_resolves_and_is_listed() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+BOTH_ORDERS = {
+    "test_first.py": """
+from pytest_llmexp import experiment, Experiment, metric
+
+@metric
+def one() -> int:
+    return 1
+
+@experiment(num_executions=2)
+def test_first():
+    one()
+
+def test_script_beside_it(tmp_path):
+    with Experiment("scripted_first", num_executions=2, db=tmp_path / "script.db") as exp:
+        exp.run(one)
+    assert exp.summary()["one"]["n"] == 2
+""",
+    "test_second.py": """
+from pytest_llmexp import Experiment
+from pytest_llmexp import experiment
+
+@experiment(num_executions=3)
+def test_second():
+    assert isinstance(Experiment, type)
+""",
+}
+
+
+def test_test_modules_import_both_names_in_either_order(run_session: Any, pytester: Any) -> None:
+    pytester.makepyfile(**BOTH_ORDERS)
+    run = run_session()
+    run.result.assert_outcomes(passed=6)
+    assert run.db is not None
+    stored = dict(
+        run.db.conn.execute(
+            "SELECT e.name, count(r.id) FROM experiments e JOIN experiment_runs r "
+            "ON r.experiment_id = e.id WHERE r.status = 'passed' GROUP BY e.name"
+        ).fetchall()
+    )
+    assert stored == {"first": 2, "second": 3}

@@ -71,7 +71,7 @@ def test_a_table_is_cut_to_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_a_large_session_embeds_the_runs_that_did_not_pass_first(tmp_path: Path) -> None:
     from pytest_llmexp._store.store import Store
-    from pytest_llmexp._view.runview import runs
+    from pytest_llmexp._view.browse import runs
 
     Store(tmp_path / "db").close()  # the real schema
     conn = sqlite3.connect(tmp_path / "db")

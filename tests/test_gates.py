@@ -310,6 +310,7 @@ def test_a_verdict_that_cannot_be_computed_fails_the_session(
 
     from pytest_llmexp._plugin.conclusion import Conclusion
     from pytest_llmexp._plugin.settings import Settings
+    from pytest_llmexp._plugin.terminal import conclusion_lines
     from pytest_llmexp._store.store import Store
     from pytest_llmexp._verdict import verdicts
     from pytest_llmexp._verdict.health import Health
@@ -327,7 +328,7 @@ def test_a_verdict_that_cannot_be_computed_fails_the_session(
     finally:
         store.close()
     assert session.exitstatus == pytest.ExitCode.INTERNAL_ERROR
-    assert conclusion.terminal_lines() == [
+    assert conclusion_lines(conclusion) == [
         (
             "ERROR: the verdict could not be computed: ValueError: a stored gate from another "
             "version",

@@ -18,10 +18,10 @@ __all__ = ["main"]
 
 
 def _recover(args: argparse.Namespace) -> int:
+    from ._plugin.terminal import recovery_lines
     from ._store.recovery import recover
     from ._store.spool import spool_dir
     from ._store.store import Store
-    from ._verdict.health import recovery_lines
     from .errors import StoreError
 
     db_path = Path(args.db).resolve()
@@ -285,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.db is None and os.environ.get("LLMEXP_DB"):
         args.db, args.db_source = os.environ["LLMEXP_DB"], "LLMEXP_DB"
     elif args.db is None:
-        from ._store.dbfile import project_db
+        from ._store.schema import project_db
 
         path, args.db_source = project_db(Path.cwd(), DEFAULT_DB)
         args.db = str(path)

@@ -6,7 +6,7 @@ their sha256; nothing is downloaded at run time. :class:`LocalServer` runs llama
 OpenAI-compatible server in a child process, so bots reach it through the same ``openai``
 client as any other endpoint.
 
-Nothing here imports llama_cpp: the server runs in its own process (``_llama_main``).
+Nothing here imports llama_cpp: the server runs in its own process (``_local.main``).
 """
 
 from __future__ import annotations

@@ -176,24 +176,3 @@ class Conclusion:
             # The session is stored; the report is not, and a CI job must not pass without it.
             self.report_error = f"the HTML report could not be built: {type(exc).__name__}: {exc}"
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
-
-    def terminal_lines(self) -> list[tuple[str, str | None]]:
-        """The verdict's closing lines, each with its color."""
-        lines: list[tuple[str, str | None]] = []
-        if self.report_note is not None:
-            lines.append((f"llmexp: {self.report_note}", None))
-        verdict = self.verdict
-        if verdict is None:
-            return lines + [(f"ERROR: {reason}", "red") for reason in self.reasons]
-        lines += [(f"ERROR: {text}", "red") for text in verdict.unmatched]
-        lines += [(f"note: {text}", "yellow") for text in verdict.unused]
-        judged = [v for v in verdict.experiments.values() if v.gates or v.comparison]
-        if judged or verdict.unmatched:
-            if self.reasons:
-                lines.append((f"LLM verdict: FAILED: {'; '.join(self.reasons)}", "red"))
-            else:
-                gates = sum(len(v.gates) for v in verdict.experiments.values())
-                lines.append((f"LLM verdict: passed ({gates} gate(s))", "green"))
-        if self.report_error is not None:
-            lines.append((f"ERROR: {self.report_error}", "red"))
-        return lines

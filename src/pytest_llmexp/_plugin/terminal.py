@@ -1,4 +1,7 @@
-"""The "LLM experiments" section of the terminal summary."""
+"""What a session prints at its end: the "LLM experiments" section (runs and metrics per
+experiment, their gates and comparisons), the verdict's closing lines, and what went wrong
+(killed sessions recovered, errored runs, the spend guard, results that could not be
+stored). Everything the plugin writes to the terminal summary is here."""
 
 from __future__ import annotations
 
@@ -7,9 +10,21 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from .._store.recovery import Ingested
+    from .._verdict.health import Health
     from .._verdict.verdicts import ExperimentVerdict, SessionVerdict
+    from .conclusion import Conclusion
+    from .writer import Writer
 
-__all__ = ["write_summary"]
+__all__ = [
+    "conclusion_lines",
+    "health_lines",
+    "recovery_lines",
+    "storage_lines",
+    "verdict_lines",
+    "write_session_end",
+    "write_summary",
+]
 
 _COLUMNS = ("n", "mean", "std", "min", "max")
 
@@ -30,6 +45,61 @@ def _runs_line(name: str, runs: dict[str, int]) -> str:
         if runs.get(status):
             parts.append(f"{runs[status]} {status}")
     return f"{name}: {total} run{'s' if total != 1 else ''} ({', '.join(parts)})"
+
+
+def write_session_end(terminal: pytest.TerminalReporter, writer: Writer) -> None:
+    """The plugin's whole terminal summary, from what the session's writer holds."""
+    if writer.usage_error is not None:
+        terminal.write_line(f"ERROR: {writer.usage_error}", red=True, bold=True)
+    if writer.begun:
+        for line in recovery_lines(writer.recovered):
+            terminal.write_line(line, yellow=True)
+        if writer.summaries:
+            write_summary(
+                terminal,
+                writer.summaries,
+                str(writer.settings.db_path),
+                writer.session_id,
+                writer.conclusion.verdict,
+            )
+        if writer.cache_line is not None:
+            terminal.write_line(writer.cache_line)
+        for line, red in health_lines(writer.health):
+            terminal.write_line(line, red=red, yellow=not red, bold=red)
+    for line, color in [*conclusion_lines(writer.conclusion), *storage_lines(writer)]:
+        terminal.write_line(line, **({color: True} if color else {}))
+
+
+def storage_lines(writer: Writer) -> list[tuple[str, str | None]]:
+    """What could not be spooled or stored, and where it is kept."""
+    intake = writer.intake
+    lines: list[tuple[str, str | None]] = []
+    if intake.spool_errors:
+        lines.append(
+            (
+                f"warning: {len(intake.spool_errors)} run(s) could not be spooled (last: "
+                f"{intake.spool_errors[-1]}); they were stored from their reports",
+                "yellow",
+            )
+        )
+    if intake.write_errors:
+        where = writer.settings.db_path
+        if intake.lost:
+            line = f"ERROR: {intake.lost} result(s) could not be stored in {where}"
+            if writer.spool_kept:
+                line += (
+                    f"; they are kept in {writer.spool_dir} and will be stored by the next "
+                    "session or by `llmexp recover`"
+                )
+        else:
+            line = f"warning: writes to {where} failed and succeeded when retried"
+        lines.append(
+            (
+                f"{line} ({len(intake.write_errors)} failure(s); last: {intake.write_errors[-1]})",
+                "red" if intake.lost else "yellow",
+            )
+        )
+    return lines
 
 
 def write_summary(
@@ -169,4 +239,103 @@ def _comparison_lines(comparison: dict[str, Any]) -> list[tuple[str, str | None]
                 "yellow",
             )
         )
+    return lines
+
+
+def conclusion_lines(conclusion: Conclusion) -> list[tuple[str, str | None]]:
+    """The verdict's closing lines, each with its color."""
+    lines: list[tuple[str, str | None]] = []
+    if conclusion.report_note is not None:
+        lines.append((f"llmexp: {conclusion.report_note}", None))
+    verdict = conclusion.verdict
+    if verdict is None:
+        return lines + [(f"ERROR: {reason}", "red") for reason in conclusion.reasons]
+    lines += [(f"ERROR: {text}", "red") for text in verdict.unmatched]
+    lines += [(f"note: {text}", "yellow") for text in verdict.unused]
+    judged = [v for v in verdict.experiments.values() if v.gates or v.comparison]
+    if judged or verdict.unmatched:
+        if conclusion.reasons:
+            lines.append((f"LLM verdict: FAILED: {'; '.join(conclusion.reasons)}", "red"))
+        else:
+            gates = sum(len(v.gates) for v in verdict.experiments.values())
+            lines.append((f"LLM verdict: passed ({gates} gate(s))", "green"))
+    if conclusion.report_error is not None:
+        lines.append((f"ERROR: {conclusion.report_error}", "red"))
+    return lines
+
+
+_AUTH_ERRORS = ("AuthenticationError", "PermissionDeniedError")
+
+
+def _errors_text(errors: dict[str, int]) -> str:
+    return ", ".join(f"{count} {kind}" for kind, count in errors.items())
+
+
+def health_lines(health: Health | None) -> list[tuple[str, bool]]:
+    """Terminal lines about what went wrong, each with whether it is an error (red)."""
+    if health is None:
+        return []
+    lines: list[tuple[str, bool]] = []
+    auth = sum(health.errors.get(kind, 0) for kind in _AUTH_ERRORS)
+    if auth:
+        lines.append(
+            (
+                f"ERROR: the endpoint refused the credentials ({auth} run(s)); the session "
+                "stopped early: check OPENAI_API_KEY and --llm-base-url",
+                True,
+            )
+        )
+    if health.over_budget:
+        lines.append(
+            (
+                f"ERROR: infrastructure: {health.errored} of {health.runs - health.skipped} "
+                f"runs errored ({health.share:.0%}, error budget {health.error_budget:.0%}): "
+                f"{_errors_text(health.errors)}. The metrics of this session are not a "
+                "verdict; raise --llm-error-budget only if these errors are expected",
+                True,
+            )
+        )
+    elif health.errored:
+        lines.append(
+            (
+                f"errored runs: {_errors_text(health.errors)} ({health.share:.0%}, within the "
+                f"error budget of {health.error_budget:.0%}); metrics count evaluated runs only",
+                False,
+            )
+        )
+    if health.spend_skipped:
+        caps = []
+        if health.max_calls is not None:
+            caps.append(f"{health.calls} of {health.max_calls} calls")
+        if health.max_tokens is not None:
+            caps.append(f"{health.tokens} of {health.max_tokens} tokens")
+        lines.append(
+            (
+                f"spend guard: {health.spend_skipped} run(s) skipped after the session used "
+                f"{' and '.join(caps)}",
+                False,
+            )
+        )
+    return lines
+
+
+def recovery_lines(recovered: list[Ingested]) -> list[str]:
+    """Terminal lines about killed sessions whose spools were ingested at this start."""
+    lines = []
+    for result in recovered:
+        if not (result.runs or result.aborted or result.unreadable):
+            continue
+        if result.aborted:
+            line = (
+                f"recovered: session {result.session_id} had stopped without finishing; "
+                f"{result.runs} run(s) stored from its spool, marked aborted"
+            )
+        else:
+            line = (
+                f"recovered: {result.runs} run(s) of session {result.session_id} stored from "
+                "its spool"
+            )
+        if result.unreadable:
+            line += f" ({result.unreadable} unreadable line(s) skipped)"
+        lines.append(line)
     return lines

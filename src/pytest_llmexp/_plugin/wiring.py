@@ -85,7 +85,7 @@ def distributes(config: pytest.Config) -> bool:
 
 def start_local(config: pytest.Config, client: ClientSettings) -> ClientSettings:
     """Reserve the local model server's port; the server starts when experiments are about
-    to run (see :mod:`.local`)."""
+    to run (see :mod:`.localmodel`)."""
     from .._local.server import LocalServer
     from .localmodel import LocalModelPlugin, LocalXdistHooks
 

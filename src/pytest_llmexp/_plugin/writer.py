@@ -60,7 +60,8 @@ class Writer:
         #: Sessions killed earlier whose spools this session ingested.
         self.recovered: list[Ingested] = []
         self.intake = Intake(self._begun_store, self.session_id)
-        self._spool_kept = False
+        #: The spool was kept for recovery: some results could not be stored.
+        self.spool_kept = False
         #: Installed when the session begins.
         self.sigterm: SigtermAsInterrupt | None = None
         self.conclusion = Conclusion(settings, self.session_id)
@@ -172,7 +173,7 @@ class Writer:
         result = ingest(self._store(), self.session_id, files, skip=skip)
         intake.lost += len(result.errors)
         intake.write_errors += result.errors
-        self._spool_kept = bool(result.errors)
+        self.spool_kept = bool(result.errors)
         if not result.errors:
             remove_session_files(self.spool_dir, self.session_id, keep_lock=True)
 
@@ -238,61 +239,9 @@ class Writer:
         self.conclusion.write_reports(session, status, self.summaries, self.health, self.store)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if self.usage_error is not None:
-            terminalreporter.write_line(f"ERROR: {self.usage_error}", red=True, bold=True)
-        if self.begun:
-            self._session_lines(terminalreporter)
-        for line, color in self.conclusion.terminal_lines():
-            terminalreporter.write_line(line, **({color: True} if color else {}))
-        self._error_lines(terminalreporter)
+        from .terminal import write_session_end
 
-    def _session_lines(self, terminalreporter: pytest.TerminalReporter) -> None:
-        from .._verdict.health import problem_lines, recovery_lines
-        from .terminal import write_summary
-
-        for line in recovery_lines(self.recovered):
-            terminalreporter.write_line(line, yellow=True)
-        if self.summaries:
-            write_summary(
-                terminalreporter,
-                self.summaries,
-                str(self.settings.db_path),
-                self.session_id,
-                self.conclusion.verdict,
-            )
-        if self.cache_line is not None:
-            terminalreporter.write_line(self.cache_line)
-        for line, red in problem_lines(self.health):
-            terminalreporter.write_line(line, red=red, yellow=not red, bold=red)
-
-    def _error_lines(self, terminalreporter: pytest.TerminalReporter) -> None:
-        spool_errors, write_errors, lost = (
-            self.intake.spool_errors,
-            self.intake.write_errors,
-            self.intake.lost,
-        )
-        if spool_errors:
-            terminalreporter.write_line(
-                f"warning: {len(spool_errors)} run(s) could not be spooled (last: "
-                f"{spool_errors[-1]}); they were stored from their reports",
-                yellow=True,
-            )
-        if write_errors:
-            where = self.settings.db_path
-            if lost:
-                line = f"ERROR: {lost} result(s) could not be stored in {where}"
-                if self._spool_kept:
-                    line += (
-                        f"; they are kept in {self.spool_dir} and will be stored by the next "
-                        "session or by `llmexp recover`"
-                    )
-            else:
-                line = f"warning: writes to {where} failed and succeeded when retried"
-            terminalreporter.write_line(
-                f"{line} ({len(write_errors)} failure(s); last: {write_errors[-1]})",
-                red=bool(lost),
-                yellow=not lost,
-            )
+        write_session_end(terminalreporter, self)
 
     def close(self) -> None:
         if self.sigterm is not None:

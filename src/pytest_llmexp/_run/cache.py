@@ -6,8 +6,8 @@ case, execution index, and how many identical requests the run made before it. S
 stay independent: execution 3 replays execution 3's reply, never execution 0's.
 
 message_log.db is the store. When a session starts, the writer copies what it may replay
-into a read-only *cassette* next to the database (see :mod:`.cachedb`); every process of the
-session looks replies up there, so workers never open message_log.db.
+into a read-only *cassette* next to the database (see ``_store/cassette.py``); every
+process of the session looks replies up there, so workers never open message_log.db.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Bringing message_log.db to this version's schema, refusing what is not ours.
+"""The database file: checked before SQLite opens it, created private to its owner, and
+brought to this version's schema; a file that is not ours, or is from a newer version, is
+refused.
 
 A database that has exactly this version's migrations applied is recognised with one query,
 without importing sqlite_utils, which would cost every session about 15 MB and 60 ms.
@@ -6,6 +8,7 @@ without importing sqlite_utils, which would cost every session about 15 MB and 6
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -13,7 +16,7 @@ from pathlib import Path
 
 from ..errors import StoreError
 
-__all__ = ["MIGRATION_SET", "SCHEMA", "migrate"]
+__all__ = ["MIGRATION_SET", "SCHEMA", "check_file", "create_private", "migrate", "project_db"]
 
 #: The migrations of ``migrations.py``, in order (a test pins them).
 SCHEMA = (
@@ -72,3 +75,80 @@ def migrate(
             )
         if migrations.pending(db):
             migrations.apply(db)
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_file(path: Path) -> None:
+    """Refuse a path that is a directory or a file that is not SQLite, before opening it."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise StoreError(
+            f"the experiment database path {str(path)!r} is a directory; "
+            "give a file path with --llm-db"
+        )
+    with path.open("rb") as fh:
+        header = fh.read(len(_SQLITE_HEADER))
+    if header and header != _SQLITE_HEADER:
+        raise StoreError(
+            f"{str(path)!r} exists and is not a SQLite database; it was left as it "
+            "is: move it away or choose another path with --llm-db"
+        )
+
+
+def create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (SQLite gives its -wal and -shm
+    files the same mode); an existing file is left as it is."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+# Where pytest looks for its configuration, in each directory from the current one upwards.
+_CONFIG_FILES = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
+
+
+def _ini_db(path: Path) -> tuple[bool, str | None]:
+    """Whether ``path`` is a pytest configuration file (as pytest decides), and its
+    ``llm_db``."""
+    import configparser
+    import tomllib
+
+    try:
+        if path.name == "pyproject.toml":
+            with path.open("rb") as fh:
+                table = tomllib.load(fh).get("tool", {}).get("pytest", {}).get("ini_options")
+            if table is None:
+                return False, None
+            value = table.get("llm_db")
+            return True, None if value is None else str(value)
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read(path, encoding="utf-8")
+    except (OSError, ValueError, configparser.Error):
+        return False, None
+    section = {"tox.ini": "pytest", "setup.cfg": "tool:pytest"}.get(path.name, "pytest")
+    if not parser.has_section(section):
+        # pytest.ini is pytest's even without a [pytest] section.
+        return path.name in ("pytest.ini", ".pytest.ini"), None
+    return True, parser.get(section, "llm_db", fallback=None)
+
+
+def project_db(start: Path, default: str) -> tuple[Path, str]:
+    """The database a pytest session started in ``start`` would use, and why: the ``llm_db``
+    of the first pytest configuration file found from ``start`` upwards, relative to its
+    directory (the rootdir), else ``default`` there, else ``default`` in ``start``."""
+    for directory in (start, *start.parents):
+        for name in _CONFIG_FILES:
+            candidate = directory / name
+            if not candidate.is_file():
+                continue
+            found, value = _ini_db(candidate)
+            if found:
+                if value:
+                    return directory / value.strip(), f"llm_db in {candidate}"
+                return directory / default, f"the rootdir of {candidate}"
+    return start / default, "the current directory"

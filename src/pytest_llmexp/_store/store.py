@@ -23,10 +23,9 @@ from .._util.jsontext import compact_json as _json
 from .._util.redact import redact
 from .._verdict.stats import experiment_summary, session_spend
 from ..errors import StoreError
-from .dbfile import check_file, create_private
-from .definitions import DefinitionIds
+from .batch import DefinitionIds
 from .provenance import environment_versions, git_sha
-from .schema import migrate
+from .schema import check_file, create_private, migrate
 
 if TYPE_CHECKING:
     from .batch import Batch

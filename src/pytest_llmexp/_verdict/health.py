@@ -1,5 +1,6 @@
 """Whether a session's numbers can be trusted: errored runs against the error budget, the
-spend guard, credentials refused, and what was recovered or lost."""
+spend guard, credentials refused, and what was recovered or lost. The terminal says so in
+:mod:`pytest_llmexp._plugin.terminal`."""
 
 from __future__ import annotations
 
@@ -11,12 +12,9 @@ from .._util.defaults import DEFAULT_ERROR_BUDGET
 
 if TYPE_CHECKING:
     from .._plugin.settings import Settings
-    from .._store.recovery import Ingested
     from .._store.store import Store
 
-__all__ = ["DEFAULT_ERROR_BUDGET", "Health", "judge", "problem_lines", "recovery_lines"]
-
-_AUTH_ERRORS = ("AuthenticationError", "PermissionDeniedError")
+__all__ = ["DEFAULT_ERROR_BUDGET", "Health", "judge"]
 
 
 @dataclass
@@ -72,77 +70,3 @@ def judge(
     health.over_budget = health.errored > 0 and health.share > health.error_budget
     health.calls, health.tokens, health.spend_skipped = store.spend(session_id)
     return health
-
-
-def _errors_text(errors: dict[str, int]) -> str:
-    return ", ".join(f"{count} {kind}" for kind, count in errors.items())
-
-
-def problem_lines(health: Health | None) -> list[tuple[str, bool]]:
-    """Terminal lines about what went wrong, each with whether it is an error (red)."""
-    if health is None:
-        return []
-    lines: list[tuple[str, bool]] = []
-    auth = sum(health.errors.get(kind, 0) for kind in _AUTH_ERRORS)
-    if auth:
-        lines.append(
-            (
-                f"ERROR: the endpoint refused the credentials ({auth} run(s)); the session "
-                "stopped early: check OPENAI_API_KEY and --llm-base-url",
-                True,
-            )
-        )
-    if health.over_budget:
-        lines.append(
-            (
-                f"ERROR: infrastructure: {health.errored} of {health.runs - health.skipped} "
-                f"runs errored ({health.share:.0%}, error budget {health.error_budget:.0%}): "
-                f"{_errors_text(health.errors)}. The metrics of this session are not a "
-                "verdict; raise --llm-error-budget only if these errors are expected",
-                True,
-            )
-        )
-    elif health.errored:
-        lines.append(
-            (
-                f"errored runs: {_errors_text(health.errors)} ({health.share:.0%}, within the "
-                f"error budget of {health.error_budget:.0%}); metrics count evaluated runs only",
-                False,
-            )
-        )
-    if health.spend_skipped:
-        caps = []
-        if health.max_calls is not None:
-            caps.append(f"{health.calls} of {health.max_calls} calls")
-        if health.max_tokens is not None:
-            caps.append(f"{health.tokens} of {health.max_tokens} tokens")
-        lines.append(
-            (
-                f"spend guard: {health.spend_skipped} run(s) skipped after the session used "
-                f"{' and '.join(caps)}",
-                False,
-            )
-        )
-    return lines
-
-
-def recovery_lines(recovered: list[Ingested]) -> list[str]:
-    """Terminal lines about killed sessions whose spools were ingested at this start."""
-    lines = []
-    for result in recovered:
-        if not (result.runs or result.aborted or result.unreadable):
-            continue
-        if result.aborted:
-            line = (
-                f"recovered: session {result.session_id} had stopped without finishing; "
-                f"{result.runs} run(s) stored from its spool, marked aborted"
-            )
-        else:
-            line = (
-                f"recovered: {result.runs} run(s) of session {result.session_id} stored from "
-                "its spool"
-            )
-        if result.unreadable:
-            line += f" ({result.unreadable} unreadable line(s) skipped)"
-        lines.append(line)
-    return lines

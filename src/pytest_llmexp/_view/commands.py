@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._util.lookup import find_experiment, find_run, find_session
-from . import browse, runview, textview
+from . import browse, textview
 
 __all__ = ["COMMANDS", "Failed"]
 
@@ -87,7 +87,7 @@ def _runs(args: argparse.Namespace) -> int:
         session_id = conn.execute(
             "SELECT session_id FROM experiments WHERE id = ?", (experiment_id,)
         ).fetchone()[0]
-        found = runview.runs(conn, experiment_id)
+        found = browse.runs(conn, experiment_id)
         if args.status:
             found = [r for r in found if r["status"] in args.status]
     return _emit(args, found, textview.runs_lines(args.experiment, session_id, found))
@@ -95,7 +95,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     with _reading(args) as conn:
-        detail = runview.run_detail(conn, find_run(conn, args.run_id))
+        detail = browse.run_detail(conn, find_run(conn, args.run_id))
     return _emit(args, detail, textview.run_lines(detail))
 
 
@@ -210,7 +210,7 @@ def _export(args: argparse.Namespace) -> int:
             ]
         else:
             ids = [find_experiment(conn, args.experiment, args.session)]
-        rows = runview.export_rows(conn, ids)
+        rows = browse.export_rows(conn, ids)
     text = _format_rows(rows, args.format)
     if args.output == "-":
         sys.stdout.write(text)

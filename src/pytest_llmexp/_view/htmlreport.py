@@ -14,7 +14,7 @@ from typing import Any
 from .._util.lookup import find_experiment
 from .._util.redact import redact
 from .._verdict.compare import unified_diff
-from . import browse, runview
+from . import browse
 from .svgcharts import distribution_svg, trend_svg
 from .textview import num
 from .trends import trend
@@ -247,9 +247,9 @@ def _section(
     (total,) = conn.execute(
         "SELECT count(*) FROM experiment_runs WHERE experiment_id = ?", (experiment_id,)
     ).fetchone()
-    runs = runview.runs(conn, experiment_id, limit=EMBEDDED_RUNS)
+    runs = browse.runs(conn, experiment_id, limit=EMBEDDED_RUNS)
     for run in runs:
-        runs_data[run["id"]] = runview.run_detail(conn, run["id"])
+        runs_data[run["id"]] = browse.run_detail(conn, run["id"])
     counts = ", ".join(f"{c} {s}" for s, c in detail["runs"].items() if c) or "no run"
     verdict = {None: None, True: "passed", False: "failed"}[detail["gate_passed"]]
     anchor = "exp-" + "".join(c if c.isalnum() else "-" for c in name)
