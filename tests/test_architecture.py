@@ -131,7 +131,13 @@ def test_the_top_level_holds_the_facade_the_entry_points_and_the_wings() -> None
 
 
 def test_every_wing_says_what_it_owns_and_runs_no_code_on_import() -> None:
-    for wing in sorted(p for p in PACKAGE.iterdir() if p.name.startswith("_") and p.is_dir()):
+    wings = [
+        p
+        for p in PACKAGE.iterdir()
+        if p.is_dir() and p.name.startswith("_") and p.name != "__pycache__"
+    ]
+    assert len(wings) == 7
+    for wing in sorted(wings):
         tree = ast.parse((wing / "__init__.py").read_text())
         docstring = ast.get_docstring(tree)
         assert docstring and "may import" in " ".join(docstring.split()), wing.name
@@ -316,3 +322,19 @@ def test_test_modules_import_both_names_in_either_order(run_session: Any, pytest
         ).fetchall()
     )
     assert stored == {"first": 2, "second": 3}
+
+
+def test_the_module_names_kept_as_text_name_real_modules() -> None:
+    # wiring watches sys.modules for the bots' module by name, and the local model's server
+    # is started with python -m: a rename must not break either silently.
+    import importlib.util
+    import re
+
+    named = {
+        name
+        for path in PACKAGE.rglob("*.py")
+        for name in re.findall(r"[\"'](pytest_llmexp(?:\.\w+)+)[\"']", path.read_text())
+    }
+    assert "pytest_llmexp._run.bots" in named and "pytest_llmexp._local.main" in named
+    missing = sorted(n for n in named if importlib.util.find_spec(n) is None)
+    assert not missing
