@@ -49,36 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[STARTED_KEY] = utcnow()
     else:
         config.stash[WHO_KEY] = (workerinput[WORKERINPUT_SESSION], workerinput["workerid"])
-    client = process.ClientSettings(
-        base_url=settings.base_url,
-        timeout=settings.timeout,
-        max_retries=settings.max_retries,
-        model=settings.model,
-    )
-    if workerinput is not None:
-        from ._plugin.localmodel import worker_client_settings
-
-        client = worker_client_settings(workerinput) or client
-    elif settings.local:
-        client = wiring.start_local(config, client)
-    cache = process.CacheSettings()
-    if settings.cache != "off" or settings.replay_from is not None:
-        from ._store.spool import cassette_path
-
-        cache = process.CacheSettings(
-            mode=settings.cache,
-            cassette=cassette_path(settings.db_path, config.stash[WHO_KEY][0]),
-            replay_of=settings.replay_from,
-        )
-    process.setup(
-        process.ProcessSettings(
-            endpoint=client,
-            cache=cache,
-            storage_limit=settings.max_stored_chars,
-            # Calls outside any run travel on reports to the writer instead of being written here.
-            buffer_orphans=True,
-        )
-    )
+    process.setup(wiring.process_settings(config, workerinput))
     if workerinput is None:
         if wiring.distributes(config):
             from ._plugin.intake import ReportHooks
@@ -92,8 +63,9 @@ def pytest_configure(config: pytest.Config) -> None:
             # A command-line gate or a report: the session's end has work even without
             # experiments (a gate that gated nothing fails; reports are written).
             wiring.make_writer(config)
-    if settings.cache != "off" or settings.replay_from is not None:
-        # Set up now, so that no call of this process can reach the endpoint unreplayed.
+    if process.PROCESS.settings.cache != process.CacheSettings():
+        # Record or replay: set up now, so that no call of this process can reach the
+        # endpoint unreplayed.
         wiring.make_relay(config)
 
 

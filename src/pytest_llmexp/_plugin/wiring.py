@@ -9,7 +9,7 @@ the session's end has work of its own. ``plugin.py``'s hooks call these.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -26,10 +26,54 @@ from .keys import (
 
 if TYPE_CHECKING:
     from .._run.endpoint import ClientSettings
+    from .._run.process import ProcessSettings
     from .relay import RunRelay
     from .writer import Writer
 
-__all__ = ["distributes", "make_relay", "make_writer", "register_run_hooks", "start_local"]
+__all__ = [
+    "distributes",
+    "make_relay",
+    "make_writer",
+    "process_settings",
+    "register_run_hooks",
+    "start_local",
+]
+
+
+def process_settings(config: pytest.Config, workerinput: dict[str, Any] | None) -> ProcessSettings:
+    """What this process's runs and calls use: the endpoint (on a worker, the one the
+    controller chose; with the embedded model, its server's), the record/replay mode, the
+    storage cap, and calls outside runs kept for the writer instead of written here."""
+    from .._run.process import CacheSettings, ClientSettings, ProcessSettings
+
+    settings = config.stash[SETTINGS_KEY]
+    client = ClientSettings(
+        base_url=settings.base_url,
+        timeout=settings.timeout,
+        max_retries=settings.max_retries,
+        model=settings.model,
+    )
+    if workerinput is not None:
+        from .localmodel import worker_client_settings
+
+        client = worker_client_settings(workerinput) or client
+    elif settings.local:
+        client = start_local(config, client)
+    cache = CacheSettings()
+    if settings.cache != "off" or settings.replay_from is not None:
+        from .._store.spool import cassette_path
+
+        cache = CacheSettings(
+            mode=settings.cache,
+            cassette=cassette_path(settings.db_path, config.stash[WHO_KEY][0]),
+            replay_of=settings.replay_from,
+        )
+    return ProcessSettings(
+        endpoint=client,
+        cache=cache,
+        storage_limit=settings.max_stored_chars,
+        buffer_orphans=True,
+    )
 
 
 def make_writer(config: pytest.Config) -> Writer:

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 from .._util.defaults import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from .._util.redact import display_url
 from ..errors import BotError
-from . import process
-from .process import PROCESS, ClientSettings, StructuredOutput
+from .process import PROCESS, ClientSettings, StructuredOutput, update
 
 if TYPE_CHECKING:
     import openai
@@ -44,7 +43,7 @@ _lock = threading.Lock()
 def configure(new: ClientSettings) -> None:
     """Set the endpoint settings for this process (the plugin does this per session), and
     forget which endpoints refused ``json_schema``."""
-    process.update(endpoint=new)
+    update(endpoint=new)
 
 
 def settings() -> ClientSettings:
