@@ -89,6 +89,8 @@ class FakeLLM:
         self.latency = 0.0
         #: Answer a json_schema response format as llama-cpp-python's server does: HTTP 500.
         self.refuse_json_schema = False
+        #: The finish_reason of every reply ("length": cut at max_tokens).
+        self.finish_reason = "stop"
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         #: Each request's path, with its query string.
@@ -110,6 +112,7 @@ class FakeLLM:
             self.responder = default_reply
             self.latency = 0.0
             self.refuse_json_schema = False
+            self.finish_reason = "stop"
             self.requests.clear()
             self.headers.clear()
             self.paths.clear()
@@ -149,6 +152,7 @@ class FakeLLM:
             failure = self._failures.popleft() if self._failures else None
             responder, latency = self.responder, self.latency
             refuse = self.refuse_json_schema
+            finish_reason = self.finish_reason
         if latency:
             time.sleep(latency)
         if failure is not None:
@@ -166,7 +170,7 @@ class FakeLLM:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
+                    "finish_reason": finish_reason,
                 }
             ],
             "usage": {

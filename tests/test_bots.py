@@ -16,6 +16,7 @@ from pytest_llmexp import (
     SimpleBot,
     StructuredBot,
     StructuredOutputError,
+    TruncatedReply,
     prompt,
 )
 from pytest_llmexp._run import endpoint
@@ -130,6 +131,84 @@ def test_timeout_is_explicit(fake_llm: FakeLLM) -> None:
     ):
         SimpleBot(model_name="m")("hi")
     assert info.value.error_type == "APITimeoutError"
+    # The message says what the timeout was and how to bound a reply that runs on.
+    assert "--llm-timeout 0.2 s" in str(info.value)
+    assert "max_tokens=N" in str(info.value)
+
+
+def test_a_timeout_at_the_embedded_model_says_requests_queue(fake_llm: FakeLLM) -> None:
+    fake_llm.latency = 1.0
+    with (
+        inside_run("bots", timeout=0.2, max_retries=0, max_tokens=64, fresh_seed=True),
+        pytest.raises(LLMCallError) as info,
+    ):
+        SimpleBot(model_name="m")("hi")
+    message = str(info.value)
+    assert "one request at a time" in message and "raise --llm-timeout" in message
+    # The reply was bounded already, so the hint does not ask for a bound.
+    assert "max_tokens=N" not in message
+
+
+def test_a_structured_reply_cut_at_max_tokens_is_truncated_and_not_re_asked(
+    run: RunContext, fake_llm: FakeLLM
+) -> None:
+    fake_llm.finish_reason = "length"
+    fake_llm.responder = lambda request: '{"score": 3, "reason": "it was cut'
+    bot = StructuredBot(pydantic_model=Verdict, model_name="m", max_tokens=60)
+    with pytest.raises(TruncatedReply) as info:
+        bot("judge")
+    assert len(fake_llm.requests) == 1  # a re-ask would be cut again
+    error = info.value
+    assert error.error_type == "TruncatedReply" and error.max_tokens == 60
+    assert "max_tokens=60" in str(error) and "finish_reason 'length'" in str(error)
+    assert "the bot's own; raise it" in str(error)
+    assert error.raw_reply.endswith("it was cut")
+    call = run.finish("error").calls[0]
+    assert call.finish_reason == "length" and call.error is None
+
+
+def test_a_plain_reply_cut_at_the_bots_own_max_tokens_is_returned(
+    run: RunContext, fake_llm: FakeLLM
+) -> None:
+    fake_llm.finish_reason = "length"
+    assert SimpleBot(model_name="m", max_tokens=5)("hi").content == "Reply to: hi"
+
+
+def test_the_endpoints_default_max_tokens_is_sent_recorded_and_overridable(
+    fake_llm: FakeLLM,
+) -> None:
+    with inside_run("bots", timeout=5, max_retries=0, max_tokens=64) as context:
+        SimpleBot(model_name="m")("hi")
+        SimpleBot(model_name="m", max_tokens=9)("hi")
+        SimpleBot(model_name="m", max_completion_tokens=9)("hi")
+        fake_llm.finish_reason = "length"
+        # A cut the bot did not ask for is an error, naming the default and the way out.
+        with pytest.raises(TruncatedReply, match="the embedded model's default bound"):
+            SimpleBot(model_name="m")("hi")
+    sent = [(r.get("max_tokens"), r.get("max_completion_tokens")) for r in fake_llm.requests]
+    assert sent == [(64, None), (9, None), (None, 9), (64, None)]
+    bots = {b.params.get("max_tokens") for b in context.finish("error").bots}
+    assert bots == {64, 9, None}
+
+
+def test_the_embedded_model_gets_a_fresh_seed_per_call_recorded_not_in_the_key(
+    fake_llm: FakeLLM,
+) -> None:
+    with inside_run("bots", timeout=5, max_retries=0, fresh_seed=True) as seeded:
+        SimpleBot(model_name="m", temperature=0.7)("hi")
+        SimpleBot(model_name="m", temperature=0.7)("hi")
+    with inside_run("bots", timeout=5, max_retries=0) as plain:
+        SimpleBot(model_name="m", temperature=0.7)("hi")
+        SimpleBot(model_name="m", temperature=0.7, seed=42)("hi")
+    seeds = [r.get("seed") for r in fake_llm.requests]
+    assert isinstance(seeds[0], int) and isinstance(seeds[1], int) and seeds[0] != seeds[1]
+    assert seeds[2:] == [None, 42]
+    calls = seeded.finish("passed").calls
+    assert [c.seed for c in calls] == seeds[:2]
+    plain_calls = plain.finish("passed").calls
+    assert [c.seed for c in plain_calls] == [None, 42]
+    # The seed is not part of the replay key: the same call, seeded or not, has one key.
+    assert calls[0].cache_key == plain_calls[0].cache_key
 
 
 def test_model_override_is_what_gets_called_and_recorded(

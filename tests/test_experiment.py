@@ -171,6 +171,36 @@ def test_misuse_is_refused(tmp_path: Path) -> None:
         exp.run(3)  # type: ignore[arg-type]
 
 
+def test_an_experiment_whose_runs_all_errored_raises_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    path = tmp_path / "e.db"
+    with (
+        pytest.raises(ExperimentError) as info,
+        Experiment("keyless", num_executions=3, db=path) as exp,
+    ):
+        exp.run(lambda: SimpleBot(model_name="m")("hi"))
+    message = str(info.value)
+    assert message.startswith(
+        "Experiment('keyless'): all 3 run(s) errored, so nothing was measured; the first: "
+        "BotError: no API key and no endpoint: set OPENAI_API_KEY"
+    )
+    assert "with LocalServer() as server: endpoint.configure(server.client_settings())" in message
+    assert "llmexp run " in message
+    db = Database(path)
+    try:
+        assert tuple(db.one("SELECT status, exitstatus FROM sessions")) == ("complete", 1)
+        assert db.count("experiment_runs", "status = 'error'") == 3
+    finally:
+        db.close()
+    # Some runs evaluated: no error, the runs are returned.
+    with Experiment("mixed", num_executions=2, db=path) as exp:
+        records = exp.run(lambda: current_run().execution_index or verdict())  # type: ignore[union-attr]
+    assert sorted(r.status for r in records) == ["error", "passed"]
+
+
 def test_an_exception_in_the_block_marks_the_session_interrupted(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt), Experiment("x", db=tmp_path / "i.db") as exp:
         exp.run(lambda: None)

@@ -99,7 +99,7 @@ def test_experiment_runs_on_the_local_model(local_session, pytester: pytest.Pyte
     run.result.stdout.fnmatch_lines(
         [
             f"llmexp: endpoint {LABEL}, database *",
-            f"llmexp: local model {model} (llama.cpp on 127.0.0.1:*, started when experiments run)",
+            f"llmexp: local model {model} (llama.cpp on 127.0.0.1:*, started when first needed)",
         ]
     )
     db = run.db
@@ -199,7 +199,66 @@ def test_no_server_starts_for_a_session_without_experiments(
     )
     run = local_session()
     run.result.assert_outcomes(passed=1)
-    run.result.stdout.fnmatch_lines(["llmexp: local model * started when experiments run)"])
+    run.result.stdout.fnmatch_lines(["llmexp: local model * started when first needed)"])
+
+
+@pytest.mark.local
+@linux_only
+def test_a_bot_in_a_plain_test_starts_the_model_at_its_first_call(
+    local_session, pytester: pytest.Pytester
+) -> None:
+    pytester.makepyfile(
+        test_plain="""
+        from pytest_llmexp import SimpleBot
+
+        def test_plain():
+            reply = SimpleBot(model_name="gpt-4o", max_tokens=4)("Say hello.")
+            assert reply.content
+        """,
+    )
+    run = local_session()
+    run.result.assert_outcomes(passed=1)
+    assert run.db is not None
+    # Stored without a run, as a call outside an experiment is, with the model it reached.
+    call = run.db.one("SELECT run_id, model_name, error, seed FROM message_log")
+    assert call["run_id"] is None and call["error"] is None
+    assert call["model_name"] == local_model_identity()[0]
+    assert isinstance(call["seed"], int)
+
+
+SAMPLES = """
+from pytest_llmexp import SimpleBot, experiment
+
+@experiment(num_executions=3)
+def test_sample():
+    SimpleBot(model_name="m", temperature=1.0, max_tokens=12)("Name a random animal.")
+"""
+
+
+@pytest.mark.local
+def test_two_sessions_of_one_experiment_draw_different_samples(
+    local_session, pytester: pytest.Pytester
+) -> None:
+    pytester.makepyfile(test_sample=SAMPLES)
+    replies, seeds = [], []
+    for _ in range(2):
+        run = local_session()
+        run.result.assert_outcomes(passed=3)
+        assert run.db is not None
+        rows = run.db.rows(
+            "SELECT c.seed, json_extract(c.message_log, '$[#-1].content') AS reply "
+            "FROM message_log c JOIN experiment_runs r ON r.id = c.run_id "
+            "JOIN experiments e ON e.id = r.experiment_id "
+            "WHERE e.session_id = (SELECT id FROM sessions ORDER BY started_at DESC LIMIT 1) "
+            "ORDER BY r.execution_index"
+        )
+        seeds.append([r["seed"] for r in rows])
+        replies.append([r["reply"] for r in rows])
+    assert all(isinstance(seed, int) for seed in seeds[0] + seeds[1])
+    assert len(set(seeds[0] + seeds[1])) == 6
+    # The k-th execution of each session drew its own sample (before the fresh seed, the
+    # server's sampler restarted from one seed at every load and both lists were equal).
+    assert replies[0] != replies[1]
 
 
 @pytest.mark.local
@@ -312,6 +371,30 @@ def test_without_key_endpoint_or_local_model_the_error_says_what_to_install(
     error = run.db.one("SELECT status, error_type, error_message FROM experiment_runs")
     assert (error["status"], error["error_type"]) == ("error", "BotError")
     assert 'pip install "pytest-llmexp[local]"' in error["error_message"]
+
+
+@pytest.mark.parametrize("where", ["cli", "ini"])
+def test_a_named_openai_model_without_a_key_is_a_usage_error(
+    run_session, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    pytester.makepyfile(test_plain="def test_plain(): pass")
+    if where == "ini":
+        pytester.makeini("[pytest]\nllm_model = gpt-4o\n")
+    result = run_session(*(["--llm-model", "gpt-4o"] if where == "cli" else [])).result
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    named = "--llm-model" if where == "cli" else "ini llm_model"
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: {named} gpt-4o is called on OpenAI, but OPENAI_API_KEY is not set and no "
+            "endpoint is (--llm-base-url, OPENAI_BASE_URL): export OPENAI_API_KEY=sk-... to "
+            f"call gpt-4o, or * {named} to run on the embedded local model (no key needed)"
+        ]
+    )
+    # Replaying from the store needs no endpoint, and so no key.
+    replayed = run_session("--llm-model", "gpt-4o", "--llm-cache", "replay").result
+    replayed.assert_outcomes(passed=1)
 
 
 def test_a_configured_endpoint_is_not_replaced_by_the_local_model(

@@ -43,6 +43,7 @@ SCHEMA = {
         "gate_passed",
         "summary",
         "comparison",
+        "partial",
     },
     "experiment_runs": {
         "id",
@@ -101,6 +102,7 @@ SCHEMA = {
         "cache_key",
         "request",
         "replayed_from",
+        "seed",
     },
     "llm_cache": {"key", "message_log_id", "recorded_at"},
     "metrics": {"run_id", "name", "value", "kind", "position"},
@@ -129,6 +131,7 @@ def test_a_new_database_has_every_table_and_column(tmp_path: Path) -> None:
         "m004_add_cache_tables",
         "m005_cluster_run_tables",
         "m006_normalize_run_data",
+        "m007_add_seed_and_partial",
     ]
 
 
@@ -137,7 +140,7 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     Store(path).close()
     Store(path).close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 6
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 7
 
 
 def test_the_per_run_tables_are_clustered_and_keep_their_rows(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ from .errors import (  # noqa: E402
     ReplayMiss,
     StoreError,
     StructuredOutputError,
+    TruncatedReply,
 )
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ __all__ = [
     "StoreError",
     "StructuredBot",
     "StructuredOutputError",
+    "TruncatedReply",
     "endpoint",
     "experiment",
     "metric",

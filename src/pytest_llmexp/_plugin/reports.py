@@ -38,6 +38,11 @@ def failure_reasons(
             f"infrastructure: {health.errored} runs errored, over the error budget of "
             f"{health.error_budget:.0%}"
         )
+    if health is not None and health.code_errors:
+        reasons.append(
+            f"{sum(health.code_errors.values())} run(s) errored in the test's own code "
+            f"({', '.join(health.code_errors)})"
+        )
     reasons += verdict.unmatched
     for name, experiment in verdict.experiments.items():
         for gate in experiment.gates:

@@ -305,6 +305,10 @@ def build_settings(config: pytest.Config) -> Settings:
     max_stored_chars = _number(config, "llm_max_stored_chars", int, lambda n: n >= 1, positive)
 
     verdict = _verdict_options(config)
+    if local is None and model is not None and verdict["cache"] != "replay":
+        from .localmodel import check_named_model
+
+        check_named_model(model, model_where, base_url)
 
     return Settings(
         **verdict,

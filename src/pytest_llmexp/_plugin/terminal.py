@@ -303,6 +303,16 @@ def health_lines(health: Health | None) -> list[tuple[str, bool]]:
                 False,
             )
         )
+    if health.code_errors:
+        count = sum(health.code_errors.values())
+        lines.append(
+            (
+                f"ERROR: {count} run(s) errored in the test's own code: "
+                f"{_errors_text(health.code_errors)}. Fix the test (each failure above says "
+                "how); these are not counted against the error budget",
+                True,
+            )
+        )
     if health.spend_skipped:
         caps = []
         if health.max_calls is not None:

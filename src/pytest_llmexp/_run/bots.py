@@ -6,6 +6,7 @@ repeated executions of an experiment stay independent.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -14,7 +15,7 @@ from .._util.clock import utcnow
 from .._util.ids import new_id
 from .._util.jsontext import canonical, digest
 from .._util.redact import display_url, redact
-from ..errors import BotError, LLMCallError, StructuredOutputError
+from ..errors import BotError, LLMCallError, StructuredOutputError, TruncatedReply
 from . import cache, endpoint
 from .calls import CallFailed, check_arguments, request_completion
 from .prompts import Message, MessageInput, MessageLike, to_messages
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SimpleBot", "StructuredBot"]
 
+#: The completion arguments that bound a reply's length.
+_LENGTH_ARGUMENTS = frozenset({"max_tokens", "max_completion_tokens"})
 #: Bot records by configuration, shared by the bots of a process (see ``_shared_record``).
 _SHARED_RECORDS: dict[tuple[Any, ...], tuple[object, BotRecord]] = {}
 _MAX_SHARED = 1024
@@ -83,13 +86,19 @@ class _Bot:
         self.model_name = model_name
         self.temperature = None if temperature is None else float(temperature)
         self.completion_kwargs = dict(completion_kwargs)
-        self._records: dict[tuple[str, str, float, int, str | None], BotRecord] = {}
+        self._records: dict[tuple[Any, ...], BotRecord] = {}
 
     def _response_schema(self) -> dict[str, Any] | None:
         return None
 
     def _extra_params(self) -> dict[str, Any]:
         return {}
+
+    def _default_max_tokens(self, current: endpoint.ClientSettings) -> int | None:
+        """The endpoint's bound on a reply, if this bot sets none of its own."""
+        if current.max_tokens is None or self.completion_kwargs.keys() & _LENGTH_ARGUMENTS:
+            return None
+        return current.max_tokens
 
     def _model(self) -> str:
         model = endpoint.settings().model or self.model_name
@@ -105,7 +114,14 @@ class _Bot:
         current = endpoint.settings()
         model = self._model()
         base_url = endpoint.endpoint_label(current)
-        key = (model, base_url, current.timeout, current.max_retries, current.model_sha256)
+        key = (
+            model,
+            base_url,
+            current.timeout,
+            current.max_retries,
+            current.model_sha256,
+            self._default_max_tokens(current),
+        )
         record = self._records.get(key)
         if record is None:
             record = self._records[key] = self._shared_record(key)
@@ -152,6 +168,9 @@ class _Bot:
         }
         if current.model_sha256:
             params["model_sha256"] = current.model_sha256
+        default_max_tokens = self._default_max_tokens(current)
+        if default_max_tokens is not None:
+            params["max_tokens"] = default_max_tokens
         system = self.system_prompt
         config: dict[str, Any] = {
             "class_name": type(self).__name__,
@@ -167,16 +186,29 @@ class _Bot:
             **config,
         )
 
-    def _complete(self, conversation: list[Message], **extra: Any) -> str:
-        """Send one chat completion request, record it, and return the reply's text."""
+    def _complete(self, conversation: list[Message], *, cut_ok: bool, **extra: Any) -> str:
+        """Send one chat completion request, record it, and return the reply's text.
+
+        A reply cut at ``max_tokens`` raises :class:`TruncatedReply`, unless ``cut_ok`` (a
+        plain-text bot whose own ``max_tokens`` asked for the cut).
+        """
         __tracebackhide__ = True  # the user's test line, not our internals (nor their locals)
         bot = self.bot_record()
+        current = endpoint.settings()
         messages = [self.system_prompt, *conversation] if self.system_prompt else conversation
         payload = [m.to_dict() for m in messages]
         prompts: list[PromptRecord] = [m.prompt for m in messages if m.prompt is not None]
         request: dict[str, Any] = dict(self.completion_kwargs)
         if self.temperature is not None:
             request["temperature"] = self.temperature
+        default_max_tokens = self._default_max_tokens(current)
+        if default_max_tokens is not None:
+            request["max_tokens"] = default_max_tokens
+        seed = request.get("seed")
+        if current.fresh_seed and seed is None:
+            # Not part of the cache key (built from the bot's own arguments): replay is
+            # unaffected, and the recorded seed reproduces this one call on purpose.
+            seed = request["seed"] = random.getrandbits(31)
         request.update(extra)
         timestamp = utcnow()
         started = time.perf_counter()
@@ -199,6 +231,7 @@ class _Bot:
                     truncated=truncated,
                     cache_key=plan.key,
                     request=plan.request,
+                    seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
                     **fields,
                 ),
             )
@@ -216,6 +249,7 @@ class _Bot:
                 replayed_from=served.message_log_id,
             )
             plan.answered()
+            self._check_cut(bot, served.content, served.finish_reason, request, cut_ok)
             return served.content
         client = endpoint.get_client()
         try:
@@ -240,7 +274,8 @@ class _Bot:
             raise LLMCallError(
                 f"{type(self).__name__} call to model {bot.model_name!r} at "
                 f"{display_url(endpoint.resolved_base_url())} failed after "
-                f"{failure.retries} retries: {failure.message}",
+                f"{failure.retries} retries: {failure.message}"
+                + (_timeout_hint(current, request) if failure.error_type == _TIMEOUT else ""),
                 cause_type=failure.error_type,
                 retries=failure.retries,
                 status_code=failure.status_code,
@@ -264,7 +299,57 @@ class _Bot:
                 cause_type="EmptyReply",
             )
         plan.answered()
+        self._check_cut(bot, content, reply.finish_reason, request, cut_ok)
         return content
+
+    def _check_cut(
+        self,
+        bot: BotRecord,
+        content: str,
+        finish_reason: str | None,
+        request: dict[str, Any],
+        cut_ok: bool,
+    ) -> None:
+        """Raise :class:`TruncatedReply` for a reply the model stopped at ``max_tokens``."""
+        __tracebackhide__ = True
+        if finish_reason != "length" or cut_ok:
+            return
+        bound = request.get("max_tokens", request.get("max_completion_tokens"))
+        name = type(self).__name__
+        where = (
+            "the embedded model's default bound; pass max_tokens=N to the bot to change it"
+            if self._default_max_tokens(endpoint.settings()) is not None
+            else "the bot's own; raise it"
+        )
+        raise TruncatedReply(
+            f"{name}: model {bot.model_name!r} stopped at max_tokens={bound} "
+            f"(finish_reason 'length'), so its reply is cut and was not re-asked "
+            f"(max_tokens={bound} is {where}, or ask for a shorter reply, e.g. max_length "
+            f"on the schema's strings). The reply ends {redact(content[-120:])!r}",
+            raw_reply=content,
+            max_tokens=bound if isinstance(bound, int) else None,
+        )
+
+
+_TIMEOUT = "APITimeoutError"
+
+
+def _timeout_hint(current: endpoint.ClientSettings, request: dict[str, Any]) -> str:
+    """Why a request times out, and how to bound it."""
+    bound = request.get("max_tokens", request.get("max_completion_tokens"))
+    hint = (
+        f" (the endpoint did not finish a reply within --llm-timeout {current.timeout:g} s: "
+        "the model may still have been generating"
+    )
+    if bound is None:
+        hint += "; bound its replies with max_tokens=N on the bot, or max_length on the "
+        hint += "schema's strings"
+    if current.fresh_seed:
+        hint += (
+            "; the embedded model answers one request at a time, so under -n N requests "
+            "queue: raise --llm-timeout, or run fewer workers"
+        )
+    return hint + ")"
 
 
 class SimpleBot(_Bot):
@@ -282,7 +367,9 @@ class SimpleBot(_Bot):
     def __call__(self, *messages: MessageInput) -> Message:
         __tracebackhide__ = True
         conversation = to_messages(messages, type(self).__name__)
-        return Message(role="assistant", content=self._complete(conversation))
+        # A bound the bot sets itself asks for the cut; the endpoint's default does not.
+        cut_ok = bool(self.completion_kwargs.keys() & _LENGTH_ARGUMENTS)
+        return Message(role="assistant", content=self._complete(conversation, cut_ok=cut_ok))
 
 
 class StructuredBot(_Bot, Generic[ModelT]):
@@ -349,12 +436,16 @@ class StructuredBot(_Bot, Generic[ModelT]):
         __tracebackhide__ = True
         kind = endpoint.structured_output()
         try:
-            return self._complete(conversation, response_format=self._response_format(kind))
+            return self._complete(
+                conversation, cut_ok=False, response_format=self._response_format(kind)
+            )
         except LLMCallError as exc:
             if kind != "json_schema" or not refuses_json_schema(exc.status_code, str(exc)):
                 raise
         endpoint.remember_json_object()
-        return self._complete(conversation, response_format=self._response_format("json_object"))
+        return self._complete(
+            conversation, cut_ok=False, response_format=self._response_format("json_object")
+        )
 
     def __call__(self, *messages: MessageInput) -> ModelT:
         __tracebackhide__ = True

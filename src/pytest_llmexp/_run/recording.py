@@ -116,6 +116,7 @@ class RunContext(_Collected):
             self._occurrences[request] = self._occurrences.get(request, 0) + 1
 
     def add_metric(self, metric: MetricRecord, spec: MetricSpec | None = None) -> None:
+        __tracebackhide__ = True  # the user's line, not ours (nor our locals)
         with self._lock:
             if metric.name in self._metrics:
                 raise MetricError(
@@ -149,6 +150,11 @@ class RunContext(_Collected):
             ) from None
         with self._lock:
             self._metadata[key] = json.loads(text)
+
+    def calls(self) -> list[CallRecord]:
+        """The run's LLM calls so far."""
+        with self._lock:
+            return list(self._calls)
 
     def call_count(self) -> int:
         """How many LLM calls the run has made so far."""

@@ -54,6 +54,7 @@ class Experiment:
         self._next_index = 0
         self._index_lock = threading.Lock()
         self._final_summary: dict[str, Any] | None = None
+        self._failed = False
 
     def __enter__(self) -> Experiment:
         if self._store is not None:
@@ -77,10 +78,12 @@ class Experiment:
         if store is None or self.session_id is None:
             return
         try:
-            status = "complete" if exc_type is None else "interrupted"
-            store.finish_session(
-                self.session_id, status=status, exitstatus=0 if exc_type is None else 2
-            )
+            # Every run errored: the session ran to its end and measured nothing (exit 1).
+            if self._failed:
+                status, exitstatus = "complete", 1
+            else:
+                status, exitstatus = ("complete", 0) if exc_type is None else ("interrupted", 2)
+            store.finish_session(self.session_id, status=status, exitstatus=exitstatus)
             self._final_summary = store.summaries(self.session_id).get(self.name)
         finally:
             store.close()
@@ -121,7 +124,17 @@ class Experiment:
         indices = range(first, first + self.num_executions)
         with ThreadPoolExecutor(self.max_workers, thread_name_prefix="llmexp") as pool:
             futures = [pool.submit(contextvars.copy_context().run, one, i) for i in indices]
-            return [f.result() for f in futures]
+            records = [f.result() for f in futures]
+        errored = [r for r in records if r.status == "error"]
+        if len(errored) == len(records):
+            self._failed = True
+            first_error = errored[0]
+            raise ExperimentError(
+                f"Experiment({self.name!r}): all {len(records)} run(s) errored, so nothing was "
+                f"measured; the first: {first_error.error_type}: {first_error.error_message} "
+                f"(llmexp run {first_error.run_id[:12]} shows it)"
+            )
+        return records
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per metric: n, mean, std, min, max over the runs that were evaluated."""

@@ -233,3 +233,12 @@ def m006_normalize_run_data(db: Database) -> None:
         "UPDATE experiment_runs SET run_data = "
         "json_remove(run_data, '$.prompts', '$.bots', '$.message_log_ids', '$.metrics')"
     )
+
+
+@migrations()
+def m007_add_seed_and_partial(db: Database) -> None:
+    # The seed a call sent (the embedded model gets a fresh one per call, so that sessions
+    # draw new samples), and whether an experiment ran fewer executions of a case than it
+    # declares (an IDE running one execution, -k, -x, a lower --llm-num-executions).
+    db.execute("ALTER TABLE message_log ADD COLUMN seed INTEGER")
+    db.execute("ALTER TABLE experiments ADD COLUMN partial INTEGER NOT NULL DEFAULT 0")

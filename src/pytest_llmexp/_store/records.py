@@ -69,6 +69,8 @@ class CallRecord(_Record):
     request: dict[str, Any] | None = None
     #: The recorded call (a ``message_log`` id) this reply was served from, not the endpoint.
     replayed_from: str | None = None
+    #: The sampling seed the request sent (the embedded model gets a fresh one per call).
+    seed: int | None = None
     #: Store this call as the recorded reply of its key (``--llm-cache record`` or ``auto``).
     record: bool = False
 
@@ -95,6 +97,7 @@ class CallRecord(_Record):
             self.cache_key,
             None if self.request is None else _json(self.request),
             self.replayed_from,
+            self.seed,
         )
 
 

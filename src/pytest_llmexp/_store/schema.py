@@ -26,6 +26,7 @@ SCHEMA = (
     "m004_add_cache_tables",
     "m005_cluster_run_tables",
     "m006_normalize_run_data",
+    "m007_add_seed_and_partial",
 )
 MIGRATION_SET = "pytest_llmexp"
 

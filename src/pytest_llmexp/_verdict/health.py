@@ -14,7 +14,23 @@ if TYPE_CHECKING:
     from .._plugin.settings import Settings
     from .._store.store import Store
 
-__all__ = ["DEFAULT_ERROR_BUDGET", "Health", "judge"]
+__all__ = ["CODE_ERRORS", "DEFAULT_ERROR_BUDGET", "Health", "judge"]
+
+#: Errors of the test's own code or configuration (a metric that broke its contract, a
+#: prompt missing an argument, a bot used wrongly, a reply cut at the bot's bound or never
+#: valid): the user fixes them, and they are not counted against the error budget, which
+#: is for the endpoint and the machine (timeouts, refused calls, crashes).
+CODE_ERRORS = frozenset(
+    {
+        "PromptError",
+        "MetricError",
+        "BotError",
+        "ExperimentError",
+        "GateError",
+        "StructuredOutputError",
+        "TruncatedReply",
+    }
+)
 
 
 @dataclass
@@ -22,10 +38,13 @@ class Health:
     """Stored as ``sessions.health`` (JSON)."""
 
     runs: int = 0
+    #: Runs that errored in the endpoint or the machine, or crashed: the error budget's count.
     errored: int = 0
     skipped: int = 0
-    #: Errored and crashed runs by error type.
+    #: Those runs by error type.
     errors: dict[str, int] = field(default_factory=dict)
+    #: Runs that errored in the test's own code (:data:`CODE_ERRORS`), by error type.
+    code_errors: dict[str, int] = field(default_factory=dict)
     error_budget: float = DEFAULT_ERROR_BUDGET
     over_budget: bool = False
     calls: int = 0
@@ -43,6 +62,7 @@ class Health:
 
     @property
     def share(self) -> float:
+        """The share of evaluated runs that errored in the endpoint or the machine."""
         counted = self.runs - self.skipped
         return self.errored / counted if counted else 0.0
 
@@ -66,7 +86,10 @@ def judge(
         health.errored += runs["error"] + runs["crashed"]
         health.skipped += runs["skipped"]
         errors.update(summary["errors"])
-    health.errors = dict(errors.most_common())
+    code = Counter({kind: n for kind, n in errors.items() if kind in CODE_ERRORS})
+    health.errored -= sum(code.values())
+    health.errors = {kind: n for kind, n in errors.most_common() if kind not in CODE_ERRORS}
+    health.code_errors = dict(code.most_common())
     health.over_budget = health.errored > 0 and health.share > health.error_budget
     health.calls, health.tokens, health.spend_skipped = store.spend(session_id)
     return health

@@ -16,7 +16,7 @@ from .._util.redact import redact
 from .._verdict.compare import unified_diff
 from . import browse
 from .svgcharts import distribution_svg, trend_svg
-from .textview import num
+from .textview import num, reason
 from .trends import trend
 
 __all__ = ["build_html"]
@@ -148,10 +148,7 @@ def _run_table(name: str, runs: list[dict[str, Any]]) -> str:
     head += "".join(f'<th class="num">{escape(m)}</th>' for m in metrics) + "<th>error</th>"
     rows = []
     for r in runs:
-        error = "" if r["status"] == "passed" else (r["error_type"] or "")
-        message = (r["error_message"] or "").strip().splitlines()
-        if message:
-            error = f"{error}: {message[-1]}" if error and error not in message[-1] else message[-1]
+        error = "" if r["status"] == "passed" else reason(r["error_type"], r["error_message"])
         time = _DASH if r["duration_s"] is None else f"{r['duration_s']:.2f}s"
         rows.append(
             f'<tr class="run" tabindex="0" data-run="{escape(r["id"])}" '

@@ -134,11 +134,18 @@ def experiments_lines(found: list[dict[str, Any]]) -> list[str]:
     return table(header, rows)
 
 
+def reason(kind: str | None, message: str | None) -> str:
+    """A run's error on one line: its type and the message's first line (an assertion's
+    own message, which pytest's explanation follows), marked when there is more."""
+    lines = [line for line in (message or "").strip().splitlines() if line.strip()]
+    text = lines[0].strip() + (" [...]" if len(lines) > 1 else "") if lines else ""
+    if kind and not text.startswith(kind):
+        return f"{kind}: {text}" if text else kind
+    return text or "-"
+
+
 def _reason(run: dict[str, Any]) -> str:
-    message = (run.get("error_message") or "").strip().splitlines()
-    text = message[-1] if message else ""
-    kind = run.get("error_type")
-    return f"{kind}: {text}" if kind and not text.startswith(kind) else text or "-"
+    return reason(run.get("error_type"), run.get("error_message"))
 
 
 def experiment_lines(detail: dict[str, Any]) -> list[str]:
