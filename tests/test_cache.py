@@ -327,8 +327,13 @@ def test_rescoring_a_stored_session_measures_its_generations_again(
     for row in errors:
         assert row["error_type"] == "ReplayMiss"
         assert row["error_message"].startswith(
-            f"no recorded reply in session {stored_session} for this StructuredBot call "
-            "(model 'judge'"
+            f"no recorded reply in session {stored_session} or the cache for this "
+            "StructuredBot call (model 'judge'"
+        )
+        # The way out is the cache mode, not dropping the re-scoring.
+        assert row["error_message"].endswith(
+            "use --llm-cache auto to call only the judges' calls that are missing (a judge "
+            "that changed since it was recorded), or --llm-cache off to call them all"
         )
 
 

@@ -105,11 +105,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from ._plugin.collect import select_experiments
+    from ._plugin.collect import check_cli_gates, select_experiments
 
     settings = config.stash[SETTINGS_KEY]
     try:
         select_experiments(config, items, settings.experiments, settings.num_executions)
+        check_cli_gates(items, settings.cli_gates)
     except pytest.UsageError as exc:
         if not hasattr(config, "workerinput"):
             raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import pytest
 
@@ -12,10 +12,14 @@ from .._util.defaults import check_experiment_name, check_num_executions
 from ..errors import ExperimentError
 from .keys import ITEM_KEY
 
+if TYPE_CHECKING:
+    from .._verdict.gates import Gate
+
 __all__ = [
     "EXEC_FIXTURE",
     "ExperimentItem",
     "case_id",
+    "check_cli_gates",
     "execution_index",
     "experiment",
     "generate_executions",
@@ -45,6 +49,8 @@ class ExperimentItem(NamedTuple):
     case_id: str | None = None
     #: The experiment's gates as declared in code.
     gates: tuple[str, ...] = ()
+    #: The executions the code declares, when --llm-num-executions runs another number.
+    declared_executions: int | None = None
 
 
 def experiment(
@@ -74,6 +80,8 @@ class _Spec(NamedTuple):
     name: str
     num_executions: int
     gates: tuple[str, ...]
+    #: What the code declares, when --llm-num-executions runs another number.
+    declared: int | None = None
 
 
 def _spec(definition: pytest.Item | Any, override: int | None) -> _Spec | None:
@@ -110,7 +118,41 @@ def _mark_spec(mark: pytest.Mark, test: str, override: int | None) -> _Spec:
         gates = check_gates(mark.kwargs.get("gates", ()), source="code", where=where)
     except GateError as exc:
         raise ExperimentError(str(exc)) from None
-    return _Spec(name, override if override is not None else count, tuple(g.text for g in gates))
+    return _Spec(
+        name,
+        override if override is not None else count,
+        tuple(g.text for g in gates),
+        count if override is not None and override != count else None,
+    )
+
+
+def check_cli_gates(items: list[pytest.Item], gates: tuple[Gate, ...]) -> None:
+    """Refuse, before any run, a ``--llm-gate`` naming an experiment that was not collected
+    or a metric that no ``@metric`` defines (the names typed wrong)."""
+    import sys
+    from difflib import get_close_matches
+
+    from .._verdict.gates import RUNS
+
+    experiments = {info.name for item in items if (info := item.stash.get(ITEM_KEY, None))}
+    if not experiments or not gates:
+        return
+    metrics_module = sys.modules.get("pytest_llmexp._run.metrics")
+    defined: set[str] = getattr(metrics_module, "DEFINED", set())
+    for gate in gates:
+        for kind, name, known in (
+            ("experiment", gate.experiment, experiments),
+            ("metric", None if gate.metric == RUNS else gate.metric, defined),
+        ):
+            if name is None or name in known:
+                continue
+            close = get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise pytest.UsageError(
+                f"--llm-gate {gate.text!r}: no {kind} named {name!r} "
+                f"{'was collected' if kind == 'experiment' else 'is defined by a @metric'}; "
+                f"{hint}known: {', '.join(sorted(known)) or 'none'}"
+            )
 
 
 def case_id(nodeid: str) -> str | None:
@@ -180,6 +222,7 @@ def select_experiments(
             execution_index=int(callspec.params[EXEC_FIXTURE]),
             case_id=case_id(item.nodeid),
             gates=spec.gates,
+            declared_executions=spec.declared,
         )
         functions.setdefault(name, set()).add(item.nodeid.split("[")[0])
     for name, tests in sorted(functions.items()):

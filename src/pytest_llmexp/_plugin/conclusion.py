@@ -103,8 +103,9 @@ class Conclusion:
         )
 
     def without_experiments(self, session: pytest.Session) -> None:
-        """No experiment ran: a gate from the command line gates nothing, which fails."""
-        if self.settings.cli_gates:
+        """No experiment ran: a gate from the command line gates nothing, which fails
+        (unless nothing was meant to run: --collect-only)."""
+        if self.settings.cli_gates and not session.config.option.collectonly:
             from .._verdict.verdicts import SessionVerdict
 
             self.verdict = SessionVerdict(

@@ -151,6 +151,7 @@ class RunRelay:
             nodeid=item.nodeid,
             case_id=info.case_id,
             gates=info.gates,
+            declared_executions=info.declared_executions,
         )
         item.stash[RUN_KEY] = RunState(run)
         try:

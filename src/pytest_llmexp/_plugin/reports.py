@@ -160,11 +160,14 @@ def _comparison_markdown(experiment: dict[str, Any]) -> list[str]:
             _n(m["current_mean"]),
             _n(m["diff"], signed=True),
             "-" if m["ci_low"] is None else f"[{m['ci_low']:+.3g}, {m['ci_high']:+.3g}]",
-            m["verdict"],
+            f"{m['n_baseline']} / {m['n_current']}",
+            m["verdict"] + (" (metric changed)" if m.get("metric_changed") else ""),
         ]
         for m in comparison["metrics"]
     ]
-    lines += _table(["metric", "baseline", "current", "diff", "95% CI", "verdict"], rows)
+    lines += _table(["metric", "baseline", "current", "diff", "95% CI", "n", "verdict"], rows)
+    for name in comparison.get("metric_changes", []):
+        lines += [f"Metric `{name}` changed: its code differs from the baseline's.", ""]
     for change in comparison["prompts"]:
         lines += [
             f"<details><summary>prompt {change['prompt']} changed</summary>",

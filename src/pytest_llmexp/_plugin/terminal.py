@@ -200,9 +200,10 @@ def _comparison_lines(comparison: dict[str, Any]) -> list[tuple[str, str | None]
             None,
         )
     ]
-    rows = [("metric", "baseline", "current", "diff", "95% CI", "verdict")]
+    rows = [("metric", "baseline", "current", "diff", "95% CI", "n (base/cur)", "verdict")]
     for m in comparison["metrics"]:
         ci = "-" if m["ci_low"] is None else f"[{m['ci_low']:+.3g}, {m['ci_high']:+.3g}]"
+        changed = ", metric changed" if m.get("metric_changed") else ""
         rows.append(
             (
                 m["metric"],
@@ -210,7 +211,8 @@ def _comparison_lines(comparison: dict[str, Any]) -> list[tuple[str, str | None]
                 _number(m["current_mean"]),
                 _signed(m["diff"]),
                 ci,
-                f"{m['verdict']} ({m['better']} is better, over {m['unit']})",
+                f"{m['n_baseline']}/{m['n_current']}",
+                f"{m['verdict']} ({m['better']} is better, over {m['unit']}{changed})",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -221,6 +223,14 @@ def _comparison_lines(comparison: dict[str, Any]) -> list[tuple[str, str | None]
         )
         verdict = comparison["metrics"][index - 1]["verdict"] if index else None
         lines.append((text.rstrip(), colors.get(verdict or "")))
+    for name in comparison.get("metric_changes", []):
+        lines.append(
+            (
+                f"    metric changed: {name} (its code differs from the baseline's: the "
+                "difference may be the ruler's, not the thing measured)",
+                "yellow",
+            )
+        )
     for change in comparison["prompts"]:
         lines.append(
             (

@@ -147,6 +147,8 @@ class Writer:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
+        if session.config.option.collectonly:
+            return  # nothing runs: no session is stored
         if not self.config.pluginmanager.hasplugin("dsession") and any(
             ITEM_KEY in item.stash for item in session.items
         ):
@@ -189,7 +191,8 @@ class Writer:
         self.intake.retry_pending()
         if not self.begun or self.store is None:
             self.conclusion.without_experiments(session)
-            self.conclusion.write_reports(session, None, self.summaries, None)
+            if not session.config.option.collectonly:  # nothing ran: nothing to report
+                self.conclusion.write_reports(session, None, self.summaries, None)
             return
         import sqlite3
 

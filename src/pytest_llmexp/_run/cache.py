@@ -223,7 +223,16 @@ def _miss_message(
     request: dict[str, Any],
 ) -> str:
     sources: list[Source] = ["cache"] if current.mode == "replay" else []
-    if current.replay_of is not None:
+    if current.replay_of is not None and in_metric():
+        # A judge under re-scoring: --llm-cache replay, not --llm-replay-from, refused it.
+        sources.insert(0, "session")
+        where = f"session {current.replay_of} or the cache"
+        fix = (
+            "a judge's call under --llm-replay-from follows --llm-cache, and replay calls "
+            "nothing: use --llm-cache auto to call only the judges' calls that are missing (a "
+            "judge that changed since it was recorded), or --llm-cache off to call them all"
+        )
+    elif current.replay_of is not None:
         sources.insert(0, "session")
         where = f"session {current.replay_of}"
         fix = (

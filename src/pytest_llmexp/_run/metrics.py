@@ -99,6 +99,26 @@ def _bound(name: str, option: str, value: Any) -> float | None:
     return float(value)
 
 
+#: The names of the ``@metric`` functions defined in this process so far (a command-line gate
+#: on another name is refused when collection ends, not after every run).
+DEFINED: set[str] = set()
+
+
+def code_hash(fn: Callable[..., Any]) -> str:
+    """The version of a metric: a hash of its source, or of its bytecode and constants when
+    the source is not at hand (a function typed at a prompt)."""
+    import hashlib
+    import inspect
+    import textwrap
+
+    try:
+        text = textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        text = repr((code.co_code, code.co_consts)) if code is not None else repr(fn)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class MetricFunction:
     """A ``@metric`` function: calling it records its value on the current run.
 
@@ -123,6 +143,7 @@ class MetricFunction:
         functools.update_wrapper(self, fn)
         self.__wrapped__ = fn
         self.name: str = fn.__name__
+        DEFINED.add(self.name)
         where = f"@metric on {self.name!r}"
         if self.name == RUNS:
             raise MetricError(
@@ -144,6 +165,7 @@ class MetricFunction:
             min=low,
             max=high,
             better=better,  # type: ignore[arg-type]
+            code=code_hash(fn),
         )
         #: What a run records beside the value when the metric called no LLM (``None``:
         #: nothing, the options are the defaults).

@@ -85,6 +85,7 @@ class RunContext(_Collected):
         nodeid: str | None = None,
         case_id: str | None = None,
         gates: tuple[str, ...] = (),
+        declared_executions: int | None = None,
     ) -> None:
         super().__init__()
         self.run_id = new_id()
@@ -96,6 +97,8 @@ class RunContext(_Collected):
         #: The parametrize case this run repeats (``None``: the experiment has one case).
         self.case_id = case_id
         self.gates = list(gates)
+        #: The executions the code declares, when the session runs another number.
+        self.declared_executions = declared_executions
         self.started_at = utcnow()
         self._t0 = time.perf_counter()
         self._metrics: dict[str, MetricRecord] = {}
@@ -220,6 +223,7 @@ class RunContext(_Collected):
                 metadata=dict(self._metadata),
                 case_id=self.case_id,
                 gates=self.gates,
+                declared_executions=self.declared_executions,
                 metric_specs=dict(self._metric_specs),
                 replayed_from=self.replayed_from,
             )

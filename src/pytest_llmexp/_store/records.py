@@ -119,6 +119,8 @@ class MetricSpec(_Record):
     better: Literal["higher", "lower"] | None = None
     #: The metric function itself called an LLM in this run (an LLM judge).
     judge: bool = False
+    #: The version of the metric's code: a hash of its source, as prompts are versioned.
+    code: str | None = None
 
 
 class Recording(_Record):
@@ -154,6 +156,9 @@ class RunRecord(Recording):
     case_id: str | None = None
     #: The gates its experiment declares in code (``@experiment(gates=...)``).
     gates: list[str] = Field(default_factory=list)
+    #: The executions the code declares, when the session ran another number
+    #: (``--llm-num-executions``).
+    declared_executions: int | None = None
     metric_specs: dict[str, MetricSpec] = Field(default_factory=dict)
     #: The stored run whose generations this run replayed (``--llm-replay-from``).
     replayed_from: str | None = None
@@ -184,7 +189,7 @@ class RunRecord(Recording):
 
     def run_data(self) -> dict[str, Any]:
         """What ``experiment_runs.run_data`` stores: what no table of the run holds."""
-        return {
+        data: dict[str, Any] = {
             "metadata": self.metadata,
             "gates": self.gates,
             "metric_specs": {
@@ -192,3 +197,6 @@ class RunRecord(Recording):
                 for name, spec in self.metric_specs.items()
             },
         }
+        if self.declared_executions is not None:
+            data["declared_executions"] = self.declared_executions
+        return data

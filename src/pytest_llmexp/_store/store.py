@@ -161,9 +161,12 @@ class Store:
             for experiment_id, _name in self._experiments(session_id):
                 summary = experiment_summary(conn, experiment_id)
                 summary["used"] = used(conn, experiment_id)
+                shortfall = _shortfall(conn, experiment_id)
+                if shortfall is not None:
+                    summary["partial"] = shortfall
                 conn.execute(
-                    "UPDATE experiments SET status = ?, summary = ? WHERE id = ?",
-                    (status, _json(summary), experiment_id),
+                    "UPDATE experiments SET status = ?, summary = ?, partial = ? WHERE id = ?",
+                    (status, _json(summary), int(shortfall is not None), experiment_id),
                 )
             conn.execute(
                 "UPDATE sessions SET status = ?, exitstatus = ?, finished_at = ?, health = ?, "
@@ -302,6 +305,29 @@ class Store:
                 name: experiment_summary(self.conn, eid)
                 for eid, name in self._experiments(session_id)
             }
+
+
+def _shortfall(conn: sqlite3.Connection, experiment_id: int) -> dict[str, int] | None:
+    """The runs an experiment ran and planned, if some case ran fewer executions than the
+    code declares (one execution from an IDE, -k, -x, a lower --llm-num-executions, runs
+    skipped); ``None`` when every case it ran ran fully."""
+    declared, planned = conn.execute(
+        "SELECT max(json_extract(r.run_data, '$.declared_executions')), e.num_executions "
+        "FROM experiments e JOIN experiment_runs r ON r.experiment_id = e.id WHERE e.id = ?",
+        (experiment_id,),
+    ).fetchone()
+    planned = max(int(planned or 0), int(declared or 0))
+    counts = [
+        int(ran)
+        for _case, ran in conn.execute(
+            "SELECT coalesce(case_id, ''), count(DISTINCT CASE WHEN status != 'skipped' "
+            "THEN execution_index END) FROM experiment_runs WHERE experiment_id = ? GROUP BY 1",
+            (experiment_id,),
+        )
+    ]
+    if all(ran >= planned for ran in counts):
+        return None
+    return {"runs": sum(counts), "planned": planned * len(counts)}
 
 
 _default_stores: dict[str, Store] = {}

@@ -21,6 +21,7 @@ __all__ = [
     "bootstrap_difference",
     "compare_experiments",
     "find_baseline",
+    "metric_changes",
     "unified_diff",
     "used",
 ]
@@ -51,7 +52,7 @@ def find_baseline(
         f"""
         SELECT e.id FROM experiments e JOIN sessions s ON s.id = e.session_id
         JOIN experiment_runs r ON r.experiment_id = e.id
-        WHERE e.name = ? AND s.status = 'complete' AND s.id != ?
+        WHERE e.name = ? AND s.status = 'complete' AND s.id != ? AND e.partial = 0
           AND s.started_at <= (SELECT started_at FROM sessions WHERE id = ?)
         GROUP BY e.id
         HAVING sum(r.status IN ({evaluated})) > 0
@@ -179,7 +180,44 @@ def used(conn: sqlite3.Connection, experiment_id: int) -> dict[str, Any]:
     return {
         "prompts": _read_prompts(conn, experiment_id),
         "bots": {k: sorted(v) for k, v in _read_bot_values(conn, experiment_id).items()},
+        "metrics": {k: sorted(v) for k, v in _read_metric_codes(conn, experiment_id).items()},
     }
+
+
+def _read_metric_codes(conn: sqlite3.Connection, experiment_id: int) -> dict[str, set[str]]:
+    """Per metric: the versions of its code the runs recorded with."""
+    rows = conn.execute(
+        "SELECT DISTINCT s.key, json_extract(s.value, '$.code') FROM experiment_runs r, "
+        "json_each(r.run_data, '$.metric_specs') s WHERE r.experiment_id = ?",
+        (experiment_id,),
+    )
+    found: dict[str, set[str]] = {}
+    for name, code in rows:
+        if code is not None:
+            found.setdefault(str(name), set()).add(str(code))
+    return found
+
+
+def _metric_codes(conn: sqlite3.Connection, experiment_id: int) -> dict[str, set[str]]:
+    stored = _stored_use(conn, experiment_id)
+    if stored is not None and "metrics" in stored:
+        return {k: set(v) for k, v in stored["metrics"].items()}
+    return _read_metric_codes(conn, experiment_id)
+
+
+def metric_changes(
+    conn: sqlite3.Connection, base_id: int, cur_id: int, seen: dict[int, Any] | None = None
+) -> list[str]:
+    """The metrics whose code differs between two experiments (both recorded a version):
+    a change in the ruler, not in what it measures (``seen``: as for :func:`prompt_changes`)."""
+    seen = {} if seen is None else seen
+    for eid in (base_id, cur_id):
+        if eid not in seen:
+            seen[eid] = _metric_codes(conn, eid)
+    before, after = seen[base_id], seen[cur_id]
+    return sorted(
+        name for name in set(before) & set(after) if before[name] and before[name] != after[name]
+    )
 
 
 def _stored_use(conn: sqlite3.Connection, experiment_id: int) -> dict[str, Any] | None:
@@ -305,15 +343,24 @@ def compare_experiments(
     """The comparison of ``current`` with the stored experiment ``baseline_id``; ``gates``
     (the current experiment's) tell which way each metric improves."""
     base = load_experiment(conn, baseline_id)
-    started, status = conn.execute(
-        "SELECT started_at, status FROM sessions WHERE id = ?", (base.session_id,)
+    started, status, partial = conn.execute(
+        "SELECT s.started_at, s.status, e.partial FROM sessions s JOIN experiments e "
+        "ON e.session_id = s.id WHERE e.id = ?",
+        (baseline_id,),
     ).fetchone()
+    if partial:
+        status += ", partial"
     metrics = sorted(set(base.kinds) & set(current.kinds))
+    changed = metric_changes(conn, baseline_id, current.id)
+    compared = [_compare_metric(base, current, m, gates) for m in metrics]
+    for entry in compared:
+        entry["metric_changed"] = entry["metric"] in changed
     return {
         "baseline_session": base.session_id,
         "baseline_started_at": started,
         "baseline_status": status,
-        "metrics": [_compare_metric(base, current, m, gates) for m in metrics],
+        "metrics": compared,
+        "metric_changes": changed,
         "only_in_baseline": sorted(set(base.kinds) - set(current.kinds)),
         "only_in_current": sorted(set(current.kinds) - set(base.kinds)),
         "prompts": prompt_changes(conn, baseline_id, current.id),

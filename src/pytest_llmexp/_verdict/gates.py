@@ -144,6 +144,14 @@ def parse_gate(
         raise GateError(f"{where}: gate {text!r}: the threshold must be a finite number")
     problem = _check_statistic(stat)
     if problem is not None:
+        if (
+            subject is None
+            and metric is None
+            and problem.startswith("unknown")
+            and (_METRIC.match(stat.split(".")[-1]))
+        ):
+            # "x >= 0.8": a metric named where its statistic goes.
+            problem += f"; did you mean {f'{stat}: mean {op} {number}'!r}?"
         raise GateError(f"{where}: gate {text!r}: {problem}")
     gate_experiment: str | None = None
     if metric is not None:

@@ -274,7 +274,12 @@ def _gate(args: argparse.Namespace) -> int:
             lines += [f"{name}:", *textview.table(header, rows)]
     gated = sum(len(v.gates) for v in verdict.experiments.values())
     if not gated and not reasons:
-        reasons.append("no gate applies to this session: declare gates, or pass --gate")
+        # Nothing to judge is not a failed verdict: it is a question with no answer.
+        raise Failed(
+            f"session {session_id[:12]} has no gate to evaluate: declare gates in code "
+            "(@experiment(gates=...), @metric(gate=...)) or ini llm_gates, or pass one: "
+            "--gate 'EXPERIMENT.METRIC: mean >= 0.8'"
+        )
     lines += [f"ERROR: {reason}" for reason in reasons]
     lines.append(f"LLM verdict: {'FAILED' if reasons else 'passed'} ({gated} gate(s))")
     data = {

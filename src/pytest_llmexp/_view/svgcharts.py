@@ -175,7 +175,8 @@ def trend_svg(metric: str, points: list[dict[str, Any]]) -> str:
         )
         latest = " latest" if i == len(points) - 1 else ""
         if point["session_status"] != "complete":
-            latest += " incomplete"  # interrupted or aborted: its mean is of part of the runs
+            # Interrupted, aborted or partial: its mean is of part of the runs.
+            latest += " incomplete"
         body.append(
             f'<circle class="point{latest}" cx="{x:.1f}" cy="{y_of(m["mean"]):.1f}" r="4">'
             f"<title>{escape(tip)}</title></circle>"

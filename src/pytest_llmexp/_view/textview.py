@@ -152,7 +152,13 @@ def experiment_lines(detail: dict[str, Any]) -> list[str]:
     lines = [
         f"{detail['name']}: session {detail['session_id'][:12]} ({detail['session_status']}), "
         f"started {_when(detail['started_at'])} UTC, {detail['cases']} case(s) x "
-        f"{detail['num_executions']} execution(s)",
+        f"{detail['num_executions']} execution(s)"
+        + (
+            f", partial: {detail['partial']['runs']} of {detail['partial']['planned']} "
+            "planned runs ran"
+            if detail.get("partial")
+            else ""
+        ),
         f"runs: {_counts(detail['runs'])}",
         "",
     ]
@@ -197,6 +203,14 @@ def experiment_lines(detail: dict[str, Any]) -> list[str]:
     return lines
 
 
+def metric_changed_line(name: str) -> str:
+    """What a comparison says of a metric whose code changed."""
+    return (
+        f"metric changed: {name} (its code differs from the baseline's: the difference may be "
+        "the ruler's, not the thing measured)"
+    )
+
+
 def comparison_lines(comparison: dict[str, Any], *, diffs: bool = True) -> list[str]:
     lines = [f"compared with session {comparison['baseline_session'][:12]}:"]
     rows = [
@@ -208,11 +222,17 @@ def comparison_lines(comparison: dict[str, Any], *, diffs: bool = True) -> list[
             "-"
             if m["ci_low"] is None
             else f"[{num(m['ci_low'], signed=True)}, {num(m['ci_high'], signed=True)}]",
-            m["verdict"],
+            f"{m['n_baseline']} / {m['n_current']}",
+            m["verdict"] + (" (metric changed)" if m.get("metric_changed") else ""),
         ]
         for m in comparison["metrics"]
     ]
-    lines += table(["METRIC", "BASELINE", "CURRENT", "DIFF", "95% CI", "VERDICT"], rows, shrink=4)
+    lines += table(
+        ["METRIC", "BASELINE", "CURRENT", "DIFF", "95% CI", "N (BASE / CUR)", "VERDICT"],
+        rows,
+        shrink=4,
+    )
+    lines += [metric_changed_line(name) for name in comparison.get("metric_changes", [])]
     for change in comparison["prompts"]:
         lines.append(
             f"prompt {change['prompt']} changed: {', '.join(change['from']) or '-'} -> "

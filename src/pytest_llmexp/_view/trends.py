@@ -40,10 +40,12 @@ def trend(
     """Experiment ``name`` over its most recent sessions (up to session ``until``), oldest
     first: per metric the mean of evaluated runs with its 95% interval, and what changed
     since the previous session (prompt versions, bot settings)."""
-    from .._verdict.compare import bot_changes, prompt_changes
+    from .._verdict.compare import bot_changes, metric_changes, prompt_changes
 
     rows = conn.execute(
-        "SELECT e.id, e.session_id, s.started_at, s.status, e.summary FROM experiments e "
+        "SELECT e.id, e.session_id, s.started_at, "
+        "s.status || CASE WHEN e.partial THEN ', partial' ELSE '' END, e.summary "
+        "FROM experiments e "
         "JOIN sessions s ON s.id = e.session_id WHERE e.name = ? AND (? IS NULL OR "
         "s.started_at <= (SELECT started_at FROM sessions WHERE id = ?)) "
         "ORDER BY s.started_at DESC, e.id DESC LIMIT ?",
@@ -52,6 +54,7 @@ def trend(
     points = []
     prompts_seen: dict[int, Any] = {}
     bots_seen: dict[int, Any] = {}
+    metrics_seen: dict[int, Any] = {}
     for position, (experiment_id, session_id, started, status, summary) in enumerate(rows):
         point: dict[str, Any] = {
             "experiment_id": experiment_id,
@@ -73,15 +76,22 @@ def trend(
             }
         if position:
             previous = rows[position - 1][0]
-            point["changes"] = [
-                f"prompt {c['prompt']} {_values(c['from'])} -> {_values(c['to'])}"
-                for c in prompt_changes(conn, previous, experiment_id, prompts_seen)
-            ] + [
-                f"bot {c['setting']} changed"
-                if c["setting"] == "system_prompt"
-                else f"bot {c['setting']} {_values(c['from'])} -> {_values(c['to'])}"
-                for c in bot_changes(conn, previous, experiment_id, bots_seen)
-            ]
+            point["changes"] = (
+                [
+                    f"prompt {c['prompt']} {_values(c['from'])} -> {_values(c['to'])}"
+                    for c in prompt_changes(conn, previous, experiment_id, prompts_seen)
+                ]
+                + [
+                    f"bot {c['setting']} changed"
+                    if c["setting"] == "system_prompt"
+                    else f"bot {c['setting']} {_values(c['from'])} -> {_values(c['to'])}"
+                    for c in bot_changes(conn, previous, experiment_id, bots_seen)
+                ]
+                + [
+                    f"metric changed: {name}"
+                    for name in metric_changes(conn, previous, experiment_id, metrics_seen)
+                ]
+            )
         points.append(point)
     # The extra oldest session only tells what changed at the first one shown.
     return points[1:] if len(points) > limit else points
