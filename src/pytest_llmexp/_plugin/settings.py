@@ -37,6 +37,8 @@ class Settings(NamedTuple):
     base_url: str | None
     timeout: float
     max_retries: int
+    #: ``--llm-timeout`` (or ini ``llm_timeout``) was given, not defaulted.
+    timeout_given: bool = False
     #: The embedded local model: asked for (``--llm-model local``), chosen because no key and
     #: no endpoint is configured, or not used.
     local: Literal["explicit", "auto"] | None = None
@@ -101,7 +103,8 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--llm-timeout",
         metavar="SECONDS",
-        help=f"timeout of one LLM request (ini: llm_timeout; default: {DEFAULT_TIMEOUT:g}).",
+        help=f"timeout of one LLM request (ini: llm_timeout; default: {DEFAULT_TIMEOUT:g}, "
+        "300 on the embedded model, where requests queue).",
     )
     group.addoption(
         "--llm-max-retries",
@@ -318,6 +321,7 @@ def build_settings(config: pytest.Config) -> Settings:
         model=model,
         base_url=base_url,
         timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+        timeout_given=timeout is not None,
         max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
         local=local,
         local_unavailable=local_unavailable,

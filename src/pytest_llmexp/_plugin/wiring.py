@@ -130,7 +130,7 @@ def distributes(config: pytest.Config) -> bool:
 def start_local(config: pytest.Config, client: ClientSettings) -> ClientSettings:
     """Reserve the local model server's port; the server starts when experiments are about
     to run (see :mod:`.localmodel`)."""
-    from .._local.server import LocalServer
+    from .._local.server import LOCAL_TIMEOUT, LocalServer
     from .localmodel import LocalModelPlugin, LocalXdistHooks
 
     settings = config.stash[SETTINGS_KEY]
@@ -139,7 +139,10 @@ def start_local(config: pytest.Config, client: ClientSettings) -> ClientSettings
     config.pluginmanager.register(local, "llmexp-local")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(LocalXdistHooks(local), "llmexp-local-xdist")
-    return local.server.client_settings(timeout=client.timeout, max_retries=client.max_retries)
+    # The embedded model answers one request at a time: under -n N a request waits for the
+    # others, so its default timeout is longer than an API's.
+    timeout = client.timeout if settings.timeout_given else LOCAL_TIMEOUT
+    return local.server.client_settings(timeout=timeout, max_retries=client.max_retries)
 
 
 def register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -86,7 +86,7 @@ def sessions(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
 
 #: A session's status as the views show it, marked when the experiment ran only part of
 #: its executions (its numbers are of fewer runs than planned).
-_STATUS = "s.status || CASE WHEN e.partial THEN ', partial' ELSE '' END"
+_STATUS = "s.status || CASE WHEN e.partial AND s.status = 'complete' THEN ', partial' ELSE '' END"
 
 
 def _summary(conn: sqlite3.Connection, experiment_id: int, stored: str | None) -> dict[str, Any]:

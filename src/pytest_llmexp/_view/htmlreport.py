@@ -251,13 +251,13 @@ def _section(
     verdict = {None: None, True: "passed", False: "failed"}[detail["gate_passed"]]
     anchor = "exp-" + "".join(c if c.isalnum() else "-" for c in name)
     warning = ""
-    if detail.get("partial"):
+    if detail.get("partial") and detail["session_status"].startswith("complete"):
         warning = (
             f'<p class="warning">This experiment ran {detail["partial"]["runs"]} of its '
             f"{detail['partial']['planned']} planned runs (partial): its numbers are of those "
             "runs only, and it is never the default baseline of a comparison.</p>"
         )
-    elif detail["session_status"] != "complete":
+    elif not detail["session_status"].startswith("complete"):
         warning = (
             f'<p class="warning">This session is {escape(detail["session_status"])}: its numbers '
             "cover only the runs it stored, and are not a verdict.</p>"
