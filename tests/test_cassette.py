@@ -166,9 +166,12 @@ def test_a_recorded_call_replays_from_a_cassette(
     fake_llm.requests.clear()
     cache_module.configure(CacheSettings(mode="replay", cassette=path))
     try:
-        with inside_run(base_url=fake_llm.url) as run:
+        # With fresh seeds (the embedded model's): a served reply records no seed of its own.
+        with inside_run(base_url=fake_llm.url, fresh_seed=True) as run:
             run.execution_index = 1
             reply = SimpleBot("You name.", model_name="namer")(ask("dog"))
+        served = run.finish("passed").calls[0]
+        assert served.replayed_from is not None and served.seed is None
         with inside_run(base_url=fake_llm.url) as run, pytest.raises(ReplayMiss) as miss:
             run.execution_index = 1
             SimpleBot("You name.", model_name="namer")(ask("cat"))

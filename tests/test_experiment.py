@@ -182,6 +182,9 @@ def test_an_experiment_whose_runs_all_errored_raises_and_says_why(
         Experiment("keyless", num_executions=3, db=path) as exp,
     ):
         exp.run(lambda: SimpleBot(model_name="m")("hi"))
+    # The summary says what happened rather than an empty {}.
+    with pytest.raises(ExperimentError, match=r"measured nothing: no run was evaluated \(3 "):
+        exp.summary()
     message = str(info.value)
     assert message.startswith(
         "Experiment('keyless'): all 3 run(s) errored, so nothing was measured; the first: "

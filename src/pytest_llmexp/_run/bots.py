@@ -215,7 +215,7 @@ class _Bot:
         tags = [[m.prompt.function_name, m.prompt.hash] if m.prompt else None for m in messages]
         plan = cache.plan_call(bot, payload, tags, self.completion_kwargs)
 
-        def record(messages: list[dict[str, Any]], **fields: Any) -> None:
+        def record(messages: list[dict[str, Any]], *, sent: bool = True, **fields: Any) -> None:
             stored, truncated = clip_messages(messages)
             record_call(
                 bot,
@@ -231,7 +231,8 @@ class _Bot:
                     truncated=truncated,
                     cache_key=plan.key,
                     request=plan.request,
-                    seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+                    # A reply served from the store was drawn with the recorded call's seed.
+                    seed=seed if sent and type(seed) is int else None,
                     **fields,
                 ),
             )
@@ -247,6 +248,7 @@ class _Bot:
                 finish_reason=served.finish_reason,
                 error=None,
                 replayed_from=served.message_log_id,
+                sent=False,
             )
             plan.answered()
             self._check_cut(bot, served.content, served.finish_reason, request, cut_ok)

@@ -144,6 +144,14 @@ class Experiment:
             summary = self._final_summary
         if summary is None:
             return {}
+        runs = summary["runs"]
+        if sum(runs.values()) and not runs.get("passed") and not runs.get("failed"):
+            # No run was evaluated: an empty summary would read as "no metric".
+            errors = ", ".join(f"{n} {kind}" for kind, n in summary["errors"].items())
+            raise ExperimentError(
+                f"Experiment({self.name!r}) measured nothing: no run was evaluated "
+                f"({errors or 'every run was skipped'}); `llmexp show {self.name}` lists why"
+            )
         return {
             name: {k: v for k, v in stats.items() if k != "kind"}
             for name, stats in summary["metrics"].items()
