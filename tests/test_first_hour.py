@@ -82,6 +82,12 @@ def test_errors_in_the_users_code_are_not_infrastructure_and_failures_show_the_r
     assert "value = 'Reply to: hi'" not in run.output
 
 
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables fit the terminal; these tests read whole cells."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+
 def llmexp(path: Any, capsys: pytest.CaptureFixture[str], *args: str) -> str:
     code = main(["--db", str(path), *args])
     out, err = capsys.readouterr()
@@ -107,9 +113,7 @@ def test_partial_sessions_are_marked_shown_and_never_the_default_baseline(
     pytester: pytest.Pytester,
     fake_llm: FakeLLM,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("COLUMNS", "200")
     pytester.makepyfile(test_three=THREE)
     run_session().result.assert_outcomes(passed=3)
     run_session("--llm-num-executions", "1").result.assert_outcomes(passed=1)
@@ -154,9 +158,7 @@ def test_a_metric_whose_code_changed_is_named_in_every_comparison(
     pytester: pytest.Pytester,
     fake_llm: FakeLLM,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("COLUMNS", "200")
     pytester.makepyfile(test_three=THREE)
     run_session().result.assert_outcomes(passed=3)
     # The same generations, another ruler: characters instead of words.

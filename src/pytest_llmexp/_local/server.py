@@ -270,6 +270,8 @@ class LocalServer:
             self.start()
         except LocalModelError as exc:
             self.failure = exc
+        except Exception as exc:  # a thread's exception would only reach stderr
+            self.failure = LocalModelError(f"{type(exc).__name__}: {exc}")
 
     def start(self) -> None:
         """Start the server and wait until it answers; a no-op if it already runs."""

@@ -129,16 +129,14 @@ def _mark_spec(mark: pytest.Mark, test: str, override: int | None) -> _Spec:
 def check_cli_gates(items: list[pytest.Item], gates: tuple[Gate, ...]) -> None:
     """Refuse, before any run, a ``--llm-gate`` naming an experiment that was not collected
     or a metric that no ``@metric`` defines (the names typed wrong)."""
-    import sys
-    from difflib import get_close_matches
-
-    from .._verdict.gates import RUNS
-
     experiments = {info.name for item in items if (info := item.stash.get(ITEM_KEY, None))}
     if not experiments or not gates:
         return
-    metrics_module = sys.modules.get("pytest_llmexp._run.metrics")
-    defined: set[str] = getattr(metrics_module, "DEFINED", set())
+    from difflib import get_close_matches
+
+    from .._run.metrics import DEFINED as defined
+    from .._verdict.gates import RUNS
+
     for gate in gates:
         for kind, name, known in (
             ("experiment", gate.experiment, experiments),

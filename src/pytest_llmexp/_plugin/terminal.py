@@ -223,14 +223,10 @@ def _comparison_lines(comparison: dict[str, Any]) -> list[tuple[str, str | None]
         )
         verdict = comparison["metrics"][index - 1]["verdict"] if index else None
         lines.append((text.rstrip(), colors.get(verdict or "")))
-    for name in comparison.get("metric_changes", []):
-        lines.append(
-            (
-                f"    metric changed: {name} (its code differs from the baseline's: the "
-                "difference may be the ruler's, not the thing measured)",
-                "yellow",
-            )
-        )
+    if comparison.get("metric_changes"):
+        from .._view.textview import metric_changed_line
+
+        lines += [("    " + metric_changed_line(n), "yellow") for n in comparison["metric_changes"]]
     for change in comparison["prompts"]:
         lines.append(
             (

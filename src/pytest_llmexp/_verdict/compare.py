@@ -1,5 +1,6 @@
 """An experiment compared with a baseline session: per metric the difference of means with a
-bootstrap confidence interval, and what changed between the two (prompts, bot settings)."""
+bootstrap confidence interval, and what changed between the two (prompts, bot settings,
+metric code)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import random
 import sqlite3
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 from .evaluate import ExperimentData, load_experiment, percentile
@@ -47,7 +49,8 @@ def find_baseline(
             "SELECT id FROM experiments WHERE session_id = ? AND name = ?", (wanted, name)
         ).fetchone()
         return None if row is None else int(row[0])
-    # Not a partial session (one execution from an IDE, -k): every case it ran ran fully.
+    # Not a partial session (one execution from an IDE, -k, a lower --llm-num-executions):
+    # e.partial says so; the count of executions per case covers rows stored before it.
     row = conn.execute(
         f"""
         SELECT e.id FROM experiments e JOIN sessions s ON s.id = e.session_id
@@ -210,14 +213,25 @@ def metric_changes(
 ) -> list[str]:
     """The metrics whose code differs between two experiments (both recorded a version):
     a change in the ruler, not in what it measures (``seen``: as for :func:`prompt_changes`)."""
-    seen = {} if seen is None else seen
-    for eid in (base_id, cur_id):
-        if eid not in seen:
-            seen[eid] = _metric_codes(conn, eid)
-    before, after = seen[base_id], seen[cur_id]
+    before, after = _both_sides(conn, base_id, cur_id, seen, _metric_codes)
     return sorted(
         name for name in set(before) & set(after) if before[name] and before[name] != after[name]
     )
+
+
+def _both_sides(
+    conn: sqlite3.Connection,
+    base_id: int,
+    cur_id: int,
+    seen: dict[int, Any] | None,
+    read: Callable[[sqlite3.Connection, int], Any],
+) -> tuple[Any, Any]:
+    """What ``read`` gives of both experiments, each read once into ``seen`` when given."""
+    seen = {} if seen is None else seen
+    for eid in (base_id, cur_id):
+        if eid not in seen:
+            seen[eid] = read(conn, eid)
+    return seen[base_id], seen[cur_id]
 
 
 def _stored_use(conn: sqlite3.Connection, experiment_id: int) -> dict[str, Any] | None:
@@ -263,11 +277,7 @@ def prompt_changes(
 ) -> list[dict[str, Any]]:
     """What changed in the prompts between two experiments; ``seen`` keeps what was read of
     each experiment, for a caller that walks a series of them."""
-    seen = {} if seen is None else seen
-    for eid in (base_id, cur_id):
-        if eid not in seen:
-            seen[eid] = _prompts(conn, eid)
-    before, after = seen[base_id], seen[cur_id]
+    before, after = _both_sides(conn, base_id, cur_id, seen, _prompts)
     changes = []
     for name in sorted(set(before) | set(after)):
         old, new = before.get(name, []), after.get(name, [])
@@ -316,11 +326,7 @@ def bot_changes(
 ) -> list[dict[str, Any]]:
     """What changed in the bots' settings between two experiments (``seen``: as for
     :func:`prompt_changes`)."""
-    seen = {} if seen is None else seen
-    for eid in (base_id, cur_id):
-        if eid not in seen:
-            seen[eid] = _bot_values(conn, eid)
-    before, after = seen[base_id], seen[cur_id]
+    before, after = _both_sides(conn, base_id, cur_id, seen, _bot_values)
     changes = []
     for key in sorted(set(before) | set(after)):
         # Values both sides share (another bot's, unchanged) are left out.

@@ -15,7 +15,7 @@ from typing import Any
 from .._util.lookup import find_experiment, nearest
 from .._verdict.stats import RUN_STATUSES, experiment_summary, interval
 from ..errors import ExperimentError
-from .trends import metric_values
+from .trends import SESSION_STATUS, metric_values
 
 __all__ = [
     "experiment_detail",
@@ -84,11 +84,6 @@ def sessions(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
     return found
 
 
-#: A session's status as the views show it, marked when the experiment ran only part of
-#: its executions (its numbers are of fewer runs than planned).
-_STATUS = "s.status || CASE WHEN e.partial AND s.status = 'complete' THEN ', partial' ELSE '' END"
-
-
 def _summary(conn: sqlite3.Connection, experiment_id: int, stored: str | None) -> dict[str, Any]:
     # A running or killed session's experiments have no stored summary yet.
     return json.loads(stored) if stored else experiment_summary(conn, experiment_id)
@@ -102,7 +97,7 @@ def experiments(
         find_experiment(conn, name)  # an unknown name is an error with suggestions
     rows = conn.execute(
         "SELECT e.id, e.name, e.session_id, s.started_at, "
-        f"{_STATUS}, e.num_executions, "
+        f"{SESSION_STATUS}, e.num_executions, "
         "e.gate_passed, e.summary FROM experiments e JOIN sessions s ON s.id = e.session_id "
         "WHERE ? IS NULL OR e.name = ? ORDER BY s.started_at DESC, e.id DESC LIMIT ?",
         (name, name, limit),
@@ -131,7 +126,7 @@ def experiment_detail(conn: sqlite3.Connection, experiment_id: int) -> dict[str,
     did not pass with their reasons, and the stored comparison with a baseline."""
     name, session_id, executions, gate_passed, stored, comparison, started, status = conn.execute(
         "SELECT e.name, e.session_id, e.num_executions, e.gate_passed, e.summary, "
-        f"e.comparison, s.started_at, {_STATUS} FROM experiments e "
+        f"e.comparison, s.started_at, {SESSION_STATUS} FROM experiments e "
         "JOIN sessions s ON s.id = e.session_id WHERE e.id = ?",
         (experiment_id,),
     ).fetchone()

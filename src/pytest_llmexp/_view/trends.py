@@ -9,7 +9,13 @@ from typing import Any
 
 from .._verdict.stats import EVALUATED, interval_from, metric_moments
 
-__all__ = ["metric_values", "trend"]
+#: A session's status as the views show it (``s`` the session, ``e`` the experiment), marked
+#: when a complete session ran only part of the experiment's executions.
+SESSION_STATUS = (
+    "s.status || CASE WHEN e.partial AND s.status = 'complete' THEN ', partial' ELSE '' END"
+)
+
+__all__ = ["SESSION_STATUS", "metric_values", "trend"]
 
 
 def metric_values(
@@ -43,8 +49,7 @@ def trend(
     from .._verdict.compare import bot_changes, metric_changes, prompt_changes
 
     rows = conn.execute(
-        "SELECT e.id, e.session_id, s.started_at, "
-        "s.status || CASE WHEN e.partial THEN ', partial' ELSE '' END, e.summary "
+        f"SELECT e.id, e.session_id, s.started_at, {SESSION_STATUS}, e.summary "
         "FROM experiments e "
         "JOIN sessions s ON s.id = e.session_id WHERE e.name = ? AND (? IS NULL OR "
         "s.started_at <= (SELECT started_at FROM sessions WHERE id = ?)) "
