@@ -91,6 +91,8 @@ class FakeLLM:
         self.refuse_json_schema = False
         #: The finish_reason of every reply ("length": cut at max_tokens).
         self.finish_reason = "stop"
+        #: Seconds between the bytes of a reply's body (0: sent at once).
+        self.trickle = 0.0
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         #: Each request's path, with its query string.
@@ -113,6 +115,7 @@ class FakeLLM:
             self.latency = 0.0
             self.refuse_json_schema = False
             self.finish_reason = "stop"
+            self.trickle = 0.0
             self.requests.clear()
             self.headers.clear()
             self.paths.clear()
@@ -200,7 +203,16 @@ def _make_handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
             for key, value in extra.items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(data)
+            if not state.trickle:
+                self.wfile.write(data)
+                return
+            try:  # one byte at a time, until the client gives up
+                for byte in data:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(state.trickle)
+            except OSError:
+                self.close_connection = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -134,6 +135,20 @@ def test_timeout_is_explicit(fake_llm: FakeLLM) -> None:
     # The message says what the timeout was and how to bound a reply that runs on.
     assert "--llm-timeout 0.2 s" in str(info.value)
     assert "max_tokens=N" in str(info.value)
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_a_reply_that_trickles_is_timed_out_as_a_whole(fake_llm: FakeLLM, own: bool) -> None:
+    # About 250 bytes at 20 ms each: five seconds, each read well within the timeout.
+    fake_llm.trickle = 0.02
+    started = time.monotonic()
+    with (
+        inside_run("bots", timeout=5 if own else 0.5, max_retries=0),
+        pytest.raises(LLMCallError) as info,
+    ):
+        SimpleBot(model_name="m", **({"timeout": 0.5} if own else {}))("hi")
+    assert info.value.cause_type == "APITimeoutError"
+    assert time.monotonic() - started < 2.5
 
 
 def test_a_timeout_at_the_embedded_model_says_requests_queue(fake_llm: FakeLLM) -> None:

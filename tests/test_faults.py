@@ -377,8 +377,9 @@ def test_a_failed_live_insert_is_kept_in_the_spool_and_recovered(
     again = run_session("--llm-experiment", "quick")
     again.result.assert_outcomes(passed=2)
     assert again.db is not None
-    # The first session had ended, so it keeps its status; its runs are stored now.
-    assert sessions_by_status(again.db) == {"complete": 2}
+    # The first session could not store its runs, so it says interrupted (its numbers were
+    # no verdict) and keeps that status; its runs are stored now.
+    assert sessions_by_status(again.db) == {"complete": 1, "interrupted": 1}
     assert again.db.count("experiment_runs") == 4
     assert not (pytester.path / "message_log.db-spool").exists()
 
@@ -449,7 +450,7 @@ def test_runs_that_cannot_be_spooled_are_still_stored(
     assert run.db.count("experiment_runs", "status = 'passed'") == 2
     run.result.stdout.fnmatch_lines(
         [
-            "warning: 2 run(s) could not be spooled (last: *No space left on device (injected)); "
-            "they were stored from their reports"
+            "warning: 2 result(s) could not be spooled (last: *No space left on device "
+            "(injected)); 2 of them were stored from their reports"
         ]
     )

@@ -200,13 +200,6 @@ def test_a_metric_whose_code_changed_is_named_in_every_comparison(
     assert again["metric_changes"] == []
 
 
-def test_collect_only_stores_no_session(run_session, pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_three=THREE)
-    run = run_session("--collect-only")
-    assert run.result.ret == pytest.ExitCode.OK
-    assert run.db is None or run.db.count("sessions") == 0
-
-
 def test_a_gate_that_names_nothing_is_refused_before_any_call(
     run_session, pytester: pytest.Pytester, fake_llm: FakeLLM
 ) -> None:

@@ -30,6 +30,8 @@ class TwoScores(BaseModel):
         (-2, -2.0, "int"),
         (0.25, 0.25, "float"),
         (Fraction(1, 4), 0.25, "float"),
+        (2**53, 2.0**53, "int"),
+        (-(2**53), -(2.0**53), "int"),
     ],
 )
 def test_scalars_are_accepted(value: object, expected: float, kind: str) -> None:
@@ -60,6 +62,16 @@ def test_scalars_are_accepted(value: object, expected: float, kind: str) -> None
             r"returned Score .*return its numeric field, e\.g\. `return value\.score`",
         ),
         (TwoScores(a=1, b=2), r"returned TwoScores .*one of its numeric fields \(a, b\)"),
+        # A float (SQLite REAL) holds whole numbers exactly up to 2**53 only.
+        (2**53 + 1, r"returned an int of 54 bits, beyond ±2\*\*53: .*silently rounded"),
+        (-(10**400), r"an int of 1329 bits"),
+        pytest.param(10**5000, r"an int of 16610 bits", id="int-beyond-str-digits"),
+        (Fraction(10**400), r"returned Fraction .*finite float"),
+        pytest.param(
+            Fraction(10**5000),
+            r"returned Fraction \(a Fraction too large to show\)",
+            id="fraction-beyond-str-digits",
+        ),
     ],
 )
 def test_everything_else_is_refused_with_a_fix(value: object, message: str) -> None:
@@ -73,6 +85,8 @@ def test_numpy_scalars_are_accepted() -> None:
     assert to_metric_record("m", np.bool_(True)).kind == "bool"
     assert to_metric_record("m", np.int64(3)).kind == "int"
     assert to_metric_record("m", np.float32(0.5)).kind == "float"
+    with pytest.raises(MetricError, match="an int of 64 bits"):
+        to_metric_record("m", np.uint64(2**63))
 
 
 @metric

@@ -300,7 +300,14 @@ def test_llm_errors_make_the_run_an_error(
     assert "InternalServerError" in failed_call
     # An errored run was not evaluated: the summary counts it, the metric ignores it.
     summary = json.loads(db.one("SELECT summary FROM experiments"))
-    assert summary["runs"] == {"passed": 1, "failed": 0, "error": 1, "skipped": 0, "crashed": 0}
+    assert summary["runs"] == {
+        "passed": 1,
+        "failed": 0,
+        "error": 1,
+        "skipped": 0,
+        "crashed": 0,
+        "rerun": 0,
+    }
     assert summary["metrics"]["length"]["n"] == 1
     run.result.stdout.fnmatch_lines(["down: 2 runs (1 passed, 0 failed, 1 errors)"])
 
@@ -475,7 +482,7 @@ def test_session_scoped_bot_is_recorded_on_each_run(run_session, pytester: pytes
         (["--llm-timeout", "abc"], "--llm-timeout: expected a positive number of seconds*'abc'"),
         (["--llm-timeout", "0"], "--llm-timeout: expected a positive number of seconds*'0'"),
         (["--llm-max-retries", "-1"], "--llm-max-retries: expected a whole number >= 0*'-1'"),
-        (["--llm-num-executions", "0"], "--llm-num-executions: expected a positive whole*'0'"),
+        (["--llm-num-executions", "0"], "--llm-num-executions: expected a whole number from*'0'"),
         (["--llm-base-url", "ftp://x"], "--llm-base-url: expected an http:// or https:// URL*"),
         (["--llm-error-budget", "1.5"], "--llm-error-budget: expected a share of runs from 0*"),
         (["--llm-max-calls", "0"], "--llm-max-calls: expected a positive whole number*'0'"),
@@ -763,7 +770,7 @@ def test_a_failed_insert_is_retried_at_session_end(run_session, pytester: pytest
     assert summary["runs"]["passed"] == 3
     run.result.stdout.fnmatch_lines(
         [
-            "warning: writes to * failed and succeeded when retried (1 failure(s); last: "
+            "warning: 1 write(s) to * failed and succeeded when retried (last: "
             "OperationalError: disk I/O error (injected))"
         ]
     )
@@ -779,8 +786,10 @@ def test_results_that_cannot_be_stored_fail_the_session(
     assert run.result.ret == pytest.ExitCode.INTERNAL_ERROR
     assert run.db is not None
     assert run.db.count("experiment_runs") == 0
-    assert tuple(run.db.one("SELECT status, exitstatus FROM sessions")) == ("complete", 3)
+    # Its numbers are no verdict: the session is interrupted, and its runs kept in the spool.
+    assert tuple(run.db.one("SELECT status, exitstatus FROM sessions")) == ("interrupted", 3)
     assert run.output.count("ERROR: 3 result(s) could not be stored in") == 1
+    assert "they are kept in" in run.output
 
 
 def test_a_session_end_that_cannot_be_stored_fails_the_session(
@@ -803,9 +812,16 @@ def test_a_session_end_that_cannot_be_stored_fails_the_session(
     assert run.result.ret == pytest.ExitCode.INTERNAL_ERROR
     assert run.db is not None
     assert run.db.count("experiment_runs") == 2
-    assert run.db.one("SELECT status FROM sessions") == "running"
+    # Never left running: the one small write that marks it interrupted still went through.
+    assert run.db.one("SELECT status FROM sessions") == "interrupted"
     assert "succeeded when retried" not in run.output
-    assert run.output.count("ERROR: 1 result(s) could not be stored in") == 1
+    assert (
+        run.output.count(
+            "ERROR: the session's end (its summaries and health) could not be stored; its row says "
+            "interrupted"
+        )
+        == 1
+    )
 
 
 def test_a_session_without_experiments_loads_nothing_heavy(

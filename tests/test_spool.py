@@ -187,3 +187,62 @@ def test_a_definition_is_named_only_once_a_spooled_line_carried_it(tmp_path: Pat
     assert third["bot_refs"] == [bot.hash]
     lines = list(iter_spool(spool.path))
     assert [line[1]["execution_index"] for line in lines if line] == [1, 2]
+
+
+def test_a_write_cut_short_is_taken_back_and_the_reserve_makes_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_llmexp._store import spool as spool_module
+
+    spool = Spool(tmp_path / "message_log.db", "s1", "main")
+    spool.append("run", run_json(0))
+    reserve = spool.reserve.path
+    assert reserve.stat().st_size == spool_module.RESERVE_BYTES
+    real_write = os.write
+    cut = []
+
+    def full_disk(fd: int, data: bytes) -> int:
+        if reserve.exists():  # the disk is full until the reserve is given back
+            cut.append(len(data))
+            return real_write(fd, data[: len(data) // 2])
+        return real_write(fd, data)
+
+    monkeypatch.setattr(spool_module.os, "write", full_disk)
+    spool.append("run", run_json(1))
+    monkeypatch.undo()
+    spool.close()
+    assert cut and not reserve.exists()
+    assert spool.failure is not None and "short write" in spool.failure
+    # The half-written line was taken back: both lines read whole.
+    lines = list(iter_spool(spool.path))
+    assert [line[1]["execution_index"] for line in lines if line] == [0, 1]
+    assert None not in lines
+
+
+def test_past_a_file_size_limit_the_spool_goes_on_in_a_second_file(tmp_path: Path) -> None:
+    script = f"""
+import resource, sys
+sys.path[:0] = {sys.path!r}
+resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+from pytest_llmexp._store.spool import Spool
+spool = Spool(__import__("pathlib").Path({str(tmp_path / "message_log.db")!r}), "s1", "main")
+written = 0
+try:
+    for _ in range(100):
+        spool.append("run", '{{"pad": "' + "x" * 1000 + '"}}')
+        written += 1
+except OSError as exc:
+    print("stopped", exc.errno)
+print(written, spool.failure is not None)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    stopped, counts = result.stdout.splitlines()
+    written = int(counts.split()[0])
+    assert counts.split()[1] == "True" and stopped == "stopped 27"  # EFBIG, after the roll
+    files = sorted(spool_dir(tmp_path / "message_log.db").glob("*.jsonl"))
+    assert [f.name for f in files] == ["s1.main.jsonl", "s1.main.more.jsonl"]
+    lines = [line for path in files for line in iter_spool(path)]
+    assert len(lines) == written > 27 and None not in lines

@@ -175,7 +175,7 @@ def _read_commands(
     runs.add_argument(
         "--status",
         action="append",
-        choices=("passed", "failed", "error", "crashed", "skipped"),
+        choices=("passed", "failed", "error", "crashed", "skipped", "rerun"),
         help="only runs of this status (repeatable)",
     )
     session_of(runs)

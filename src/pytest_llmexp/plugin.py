@@ -131,7 +131,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         relay = wiring.make_relay(config)
     if relay is not None:
         relay.finish(session)
-    if not worker and WRITER_KEY not in config.stash and BOTS_MODULE in sys.modules:
+    if (
+        not worker
+        and WRITER_KEY not in config.stash
+        and BOTS_MODULE in sys.modules
+        and not config.stash[SETTINGS_KEY].dry_run
+    ):
         # The bots were imported by a test itself: calls it made outside any run are stored
         # by a writer made now (registered too late for this hook, so called here).
         wiring.make_writer(config).pytest_sessionfinish(session, exitstatus)

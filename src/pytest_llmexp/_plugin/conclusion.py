@@ -104,8 +104,8 @@ class Conclusion:
 
     def without_experiments(self, session: pytest.Session) -> None:
         """No experiment ran: a gate from the command line gates nothing, which fails
-        (unless nothing was meant to run: --collect-only)."""
-        if self.settings.cli_gates and not session.config.option.collectonly:
+        (unless nothing was meant to run: --collect-only, --setup-plan...)."""
+        if self.settings.cli_gates and not self.settings.dry_run:
             from .._verdict.verdicts import SessionVerdict
 
             self.verdict = SessionVerdict(

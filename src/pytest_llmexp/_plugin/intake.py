@@ -34,10 +34,14 @@ if TYPE_CHECKING:
     from .._store.spool import Kind
     from .._store.store import Store
 
-__all__ = ["BATCH_RUNS", "BATCH_SECONDS", "Intake", "ReportHooks"]
+__all__ = ["BATCH_RUNS", "BATCH_SECONDS", "LIVE_PATIENCE_MS", "Intake", "ReportHooks"]
 
 BATCH_RUNS = 200
 BATCH_SECONDS = 0.5
+#: How long a batch written while runs go on waits for another program's lock on the file.
+LIVE_PATIENCE_MS = 100
+#: After a batch was put off for a lock, how long until the next try.
+LOCKED_RETRY_SECONDS = 1.0
 
 
 class Intake:
@@ -51,6 +55,18 @@ class Intake:
         self.spool_errors: list[str] = []
         #: Results that could be stored neither from their report nor from the spool.
         self.lost = 0
+        #: Results not stored but kept in the spool, for the next session or ``llmexp recover``.
+        self.kept = 0
+        #: Results that could not be spooled, and how many of them were stored from their
+        #: reports (the others are lost).
+        self.unspooled = 0
+        self.unspooled_stored = 0
+        #: Executions not started because their results could be kept nowhere.
+        self.not_started = 0
+        #: The test of each call that came after its run had ended (stored outside runs).
+        self.late_calls: list[str] = []
+        #: Batches put off because another program held the database's lock.
+        self.deferred = 0
         #: Failed reports of executions, counted as pytest's ``session.testsfailed`` counts.
         self.failed_executions = 0
         #: xdist workers that ended by KeyboardInterrupt.
@@ -62,8 +78,10 @@ class Intake:
         self.spooled_lines: dict[str, int] = {}
         self._queue: list[tuple[Kind, str, str]] = []
         self._flushed = time.monotonic()
+        #: No batch is tried before this time (after one was put off for a lock).
+        self._retry_at = 0.0
         #: Payloads in no spool whose insert failed, tried once more at session end.
-        self._pending: list[tuple[Kind, str]] = []
+        self._pending: list[tuple[Kind, str, bool]] = []
         #: Runs in progress under xdist (from their setup reports), by node id.
         self._started: dict[str, dict[str, Any]] = {}
         #: Experiment name and size by test function, from those reports.
@@ -78,19 +96,23 @@ class Intake:
             info = self._started[report.nodeid] = json.loads(start)
             test = report.nodeid.split("[")[0]
             self._experiment_of[test] = (info["experiment"], info["num_executions"])
+        if getattr(report, f"{REPORT_PREFIX}not_started", False):
+            self.not_started += 1
+            self._started.pop(report.nodeid, None)
         spool_error = getattr(report, f"{REPORT_PREFIX}spool_error", None)
         if spool_error is not None:
             self.spool_errors.append(spool_error)
         worker = worker_id(report)
+        spooled = worker if spool_error is None else None
         run = getattr(report, f"{REPORT_PREFIX}run", None)
         if run is not None:
             self._started.pop(report.nodeid, None)
-            self.write("run", run, spooled=worker if spool_error is None else None)
+            self.write("run", run, spooled=spooled, unspooled=spooled is None)
             # Stored: pytest keeps every report to the session's end, a run's JSON need not.
             del report.llmexp_run
         calls = getattr(report, f"{REPORT_PREFIX}calls", None)
         if calls is not None:
-            self.write("calls", calls, spooled=worker if spool_error is None else None)
+            self.write("calls", calls, spooled=spooled, unspooled=spooled is None)
             del report.llmexp_calls
         when: str = report.when or ""
         if when == "???" and report.failed and is_execution_id(report.nodeid):
@@ -101,25 +123,40 @@ class Intake:
             else:
                 self.write("run", self._crashed_run(report, worker), spooled=None)
 
-    def write(self, kind: Kind, payload: str, *, spooled: str | None) -> None:
+    def write(
+        self, kind: Kind, payload: str, *, spooled: str | None, unspooled: bool = False
+    ) -> None:
         """Store a run or calls outside runs. ``spooled`` names the worker whose spool holds
-        the payload (it is queued), or is ``None`` (it is inserted now)."""
+        the payload (it is queued), or is ``None`` (it is inserted now); ``unspooled``: it
+        should have been spooled, and the spool could not be written."""
         if spooled is not None:
             self._queue.append((kind, payload, spooled))
-            if len(self._queue) >= BATCH_RUNS or time.monotonic() - self._flushed > BATCH_SECONDS:
+            now = time.monotonic()
+            if now >= self._retry_at and (
+                len(self._queue) >= BATCH_RUNS or now - self._flushed > BATCH_SECONDS
+            ):
                 self.flush()
             return
         import sqlite3
 
+        self.unspooled += unspooled
         self.flush()
         try:
             self._insert(kind, payload)
         except sqlite3.Error as exc:
-            self._pending.append((kind, payload))
+            self._pending.append((kind, payload, unspooled))
             self.write_errors.append(f"{type(exc).__name__}: {exc}")
+        else:
+            self.unspooled_stored += unspooled
 
-    def flush(self) -> None:
-        """Insert the queued payloads in one transaction; if it fails, each on its own."""
+    def flush(self, *, final: bool = False) -> None:
+        """Insert the queued payloads in one transaction; if it fails, each on its own.
+
+        While runs go on, a database locked by another program does not hold up the session
+        (under xdist, the controller that hands out the tests): the batch waits at most
+        ``LIVE_PATIENCE_MS``, then stays queued (it is in the spool) for the next flush. The
+        session's last flush (``final``) waits as long as any write does.
+        """
         queue, self._queue = self._queue, []
         self._flushed = time.monotonic()
         if not queue:
@@ -127,15 +164,19 @@ class Intake:
         import sqlite3
 
         store = self._open()
-        batch = Batch()
-        for kind, payload, _ in queue:
-            if kind == "run":
-                batch.add_run(_run(payload))
-            else:
-                batch.add_recording(_recording(payload))
+        batch, late = _batch(queue)
         try:
-            store.insert_batch(self.session_id, batch)
+            if final:
+                store.insert_batch(self.session_id, batch)
+            else:
+                with store.patience(LIVE_PATIENCE_MS):
+                    store.insert_batch(self.session_id, batch)
         except sqlite3.Error as exc:
+            if not final and isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+                self._queue = queue + self._queue
+                self.deferred += 1
+                self._retry_at = time.monotonic() + LOCKED_RETRY_SECONDS
+                return
             self.write_errors.append(f"{type(exc).__name__}: {exc}")
             for kind, payload, worker in queue:
                 try:
@@ -146,6 +187,7 @@ class Intake:
                 else:
                     self._count(worker)
             return
+        self.late_calls += late
         for _, _, worker in queue:
             self._count(worker)
 
@@ -157,22 +199,37 @@ class Intake:
         if kind == "run":
             store.insert_run(self.session_id, _run(payload))
         else:
-            store.insert_recording(_recording(payload))
+            recording = _recording(payload)
+            store.insert_recording(recording)
+            self.late_calls += recording.late
 
     def retry_pending(self) -> None:
         """Insert the payloads in no spool whose insert failed; count those that fail again."""
-        self.flush()
+        self.flush(final=True)
         if not self._pending:
             return
         import sqlite3
 
         pending, self._pending = self._pending, []
-        for kind, payload in pending:
+        for kind, payload, unspooled in pending:
             try:
                 self._insert(kind, payload)
             except sqlite3.Error as exc:
                 self.lost += 1
                 self.write_errors.append(f"{type(exc).__name__}: {exc}")
+            else:
+                self.unspooled_stored += unspooled
+
+    @property
+    def unstored(self) -> int:
+        """Results that are not in the database: kept in the spool, or lost."""
+        return self.lost + self.kept
+
+    @property
+    def storage_failed(self) -> bool:
+        """Whether results are missing from the database or runs were not started for it:
+        the session's numbers are not a verdict."""
+        return bool(self.unstored or self.not_started)
 
     @property
     def reliable_counts(self) -> bool:
@@ -211,6 +268,26 @@ class Intake:
             error_message=str(report.longrepr)[:4000],
         )
         return record.model_dump_json()
+
+
+def _batch(queue: list[tuple[Kind, str, str]]) -> tuple[Batch, list[str]]:
+    """The rows of queued payloads, and the tests of calls that came after their run."""
+    batch = Batch()
+    late: list[str] = []
+    for kind, payload, _ in queue:
+        if kind == "run":
+            batch.add_run(_run(payload))
+        else:
+            recording = _recording(payload)
+            late += recording.late
+            batch.add_recording(recording)
+    return batch, late
+
+
+def _busy(exc: Exception) -> bool:
+    """Whether a write failed because another connection holds the database's lock."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
 
 
 def _run(payload: str) -> RunRecord:

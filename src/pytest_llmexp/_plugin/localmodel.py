@@ -19,7 +19,7 @@ import pytest
 from .._run import endpoint
 from .._util.redact import display_url
 from .collect import is_execution_id
-from .keys import ITEM_KEY, WORKERINPUT_ENDPOINT
+from .keys import ITEM_KEY, SETTINGS_KEY, WORKERINPUT_ENDPOINT
 
 if TYPE_CHECKING:
     from .._local.server import LocalServer
@@ -84,7 +84,7 @@ class LocalModelPlugin:
     def pytest_runtestloop(self, session: pytest.Session) -> None:
         """Without xdist: load the model before the first experiment runs."""
         config = session.config
-        if config.option.collectonly:
+        if config.stash[SETTINGS_KEY].dry_run:
             return
         if session.testsfailed and not config.option.continue_on_collection_errors:
             return  # pytest stops for the collection errors

@@ -31,11 +31,13 @@ if TYPE_CHECKING:
     from .._store.records import RunRecord
     from .._store.spool import Kind, Spool
 
-__all__ = ["RunRelay", "RunState", "run_section"]
+__all__ = ["NOT_STARTED", "RunRelay", "RunState", "run_section"]
 
 _SEVERITY = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
 _MAX_MESSAGE = 4000
 _AUTH = (401, 403)
+#: The skip kind of an execution not started because its result could be kept nowhere.
+NOT_STARTED = "StorageFull"
 
 
 class RunState:
@@ -121,6 +123,46 @@ def run_section(run: RunContext) -> str:
     return "\n".join(lines)
 
 
+def _new_state(item: pytest.Item, worker: str) -> RunState:
+    """The run of an experiment item's current attempt."""
+    from .._run.recording import RunContext
+
+    info = item.stash[ITEM_KEY]
+    run = RunContext(
+        info.name,
+        num_executions=info.num_executions,
+        execution_index=info.execution_index,
+        worker=worker,
+        nodeid=item.nodeid,
+        case_id=info.case_id,
+        gates=info.gates,
+        declared_executions=info.declared_executions,
+        # pytest-rerunfailures counts the attempts of a test on the item.
+        attempt=max(int(getattr(item, "execution_count", 1) or 1), 1),
+    )
+    return RunState(run)
+
+
+def _mask(report: pytest.TestReport) -> None:
+    """Mask keys in what pytest prints and writes (JUnit XML) of a failed or skipped
+    execution, as they are masked in the database: the user's own exception may hold one.
+    The report keeps pytest's own form unless something had to be masked."""
+    from .._util.redact import redact
+
+    longrepr = report.longrepr
+    if report.passed:
+        pass
+    elif isinstance(longrepr, tuple):  # a skip: (path, line, reason)
+        path, line, reason = longrepr
+        report.longrepr = (path, line, redact(reason))
+    elif longrepr is not None:
+        text = str(longrepr)
+        masked = redact(text)
+        if masked != text:
+            report.longrepr = masked
+    report.sections = [(title, redact(content)) for title, content in report.sections]
+
+
 class RunRelay:
     """Creates the run of each experiment item, spools it, and hands it over on the report."""
 
@@ -141,21 +183,11 @@ class RunRelay:
         info = item.stash.get(ITEM_KEY, None)
         if info is None:
             return (yield)
-        from .._run.recording import RunContext, activate
+        from .._run.recording import activate
 
-        run = RunContext(
-            info.name,
-            num_executions=info.num_executions,
-            execution_index=info.execution_index,
-            worker=self.worker,
-            nodeid=item.nodeid,
-            case_id=info.case_id,
-            gates=info.gates,
-            declared_executions=info.declared_executions,
-        )
-        item.stash[RUN_KEY] = RunState(run)
+        state = item.stash[RUN_KEY] = _new_state(item, self.worker)
         try:
-            with activate(run, process_wide=True):
+            with activate(state.run, process_wide=True):
                 return (yield)
         finally:
             del item.stash[RUN_KEY]
@@ -163,7 +195,23 @@ class RunRelay:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         state = item.stash.get(RUN_KEY, None)
-        if state is None or self.spend is None:
+        if state is None:
+            return
+        if state.run.finished:
+            # A rerun plugin (pytest-rerunfailures) runs the test again: a new attempt is a
+            # new run, with its own calls and metrics.
+            from .._run.recording import switch
+
+            state = item.stash[RUN_KEY] = _new_state(item, self.worker)
+            switch(state.run)
+        if self.spool.failure is not None:
+            # Its result could be kept nowhere: it is not started (and not recorded).
+            state.skip_kind = NOT_STARTED
+            pytest.skip(
+                f"pytest-llmexp: not started: the spool cannot be written "
+                f"({self.spool.failure}); a run's result would be kept nowhere"
+            )
+        if self.spend is None:
             return
         reason = self.spend.reached()
         if reason is not None:
@@ -178,6 +226,8 @@ class RunRelay:
         state = item.stash.get(RUN_KEY, None)
         if state is not None:
             state.note(report, call)
+            if not report.passed or report.sections:
+                _mask(report)
             if report.when == "setup" and self.worker != "main":
                 # Lets the xdist controller record a run whose worker dies mid-run.
                 report.llmexp_start = state.run.start_json()  # type: ignore[attr-defined]
@@ -186,8 +236,11 @@ class RunRelay:
                 if report.failed:
                     report.sections.append(("LLM run", run_section(state.run)))
             elif report.when == "teardown":
-                junit = bool(getattr(item.config.option, "xmlpath", None))
-                self._hand_over_run(report, state, junit)
+                if state.skip_kind == NOT_STARTED:
+                    report.llmexp_not_started = True  # type: ignore[attr-defined]
+                else:
+                    junit = bool(getattr(item.config.option, "xmlpath", None))
+                    self._hand_over_run(report, state, junit)
                 if self.spend is not None:
                     self.spend.add_run(state.run)
         if report.when == "teardown":

@@ -189,9 +189,10 @@ def _comparison_markdown(experiment: dict[str, Any]) -> list[str]:
 
 
 def write_report(path: Path, text: str) -> None:
-    """Write a report file, creating its directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    """Write a report file, creating its directory, readable by its owner only."""
+    from .._util.files import write_private
+
+    write_private(path, text)
 
 
 def to_json(report: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from .._util.defaults import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_STORAGE_LIMIT,
     DEFAULT_TIMEOUT,
+    MAX_EXECUTIONS,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +65,9 @@ class Settings(NamedTuple):
     cache: CacheMode = "off"
     #: ``--llm-replay-from``: the stored session (id or prefix) whose generations are replayed.
     replay_from: str | None = None
+    #: Nothing runs (``--collect-only``, ``--setup-plan``, ``--setup-only``, ``--fixtures``…):
+    #: no session, run, gate or report is stored or written.
+    dry_run: bool = False
 
 
 N = TypeVar("N", int, float)
@@ -267,8 +271,8 @@ def build_settings(config: pytest.Config) -> Settings:
         config,
         "llm_num_executions",
         int,
-        lambda n: n >= 1,
-        "a positive whole number, e.g. 10",
+        lambda n: 1 <= n <= MAX_EXECUTIONS,
+        f"a whole number from 1 to {MAX_EXECUTIONS:,}, e.g. 10",
         ini=False,
     )
 
@@ -329,7 +333,24 @@ def build_settings(config: pytest.Config) -> Settings:
         max_calls=max_calls,
         max_tokens=max_tokens,
         max_stored_chars=DEFAULT_STORAGE_LIMIT if max_stored_chars is None else max_stored_chars,
+        dry_run=is_dry_run(config),
     )
+
+
+#: pytest's options under which no test body runs (``--setup-plan`` implies ``setuponly``).
+_DRY_OPTIONS = (
+    "collectonly",
+    "setuponly",
+    "setupplan",
+    "showfixtures",
+    "show_fixtures_per_test",
+    "markers",
+)
+
+
+def is_dry_run(config: pytest.Config) -> bool:
+    """Whether this session only shows what it would do: collection, fixtures, markers."""
+    return any(getattr(config.option, name, False) for name in _DRY_OPTIONS)
 
 
 def _gates(values: list[str], source: Literal["ini", "cli"], where: str) -> tuple[Gate, ...]:

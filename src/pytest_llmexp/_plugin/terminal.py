@@ -38,12 +38,15 @@ def _number(value: float | int | None) -> str:
 
 
 def _runs_line(name: str, runs: dict[str, int]) -> str:
-    total = sum(runs.values())
+    reruns = runs.get("rerun", 0)
+    total = sum(runs.values()) - reruns
     parts = [f"{runs.get('passed', 0)} passed", f"{runs.get('failed', 0)} failed"]
     parts.append(f"{runs.get('error', 0)} errors")
     for status in ("skipped", "crashed"):
         if runs.get(status):
             parts.append(f"{runs[status]} {status}")
+    if reruns:
+        parts.append(f"{reruns} earlier attempt{'s' if reruns != 1 else ''} rerun")
     return f"{name}: {total} run{'s' if total != 1 else ''} ({', '.join(parts)})"
 
 
@@ -71,35 +74,89 @@ def write_session_end(terminal: pytest.TerminalReporter, writer: Writer) -> None
 
 
 def storage_lines(writer: Writer) -> list[tuple[str, str | None]]:
-    """What could not be spooled or stored, and where it is kept."""
+    """What could not be spooled or stored, and where it is: every count is of what was
+    actually written (or not)."""
     intake = writer.intake
+    where = writer.settings.db_path
     lines: list[tuple[str, str | None]] = []
-    if intake.spool_errors:
+    if intake.unspooled:
+        count = intake.unspooled
+        stored = intake.unspooled_stored
+        line = (
+            f"{count} result(s) could not be spooled (last: {intake.spool_errors[-1]}); "
+            f"{stored} of them were stored from their reports"
+        )
+        if stored < count:
+            line += f", {count - stored} could be stored nowhere and are lost"
+        lines.append((("warning: " if stored == count else "ERROR: ") + line, _red(stored < count)))
+    if intake.not_started:
         lines.append(
             (
-                f"warning: {len(intake.spool_errors)} run(s) could not be spooled (last: "
-                f"{intake.spool_errors[-1]}); they were stored from their reports",
+                f"ERROR: {intake.not_started} execution(s) were not started: the spool could "
+                "not be written, so their results could have been kept nowhere (free space "
+                "on the disk or raise the file-size limit, then run them again)",
+                "red",
+            )
+        )
+    if intake.kept:
+        lines.append(
+            (
+                f"ERROR: {intake.kept} result(s) could not be stored in {where}; they are "
+                f"kept in {writer.spool_dir} and will be stored by the next session or by "
+                "`llmexp recover` once there is room",
+                "red",
+            )
+        )
+    lost = intake.lost - (intake.unspooled - intake.unspooled_stored)
+    if lost > 0:
+        lines.append((f"ERROR: {lost} other result(s) could not be stored and are lost", "red"))
+    if writer.end_unstored:
+        lines.append(
+            (
+                "ERROR: the session's end (its summaries and health) could not be stored; "
+                + (
+                    "its row says interrupted"
+                    if writer.marked
+                    else "nor could its status, which may still say running"
+                ),
+                "red",
+            )
+        )
+    if writer.left_behind:
+        lines.append(
+            (
+                f"warning: {len(writer.left_behind)} spool file(s) in {writer.spool_dir} could "
+                "not be deleted (is the directory read-only?); everything in them is stored, "
+                "so they may be deleted by hand",
+                "yellow",
+            )
+        )
+    if intake.late_calls:
+        tests = sorted(set(intake.late_calls))
+        lines.append(
+            (
+                f"warning: {len(intake.late_calls)} LLM call(s) came after their run had ended, "
+                f"from threads that {', '.join(tests[:3])}{' and others' if len(tests) > 3 else ''}"
+                " started and did not wait for; they are stored as calls outside any run "
+                "(join the threads before the test returns)",
                 "yellow",
             )
         )
     if intake.write_errors:
-        where = writer.settings.db_path
-        if intake.lost:
-            line = f"ERROR: {intake.lost} result(s) could not be stored in {where}"
-            if writer.spool_kept:
-                line += (
-                    f"; they are kept in {writer.spool_dir} and will be stored by the next "
-                    "session or by `llmexp recover`"
-                )
-        else:
-            line = f"warning: writes to {where} failed and succeeded when retried"
+        trouble = intake.storage_failed or writer.end_unstored
         lines.append(
             (
-                f"{line} ({len(intake.write_errors)} failure(s); last: {intake.write_errors[-1]})",
-                "red" if intake.lost else "yellow",
+                f"{'ERROR' if trouble else 'warning'}: {len(intake.write_errors)} write(s) to "
+                f"{where} failed{'' if trouble else ' and succeeded when retried'} "
+                f"(last: {intake.write_errors[-1]})",
+                _red(trouble),
             )
         )
     return lines
+
+
+def _red(red: bool) -> str:
+    return "red" if red else "yellow"
 
 
 def write_summary(

@@ -149,6 +149,8 @@ def register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Register the per-test hooks only where runs or calls can happen: this process has
     experiment items, or a test module imported the bots. A session without experiments
     pays nothing per test; calls made there are still stored when the session ends."""
+    if config.stash[SETTINGS_KEY].dry_run:
+        return  # --collect-only, --setup-plan...: no test body runs, nothing is recorded
     if not any(ITEM_KEY in item.stash for item in items) and BOTS_MODULE not in sys.modules:
         return
     manager = config.pluginmanager

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
 from .._store.spool import (
+    Reserve,
     SessionLock,
     remove_empty,
     remove_session_files,
@@ -51,6 +53,10 @@ class Writer:
         self.session_id = session_id
         self.spool_dir = spool_dir(settings.db_path)
         self.lock = SessionLock(self.spool_dir, self.session_id)
+        #: Room for the session's last writes when the disk fills up.
+        self.reserve = Reserve(self.spool_dir / f"{session_id}.writer.reserve")
+        #: The session was refused before it began (its message is printed): nothing to do.
+        self.refused = False
         self.store: Store | None = None
         self.begun = False
         self.summaries: dict[str, dict[str, Any]] = {}
@@ -60,14 +66,18 @@ class Writer:
         #: Sessions killed earlier whose spools this session ingested.
         self.recovered: list[Ingested] = []
         self.intake = Intake(self._begun_store, self.session_id)
-        #: The spool was kept for recovery: some results could not be stored.
-        self.spool_kept = False
         #: Installed when the session begins.
         self.sigterm: SigtermAsInterrupt | None = None
         self.conclusion = Conclusion(settings, self.session_id)
         #: The stored session whose generations this one replays (``--llm-replay-from``).
         self.replay_of: str | None = None
         self.cache_line: str | None = None
+        #: The session's end (status, summaries) could not be stored.
+        self.end_unstored = False
+        #: Whether the session's row was marked interrupted when storage failed.
+        self.marked = False
+        #: Spool files that could not be deleted once stored (a read-only directory).
+        self.left_behind: list[Path] = []
 
     def _begun_store(self) -> Store:
         self.begin()
@@ -81,13 +91,23 @@ class Writer:
             try:
                 self.store = Store(self.settings.db_path)
             except StoreError as exc:
-                pytest.exit(f"pytest-llmexp: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+                self._refuse(str(exc))
         return self.store
+
+    def _refuse(
+        self, message: str, returncode: pytest.ExitCode = pytest.ExitCode.USAGE_ERROR
+    ) -> NoReturn:
+        """End the session before it began: nothing is stored, nothing more is said."""
+        self.refused = True
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        pytest.exit(f"pytest-llmexp: {message}", returncode=returncode)
 
     def begin(self) -> None:
         """Open the database, ingest dead sessions' spools, and insert this session's row."""
-        if self.begun:
-            return
+        if self.begun or self.settings.dry_run:
+            return  # a dry run (--collect-only, --setup-plan...) stores nothing
         self.begun = True
         import sqlite3
 
@@ -102,11 +122,13 @@ class Writer:
         try:
             self.lock.hold()
         except OSError as exc:
-            pytest.exit(
-                f"pytest-llmexp: cannot create the spool directory {str(self.spool_dir)!r} "
-                f"beside the database ({exc}); choose a writable path with --llm-db",
-                returncode=pytest.ExitCode.USAGE_ERROR,
+            self._refuse(
+                f"cannot use the spool directory {str(self.spool_dir)!r} beside the database "
+                f"({exc.strerror or exc}); runs are kept there until stored, so it must be a "
+                "writable directory: remove what is in its place, or choose another path with "
+                "--llm-db"
             )
+        self.reserve.make()
         from .._store.cassette import check_replay_source, prepare_cassette
         from .._store.spool import cassette_path
         from .._verdict.verdicts import check_compare_target
@@ -120,9 +142,7 @@ class Writer:
                 except ExperimentError as exc:
                     problem = str(exc)
         if problem is not None:
-            store.close()
-            self.store = None
-            pytest.exit(f"pytest-llmexp: {problem}", returncode=pytest.ExitCode.USAGE_ERROR)
+            self._refuse(problem)
         try:
             self.recovered = recover(store, self.spool_dir, own_session=self.session_id)
             # After recovery, so that what a killed session recorded can be replayed.
@@ -139,16 +159,13 @@ class Writer:
                 replay_of=self.replay_of,
             )
         except sqlite3.Error as exc:
-            pytest.exit(
-                f"pytest-llmexp: cannot write to {str(self.settings.db_path)!r}: "
-                f"{type(exc).__name__}: {exc}",
-                returncode=pytest.ExitCode.INTERNAL_ERROR,
+            self._refuse(
+                f"cannot write to {str(self.settings.db_path)!r}: {type(exc).__name__}: {exc}",
+                pytest.ExitCode.INTERNAL_ERROR,
             )
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
-        if session.config.option.collectonly:
-            return  # nothing runs: no session is stored
         if not self.config.pluginmanager.hasplugin("dsession") and any(
             ITEM_KEY in item.stash for item in session.items
         ):
@@ -173,25 +190,36 @@ class Writer:
             }
             files = [path for path in files if path.name not in stored]
         result = ingest(self._store(), self.session_id, files, skip=skip)
-        intake.lost += len(result.errors)
+        # Each of these lines was read whole from the spool, which is kept: not lost.
+        intake.kept = len(result.errors)
         intake.write_errors += result.errors
-        self.spool_kept = bool(result.errors)
         if not result.errors:
-            remove_session_files(self.spool_dir, self.session_id, keep_lock=True)
+            self.left_behind = remove_session_files(self.spool_dir, self.session_id, keep_lock=True)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.refused:
+            return
         if self.usage_error is not None:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
         from .._run.recording import drain_orphans_json
 
         calls = drain_orphans_json()
+        if self.settings.dry_run:
+            return  # nothing ran (calls at import time included): nothing is stored
         if calls is not None:
             self.intake.write("calls", calls, spooled=None)
-        self.intake.retry_pending()
+        intake = self.intake
+        if intake.write_errors or intake.spool_errors or intake.not_started:
+            # Storage failed: make room for what is left to write, and first of all say
+            # that this session did not complete, in case nothing else can be written.
+            self.reserve.release()
+            if self.store is not None:
+                self._mark_interrupted()
+        intake.retry_pending()
         if not self.begun or self.store is None:
             self.conclusion.without_experiments(session)
-            if not session.config.option.collectonly:  # nothing ran: nothing to report
+            if not self.settings.dry_run:  # nothing ran: nothing to report
                 self.conclusion.write_reports(session, None, self.summaries, None)
             return
         import sqlite3
@@ -201,12 +229,13 @@ class Writer:
 
         self._reconcile()
         # pytest counted every failed report (collection errors too); ours are executions.
-        self.conclusion.other_failures = session.testsfailed - self.intake.failed_executions
-        if self.intake.lost:
-            # Results that are not stored must not let a CI job pass.
+        self.conclusion.other_failures = session.testsfailed - intake.failed_executions
+        if intake.storage_failed:
+            # Results that are not stored (or runs not started for lack of room) must not
+            # let a CI job pass.
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
         # Ctrl-C, SIGTERM, pytest.exit() or an internal error: the session did not complete.
-        interrupted = exitstatus not in (
+        interrupted = intake.storage_failed or exitstatus not in (
             pytest.ExitCode.OK,
             pytest.ExitCode.TESTS_FAILED,
             pytest.ExitCode.NO_TESTS_COLLECTED,
@@ -215,7 +244,7 @@ class Writer:
         try:
             self.summaries = self.store.summaries(self.session_id)
             self.health = judge(self.store, self.session_id, self.summaries, self.settings)
-            self.health.lost = self.intake.lost
+            self.health.lost = intake.unstored
             if self.health.failed and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
             self.conclusion.judge(
@@ -224,7 +253,7 @@ class Writer:
                 self.health,
                 tests_failed=exitstatus == pytest.ExitCode.TESTS_FAILED,
                 interrupted=interrupted,
-                lost=self.intake.lost,
+                lost=intake.unstored,
             )
             self.store.finish_session(
                 self.session_id,
@@ -236,10 +265,27 @@ class Writer:
                 self.cache_line = cache_line(conn, self.session_id)
         except sqlite3.Error as exc:
             # The session's end and its summaries are results too.
-            self.intake.lost += 1
-            self.intake.write_errors.append(f"{type(exc).__name__}: {exc}")
+            intake.write_errors.append(f"{type(exc).__name__}: {exc}")
+            self.end_unstored = True
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+            self.reserve.release()
+            self._mark_interrupted()
         self.conclusion.write_reports(session, status, self.summaries, self.health, self.store)
+
+    def _mark_interrupted(self) -> None:
+        """The session row says ``interrupted`` before anything else is tried."""
+        import sqlite3
+
+        assert self.store is not None
+        try:
+            self.store.mark_session(
+                self.session_id, status="interrupted", exitstatus=pytest.ExitCode.INTERNAL_ERROR
+            )
+        except sqlite3.Error as exc:
+            self.intake.write_errors.append(f"{type(exc).__name__}: {exc}")
+            self.marked = False
+        else:
+            self.marked = True
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         from .terminal import write_session_end
@@ -251,6 +297,7 @@ class Writer:
             self.sigterm.uninstall()
         # A spool kept for recovery needs no lock file: a session without one is dead.
         self.lock.release(remove=True)
+        self.reserve.release()
         remove_empty(self.spool_dir)
         if self.store is not None:
             self.store.close()

@@ -282,6 +282,20 @@ class _Bot:
                 retries=failure.retries,
                 status_code=failure.status_code,
             ) from None
+        except BaseException as exc:
+            # Interrupted mid-call (pytest-timeout's signal, Ctrl-C): the request was sent,
+            # and what became of it is part of the run.
+            record(
+                payload,
+                response_model=None,
+                prompt_tokens=None,
+                completion_tokens=None,
+                retries=0,
+                finish_reason=None,
+                error=redact(f"interrupted: {type(exc).__name__}: {exc}".splitlines()[0])[:500],
+                error_type="Interrupted",
+            )
+            raise
         content = reply.content
         record(
             [*payload, {"role": "assistant", "content": content}],

@@ -108,12 +108,16 @@ def get_client() -> openai.OpenAI:
         if client is None:
             import openai
 
+            from .deadline import bounded_http_client
+
             client = openai.OpenAI(
                 api_key=key,
                 base_url=base_url,
                 timeout=current.timeout,
                 # Retries are made (and counted) by calls.request_completion.
                 max_retries=0,
+                # --llm-timeout is one request's whole time, a reply that trickles included.
+                http_client=bounded_http_client(openai, current.timeout),
             )
             _clients[cache_key] = client
         return client

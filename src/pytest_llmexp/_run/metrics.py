@@ -18,7 +18,10 @@ _RETURN_INSTEAD = "return a bool, an int or a finite float"
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return f"a {type(value).__name__} too large to show"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -57,6 +60,10 @@ def _hint(value: Any) -> str:
     return _RETURN_INSTEAD
 
 
+#: The largest whole numbers a float (how metrics are stored) holds exactly.
+_EXACT = 2**53
+
+
 def _is_numpy_bool(value: Any) -> bool:
     kind = type(value)
     return kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_")
@@ -66,16 +73,27 @@ def to_metric_record(name: str, value: Any) -> MetricRecord:
     """Check ``value`` against the metric contract and turn it into a record."""
     __tracebackhide__ = True  # the user's line, not ours (nor our locals)
     kind = type(value)  # the usual types first: the checks below are slower
-    if kind is int:
+    if kind is int and -_EXACT <= value <= _EXACT:
         return MetricRecord(name=name, value=float(value), kind="int")
     if kind is float and math.isfinite(value):
         return MetricRecord(name=name, value=value, kind="float")
     if isinstance(value, bool) or _is_numpy_bool(value):
         return MetricRecord(name=name, value=1.0 if value else 0.0, kind="bool")
     if isinstance(value, numbers.Integral):
-        return MetricRecord(name=name, value=float(int(value)), kind="int")
+        whole = int(value)
+        if -_EXACT <= whole <= _EXACT:
+            return MetricRecord(name=name, value=float(whole), kind="int")
+        raise MetricError(
+            f"metric {name!r} returned an int of {whole.bit_length()} bits, beyond ±2**53: it "
+            "would be stored as a float (SQLite REAL), which cannot hold it exactly, silently "
+            "rounded; return a smaller number, or float(value) if rounding is fine",
+            metric_name=name,
+        )
     if isinstance(value, numbers.Real):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # e.g. a Fraction beyond any float
+            number = math.inf
         if math.isfinite(number):
             return MetricRecord(name=name, value=number, kind="float")
     raise MetricError(

@@ -9,8 +9,10 @@ inherit context variables) still record into it.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -65,11 +67,14 @@ class _Collected:
         self, bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None
     ) -> None:
         with self._lock:
-            self._bots.setdefault(bot.hash, bot)
-            for prompt in prompts:
-                self._prompts.setdefault(prompt.key, prompt)
-            if call is not None:
-                self._calls.append(call)
+            self._add(bot, prompts, call)
+
+    def _add(self, bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None) -> None:
+        self._bots.setdefault(bot.hash, bot)
+        for prompt in prompts:
+            self._prompts.setdefault(prompt.key, prompt)
+        if call is not None:
+            self._calls.append(call)
 
 
 class RunContext(_Collected):
@@ -86,6 +91,7 @@ class RunContext(_Collected):
         case_id: str | None = None,
         gates: tuple[str, ...] = (),
         declared_executions: int | None = None,
+        attempt: int = 1,
     ) -> None:
         super().__init__()
         self.run_id = new_id()
@@ -99,6 +105,8 @@ class RunContext(_Collected):
         self.gates = list(gates)
         #: The executions the code declares, when the session runs another number.
         self.declared_executions = declared_executions
+        #: Which attempt of its execution this is (a rerun plugin runs a failed one again).
+        self.attempt = attempt
         self.started_at = utcnow()
         self._t0 = time.perf_counter()
         self._metrics: dict[str, MetricRecord] = {}
@@ -107,6 +115,18 @@ class RunContext(_Collected):
         self._occurrences: dict[str, int] = {}
         #: The stored run whose generations this run replays (``--llm-replay-from``).
         self.replayed_from: str | None = None
+        #: Frozen into its record: a call that comes now is not part of it.
+        self.finished = False
+
+    def add_live_call(
+        self, bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None
+    ) -> bool:
+        """Add a call unless the run has finished; whether it was added."""
+        with self._lock:
+            if self.finished:
+                return False
+            self._add(bot, prompts, call)
+            return True
 
     def occurrence(self, request: str) -> int:
         """How many identical requests (same ``request`` digest) this run got a reply to."""
@@ -202,6 +222,7 @@ class RunContext(_Collected):
 
         defined = defined or set()
         with self._lock:
+            self.finished = True
             return RunRecord(
                 run_id=self.run_id,
                 experiment=self.experiment,
@@ -224,6 +245,7 @@ class RunContext(_Collected):
                 case_id=self.case_id,
                 gates=self.gates,
                 declared_executions=self.declared_executions,
+                attempt=self.attempt,
                 metric_specs=dict(self._metric_specs),
                 replayed_from=self.replayed_from,
             )
@@ -231,6 +253,14 @@ class RunContext(_Collected):
 
 class _OrphanLog(_Collected):
     """Calls made outside any run; they are logged to ``message_log`` with no run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._late: list[str] = []
+
+    def add_late(self, test: str) -> None:
+        with self._lock:
+            self._late.append(test)
 
     def drain(self) -> Recording | None:
         with self._lock:
@@ -242,10 +272,12 @@ class _OrphanLog(_Collected):
                 prompts=list(self._prompts.values()),
                 bots=list(self._bots.values()),
                 calls=list(self._calls),
+                late=list(self._late),
             )
             self._prompts.clear()
             self._bots.clear()
             self._calls.clear()
+            self._late.clear()
             return recording
 
 
@@ -278,11 +310,29 @@ def current_run() -> RunContext | None:
     return _current.get() or _process_run
 
 
+def switch(run: RunContext) -> None:
+    """Make ``run`` current in place of the one :func:`activate` made current (a rerun
+    plugin's next attempt of the same test); ``activate`` still restores what was before."""
+    global _process_run
+    _current.set(run)
+    if _process_run is not None:
+        _process_run = run
+
+
+#: Threads started during a process-wide run and still alive after it, with its test.
+_outlived: weakref.WeakKeyDictionary[threading.Thread, str] = weakref.WeakKeyDictionary()
+
+
+def _label(run: RunContext) -> str:
+    return run.nodeid or run.experiment
+
+
 @contextmanager
 def activate(run: RunContext, *, process_wide: bool = False) -> Iterator[RunContext]:
     """Make ``run`` the current run for this context (and, if asked, this process)."""
     global _process_run
     token = _current.set(run)
+    before = set(threading.enumerate()) if process_wide else set()
     if process_wide:
         _process_run = run
     try:
@@ -291,6 +341,9 @@ def activate(run: RunContext, *, process_wide: bool = False) -> Iterator[RunCont
         _current.reset(token)
         if process_wide:
             _process_run = None
+            for thread in threading.enumerate():
+                if thread not in before:
+                    _outlived[thread] = _label(run)
 
 
 class measuring:
@@ -319,12 +372,18 @@ def record_prompt(prompt: PromptRecord) -> None:
 
 
 def record_call(bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None) -> None:
-    """Add an LLM call, with the bot and prompts it used, to the current run or the log."""
+    """Add an LLM call, with the bot and prompts it used, to the current run or the log.
+
+    A call that comes after its run ended (from a thread the test started and did not wait
+    for) is logged outside any run, with the test it came from, for a warning.
+    """
     run = current_run()
-    if run is not None:
-        run.add_call(bot, prompts, call)
+    if run is not None and run.add_live_call(bot, prompts, call):
         return
+    late = _label(run) if run is not None else _outlived.get(threading.current_thread())
     _orphans.add_call(bot, prompts, call)
+    if late is not None and call is not None:
+        _orphans.add_late(late)
     if not PROCESS.settings.buffer_orphans:
         recording = _orphans.drain()
         if recording is not None:
@@ -354,4 +413,13 @@ def classify_exception(exc: BaseException) -> tuple[str, str, str]:
     """
     if isinstance(exc, LLMExpError):
         return "error", exc.error_type, str(exc)
-    return "failed", type(exc).__name__, str(exc)
+    message = str(exc)
+    if type(exc).__name__ == "Failed" and _TIMED_OUT.match(message):
+        # pytest-timeout (signal method) ends the test with pytest.fail(): the run did not
+        # finish, which says nothing of its quality.
+        return "error", "Timeout", message
+    return "failed", type(exc).__name__, message
+
+
+#: How pytest-timeout words the failure it raises: "Timeout (>2.0s) from pytest-timeout."
+_TIMED_OUT = re.compile(r"Timeout \(>[0-9.]+s\) from pytest-timeout")

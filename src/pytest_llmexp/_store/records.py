@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._util.jsontext import compact_json as _json
 
-RunStatus = Literal["passed", "failed", "error", "skipped", "crashed"]
+RunStatus = Literal["passed", "failed", "error", "skipped", "crashed", "rerun"]
 MetricKind = Literal["bool", "int", "float"]
 
 
@@ -129,6 +129,9 @@ class Recording(_Record):
     prompts: list[PromptRecord] = Field(default_factory=list)
     bots: list[BotRecord] = Field(default_factory=list)
     calls: list[CallRecord] = Field(default_factory=list)
+    #: Outside runs: the test of each call that came after its run had ended (a thread the
+    #: test started and did not wait for), for the session's warning; not stored.
+    late: list[str] = Field(default_factory=list)
 
 
 class RunRecord(Recording):
@@ -153,6 +156,9 @@ class RunRecord(Recording):
     metrics: list[MetricRecord] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: The parametrize id of the run's case, without ``exec-N`` (``None``: one case).
+    #: Which attempt of its execution this is: a rerun plugin (pytest-rerunfailures) runs
+    #: a failed execution again; only the last attempt is evaluated.
+    attempt: int = 1
     case_id: str | None = None
     #: The gates its experiment declares in code (``@experiment(gates=...)``).
     gates: list[str] = Field(default_factory=list)
@@ -185,6 +191,7 @@ class RunRecord(Recording):
             _json(self.run_data()),
             self.case_id,
             self.replayed_from,
+            self.attempt,
         )
 
     def run_data(self) -> dict[str, Any]:

@@ -90,6 +90,12 @@ def check_file(path: Path) -> None:
             f"the experiment database path {str(path)!r} is a directory; "
             "give a file path with --llm-db"
         )
+    if not path.is_file():
+        # /dev/null, a pipe: SQLite would open it, and create its journal beside it.
+        raise StoreError(
+            f"the experiment database path {str(path)!r} is not a regular file (a device or "
+            "a pipe); give a file path with --llm-db"
+        )
     with path.open("rb") as fh:
         header = fh.read(len(_SQLITE_HEADER))
     if header and header != _SQLITE_HEADER:

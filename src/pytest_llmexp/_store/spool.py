@@ -7,6 +7,8 @@ In ``<database>-spool/`` (created owner-only when a session first needs it):
 - ``<session>.<worker>.jsonl``: one line per finished run (or batch of calls made outside
   runs), appended by the process that ran it with one ``write`` call.
 - ``<session>.spend``: the session's LLM calls and tokens so far, for the spend guard.
+- ``<session>.<worker>.reserve``: space set aside (see :class:`Reserve`) so that when the
+  disk fills up, the run that found it full is still spooled and the session still ends.
 
 Without ``fcntl`` (Windows) nothing is locked, and no session is ever taken for dead.
 
@@ -19,6 +21,7 @@ only protect against the machine itself going down, which the database, in WAL m
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -27,6 +30,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "RESERVE_BYTES",
+    "Reserve",
     "SessionLock",
     "SpendLedger",
     "Spool",
@@ -42,7 +47,11 @@ __all__ = [
 
 Kind = Literal["run", "calls"]
 SpoolLine = tuple[Kind, dict[str, Any]]
-_SUFFIXES = (".lock", ".jsonl", ".spend", ".cassette")
+_SUFFIXES = (".lock", ".jsonl", ".spend", ".cassette", ".reserve")
+#: Space set aside per process: a few runs' lines, or a session's last writes.
+RESERVE_BYTES = 64 * 1024
+#: The errors of a write that found no room: a full disk, a file-size limit, a quota.
+_NO_ROOM = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def spool_dir(db_path: Path) -> Path:
@@ -104,9 +113,54 @@ class SessionLock:
         if self._fd is None:
             return
         if remove:
-            self.path.unlink(missing_ok=True)
+            # A directory that became read-only keeps the file: a lock nobody holds is a dead
+            # session's, which the next session handles as such.
+            with suppress(OSError):
+                self.path.unlink(missing_ok=True)
         os.close(self._fd)
         self._fd = None
+
+
+class Reserve:
+    """Disk space set aside in a file of its own, given back when a write finds no room.
+
+    A full disk fails every write at once: the spool line of the run that found it full,
+    and the session's last update of the database. Deleting the reserve makes room for
+    them. A file-size limit (``ulimit -f``) is per file: there the spool goes on in a new
+    file instead (see :meth:`Spool.append`).
+    """
+
+    def __init__(self, path: Path, size: int = RESERVE_BYTES) -> None:
+        self.path = path
+        self.size = size
+        self.held = False
+
+    def make(self) -> None:
+        """Set the space aside; without room for it, there is none to give back later."""
+        try:
+            fd = _open(self.path, os.O_WRONLY)
+        except OSError:
+            return
+        try:
+            allocate = getattr(os, "posix_fallocate", None)
+            if allocate is not None:
+                allocate(fd, 0, self.size)
+            else:  # pragma: no cover - macOS, Windows
+                os.write(fd, bytes(self.size))
+            self.held = True
+        except OSError:
+            with suppress(OSError):
+                self.path.unlink()
+        finally:
+            os.close(fd)
+
+    def release(self) -> bool:
+        """Give the space back; whether there was any."""
+        held, self.held = self.held, False
+        if held:
+            with suppress(OSError):
+                self.path.unlink()
+        return held
 
 
 def spool_name(session_id: str, worker: str) -> str:
@@ -115,32 +169,82 @@ def spool_name(session_id: str, worker: str) -> str:
 
 
 class Spool:
-    """One process's spool file for one session, opened on the first append."""
+    """One process's spool file for one session, opened on the first append.
+
+    A line is written whole or not at all: a write cut short by a full disk is taken back,
+    so the next line does not run into its remains. The first append that finds no room
+    uses the process's reserve (or, past a file-size limit, a new file) to keep its line,
+    and sets :attr:`failure`: from then on no new run should start, as its result could
+    not be kept.
+    """
 
     def __init__(self, db_path: Path, session_id: str, worker: str) -> None:
         directory = spool_dir(db_path)
         self.path = directory / spool_name(session_id, worker)
         self.lock = SessionLock(directory, session_id)
+        self.reserve = Reserve(directory / f"{session_id}.{worker}.reserve")
         self._fd: int | None = None
+        self._size = 0
         #: The lines appended so far.
         self.lines = 0
+        #: Why this spool can no longer be relied on (set by the first failed append).
+        self.failure: str | None = None
 
     def append(self, kind: Kind, payload: str) -> None:
-        """Append one record (a JSON object); raises ``OSError`` on failure."""
+        """Append one record (a JSON object); raises ``OSError`` if it could not be kept."""
+        line = f'{{"kind":"{kind}","record":{payload}}}\n'.encode()
+        error: OSError | None = None
+        # Without room: free the reserve (a full disk), then go on in a new file (a limit
+        # on a file's size); a write cut short may be either.
+        for remedy in (None, self.reserve.release, self._roll):
+            if remedy is not None and not remedy():
+                continue
+            try:
+                self._append(line)
+            except OSError as exc:
+                if self.failure is None:
+                    self.failure = f"{self.path}: {exc}"
+                if exc.errno not in _NO_ROOM:
+                    raise
+                error = exc
+                continue
+            self.lines += 1
+            return
+        assert error is not None
+        raise error
+
+    def _append(self, line: bytes) -> None:
         if self._fd is None:
             self.lock.hold()
             self._fd = _open(self.path, os.O_WRONLY | os.O_APPEND)
-        line = f'{{"kind":"{kind}","record":{payload}}}\n'.encode()
-        # One write per line: appends of concurrent lines never interleave.
-        written = os.write(self._fd, line)
-        if written != len(line):
-            raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")
-        self.lines += 1
+            self._size = os.fstat(self._fd).st_size
+            self.reserve.make()
+        try:
+            # One write per line: appends of concurrent lines never interleave.
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(errno.EFBIG, f"short write ({written} of {len(line)} bytes)")
+        except OSError:
+            with suppress(OSError):  # take back what was written of the line
+                os.ftruncate(self._fd, self._size)
+            raise
+        self._size += len(line)
+
+    def _roll(self) -> bool:
+        """Go on in a second file of this process (once); whether it is new."""
+        if self._fd is None or ".more." in self.path.name:
+            return False
+        os.close(self._fd)
+        self._fd = None
+        # Same session and worker: recovery reads every .jsonl file of the session.
+        self.path = self.path.with_name(self.path.name.replace(".jsonl", ".more.jsonl"))
+        return True
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self.reserve.release()
         self.lock.release()
 
 
@@ -214,12 +318,21 @@ def _lines(path: Path) -> Iterator[bytes]:
                 yield raw
 
 
-def remove_session_files(directory: Path, session_id: str, *, keep_lock: bool = False) -> None:
-    """Delete a session's spool files, and the directory once it is empty."""
+def remove_session_files(
+    directory: Path, session_id: str, *, keep_lock: bool = False
+) -> list[Path]:
+    """Delete a session's spool files, and the directory once it is empty; the files that
+    could not be deleted (a directory that became read-only keeps them: what they hold is
+    stored, and storing it again changes nothing)."""
+    kept = []
     for path in spooled_sessions(directory).get(session_id, []):
         if not (keep_lock and path.suffix == ".lock"):
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                kept.append(path)
     remove_empty(directory)
+    return kept
 
 
 def remove_empty(directory: Path) -> None:

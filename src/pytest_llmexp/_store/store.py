@@ -34,6 +34,17 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_DB", "Store", "default_store", "environment_versions", "git_sha"]
 
 
+#: How long a write waits for another writer's lock (another session on the same file).
+_BUSY_MS = 30_000
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write the database and create files beside it."""
+    return os.access(path.parent, os.W_OK | os.X_OK) and (
+        not path.exists() or os.access(path, os.W_OK)
+    )
+
+
 class Store:
     """A connection to message_log.db, migrated to the current schema."""
 
@@ -57,7 +68,7 @@ class Store:
                 "writable path with --llm-db (ini: llm_db)"
             ) from None
         try:
-            self.conn.execute("PRAGMA busy_timeout = 30000")
+            self.conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
             self.conn.execute("PRAGMA foreign_keys = ON")
             # Checked before anything is written, the journal mode included.
             migrate(self.conn, self.path, self.transaction)
@@ -65,6 +76,12 @@ class Store:
             self.conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
             self.conn.close()
+            if not _writable(self.path):
+                raise StoreError(
+                    f"cannot write to the experiment database {str(self.path)!r}: it or its "
+                    "directory is read-only (SQLite also writes its -wal and -shm files beside "
+                    "it); make them writable or choose another path with --llm-db"
+                ) from None
             raise StoreError(
                 f"{str(self.path)!r} is not a usable SQLite database ({exc}); it was left as it "
                 "is: move it away or choose another path with --llm-db"
@@ -97,6 +114,17 @@ class Store:
             finally:
                 self._depth = 0
             self.conn.execute("COMMIT")
+
+    @contextmanager
+    def patience(self, milliseconds: int) -> Iterator[None]:
+        """Wait at most ``milliseconds`` for another writer's lock inside the block (then
+        ``sqlite3.OperationalError``: database is locked), instead of the usual 30 s."""
+        with self._lock:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(milliseconds)}")
+            try:
+                yield
+            finally:
+                self.conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
@@ -176,6 +204,14 @@ class Store:
                 (status, exitstatus, utcnow(), _json(health) if health else None, session_id),
             )
 
+    def mark_session(self, session_id: str, *, status: str, exitstatus: int | None) -> None:
+        """Set a session's status alone: one small write, tried first when storage fails."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE sessions SET status = ?, exitstatus = ?, finished_at = ? WHERE id = ?",
+                (status, exitstatus, utcnow(), session_id),
+            )
+
     def session_status(self, session_id: str) -> str | None:
         """The stored status of a session, or ``None`` if it has no row."""
         with self._lock:
@@ -250,9 +286,21 @@ class Store:
             conn.executemany(
                 "INSERT INTO experiment_runs (id, experiment_id, execution_index, worker, "
                 "nodeid, status, error_type, error_message, started_at, duration_s, retries, "
-                "run_data, case_id, replayed_from) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "run_data, case_id, replayed_from, attempt) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(r[0], self._experiment_id(session_id, r[1], r[2]), *r[3:]) for r in batch.runs],
+            )
+            # A later attempt (a rerun plugin's) supersedes the earlier ones of its execution:
+            # they stay, as 'rerun', and only the last attempt is evaluated.
+            conn.executemany(
+                "UPDATE experiment_runs SET status = 'rerun' WHERE experiment_id = ? AND "
+                "execution_index = ? AND coalesce(case_id, '') = coalesce(?, '') AND "
+                "attempt < ? AND status != 'rerun'",
+                [
+                    (self._experiment_id(session_id, r[1], r[2]), r[3], r[13], r[15])
+                    for r in batch.runs
+                    if r[15] > 1
+                ],
             )
             known = self.ids
             prompt_ids = {key: known.prompt(p) for key, p in batch.prompts.items()}

@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_STORAGE_LIMIT",
     "DEFAULT_TIMEOUT",
+    "MAX_EXECUTIONS",
     "CacheMode",
     "check_experiment_name",
     "check_num_executions",
@@ -32,11 +33,22 @@ CacheMode = Literal["off", "record", "replay", "auto"]
 CACHE_MODES: tuple[CacheMode, ...] = ("off", "record", "replay", "auto")
 
 
+#: The most executions of one experiment (per case): each is a pytest item, and a million
+#: items take gigabytes before the first runs.
+MAX_EXECUTIONS = 100_000
+
+
 def check_num_executions(value: object, where: str) -> int:
     """``value`` if it is a positive int, else an error naming ``where``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ExperimentError(
             f"{where}: num_executions must be a positive int, got {value!r}; e.g. num_executions=10"
+        )
+    if value > MAX_EXECUTIONS:
+        raise ExperimentError(
+            f"{where}: num_executions={value} is more than {MAX_EXECUTIONS:,}, the most one "
+            "experiment runs (each execution is a pytest item held in memory); split the work "
+            "into cases or sessions"
         )
     return value
 

@@ -105,7 +105,8 @@ def load_experiment(conn: sqlite3.Connection, experiment_id: int) -> ExperimentD
     specs: dict[str, dict[str, Any]] = {}
     for run_id, case, index, status in conn.execute(
         "SELECT id, case_id, execution_index, status FROM experiment_runs "
-        "WHERE experiment_id = ? ORDER BY execution_index, started_at",
+        # An execution's earlier attempts (a rerun plugin's) are not evaluated: its last is.
+        "WHERE experiment_id = ? AND status != 'rerun' ORDER BY execution_index, started_at",
         (experiment_id,),
     ):
         runs[run_id] = Run(run_id, case, int(index), status)
@@ -126,7 +127,7 @@ def load_experiment(conn: sqlite3.Connection, experiment_id: int) -> ExperimentD
     kinds: dict[str, str] = {}
     for run_id, metric, value, kind in conn.execute(
         "SELECT m.run_id, m.name, m.value, m.kind FROM experiment_runs r "
-        "JOIN metrics m ON m.run_id = r.id WHERE r.experiment_id = ?",
+        "JOIN metrics m ON m.run_id = r.id WHERE r.experiment_id = ? AND r.status != 'rerun'",
         (experiment_id,),
     ):
         runs[run_id].metrics[metric] = float(value)

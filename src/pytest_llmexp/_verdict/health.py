@@ -82,7 +82,7 @@ def judge(
     )
     for summary in summaries.values():
         runs = summary["runs"]
-        health.runs += sum(runs.values())
+        health.runs += sum(runs.values()) - runs.get("rerun", 0)
         health.errored += runs["error"] + runs["crashed"]
         health.skipped += runs["skipped"]
         errors.update(summary["errors"])

@@ -16,7 +16,7 @@ __all__ = [
     "session_spend",
 ]
 
-RUN_STATUSES = ("passed", "failed", "error", "skipped", "crashed")
+RUN_STATUSES = ("passed", "failed", "error", "skipped", "crashed", "rerun")
 #: Run statuses whose metrics count in aggregates: the run was evaluated.
 EVALUATED = ("passed", "failed")
 

@@ -369,6 +369,18 @@ def run_detail(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
         )
     ]
     detail["calls"] = _calls(conn, run_id)
+    # A rerun plugin's attempts of the same execution, this one included.
+    detail["attempts"] = [
+        dict(zip(("id", "attempt", "status", "error_type"), a, strict=True))
+        for a in conn.execute(
+            "SELECT o.id, o.attempt, o.status, o.error_type FROM experiment_runs r "
+            "JOIN experiment_runs o ON o.experiment_id = r.experiment_id AND "
+            "o.execution_index = r.execution_index AND "
+            "coalesce(o.case_id, '') = coalesce(r.case_id, '') WHERE r.id = ? "
+            "ORDER BY o.attempt",
+            (run_id,),
+        )
+    ]
     return detail
 
 

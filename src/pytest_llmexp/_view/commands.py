@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .._util.files import write_private
 from .._util.lookup import find_experiment, find_run, find_session
 from . import browse, textview
 
@@ -216,7 +217,7 @@ def _export(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     else:
         try:
-            Path(args.output).write_text(text, encoding="utf-8")
+            write_private(Path(args.output), text)
         except OSError as exc:
             raise Failed(f"cannot write {args.output!r}: {exc}") from None
         print(f"wrote {len(rows)} run(s) of {args.experiment} to {args.output}", file=sys.stderr)
@@ -307,8 +308,7 @@ def _report(args: argparse.Namespace) -> int:
             database=Path(args.db).name,
         )
     try:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(html, encoding="utf-8")
+        write_private(Path(args.output), html)
     except OSError as exc:
         raise Failed(f"cannot write {args.output!r}: {exc}") from None
     print(f"wrote {args.output} ({len(html.encode()) // 1024} KiB)")

@@ -292,6 +292,17 @@ def run_lines(run: dict[str, Any]) -> list[str]:
         f"run {run['id']} ({run['status']}): {run['experiment']}{case} execution "
         f"{run['execution']}, session {run['session_id'][:12]}, worker {run['worker']}{took}",
     ]
+    attempts = run.get("attempts") or []
+    if len(attempts) > 1:
+        lines.append(
+            "attempts (a rerun plugin's): "
+            + "; ".join(
+                f"{a['attempt']}: {a['id'][:12]} {a['status']}"
+                + (f" ({a['error_type']})" if a["error_type"] else "")
+                + (" <- this run" if a["id"] == run["id"] else "")
+                for a in attempts
+            )
+        )
     if run["replayed_from"]:
         lines.append(f"re-scored from run {run['replayed_from'][:12]}")
     if run["status"] != "passed" and (run["error_type"] or run["error_message"]):
