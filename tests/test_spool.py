@@ -246,3 +246,28 @@ print(written, spool.failure is not None)
     assert [f.name for f in files] == ["s1.main.jsonl", "s1.main.more.jsonl"]
     lines = [line for path in files for line in iter_spool(path)]
     assert len(lines) == written > 27 and None not in lines
+
+
+def test_a_spool_file_that_cannot_be_created_for_lack_of_room_uses_the_reserve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from pytest_llmexp._store import spool as spool_module
+
+    spool = Spool(tmp_path / "message_log.db", "s1", "main")
+    spool.reserve.make()
+    assert spool.reserve.held
+    real_open = spool_module._open
+
+    def full_disk(path: Path, flags: int) -> int:
+        if path.suffix == ".jsonl" and spool.reserve.path.exists():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, flags)
+
+    monkeypatch.setattr(spool_module, "_open", full_disk)
+    spool.append("run", run_json(0))
+    # The room the reserve gave back was used for the line, not set aside again.
+    assert not spool.reserve.path.exists() and spool.failure is not None
+    spool.close()
+    assert [line[1]["execution_index"] for line in iter_spool(spool.path) if line] == [0]

@@ -134,9 +134,14 @@ class Reserve:
         self.path = path
         self.size = size
         self.held = False
+        self._made = False
 
     def make(self) -> None:
-        """Set the space aside; without room for it, there is none to give back later."""
+        """Set the space aside, once: space given back is not taken again. Without room
+        for it, there is none to give back later."""
+        if self._made:
+            return
+        self._made = True
         try:
             fd = _open(self.path, os.O_WRONLY)
         except OSError:
