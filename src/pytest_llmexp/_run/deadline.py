@@ -29,8 +29,10 @@ def bounded_http_client(module: Any, seconds: float) -> Any:
     httpx = sys.modules[
         next(c for c in base.__mro__[1:] if c.__name__ == "Client").__module__.partition(".")[0]
     ]
-    transport = _transport_class(httpx)(httpx.HTTPTransport(), seconds)
-    return base(transport=transport)
+    # The client's own connection limits: a transport given to it is used as it is.
+    limits = getattr(module, "DEFAULT_CONNECTION_LIMITS", None)
+    inner = httpx.HTTPTransport(**({"limits": limits} if limits is not None else {}))
+    return base(transport=_transport_class(httpx)(inner, seconds))
 
 
 def _transport_class(httpx: Any) -> type:
