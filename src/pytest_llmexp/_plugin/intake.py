@@ -28,6 +28,7 @@ from .collect import case_id, execution_index, is_execution_id
 from .keys import REPORT_PREFIX
 
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import Callable
 
     from .._store.records import Recording, RunRecord
@@ -65,8 +66,6 @@ class Intake:
         self.not_started = 0
         #: The test of each call that came after its run had ended (stored outside runs).
         self.late_calls: list[str] = []
-        #: Batches put off because another program held the database's lock.
-        self.deferred = 0
         #: Failed reports of executions, counted as pytest's ``session.testsfailed`` counts.
         self.failed_executions = 0
         #: xdist workers that ended by KeyboardInterrupt.
@@ -172,9 +171,8 @@ class Intake:
                 with store.patience(LIVE_PATIENCE_MS):
                     store.insert_batch(self.session_id, batch)
         except sqlite3.Error as exc:
-            if not final and isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+            if not final and _busy(exc):
                 self._queue = queue + self._queue
-                self.deferred += 1
                 self._retry_at = time.monotonic() + LOCKED_RETRY_SECONDS
                 return
             self.write_errors.append(f"{type(exc).__name__}: {exc}")
@@ -284,10 +282,11 @@ def _batch(queue: list[tuple[Kind, str, str]]) -> tuple[Batch, list[str]]:
     return batch, late
 
 
-def _busy(exc: Exception) -> bool:
+def _busy(exc: sqlite3.Error) -> bool:
     """Whether a write failed because another connection holds the database's lock."""
-    text = str(exc)
-    return "locked" in text or "busy" in text
+    # Set by SQLite itself; an exception raised by other code has no name.
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 def _run(payload: str) -> RunRecord:

@@ -150,12 +150,10 @@ def _mask(report: pytest.TestReport) -> None:
     from .._util.redact import redact
 
     longrepr = report.longrepr
-    if report.passed:
-        pass
-    elif isinstance(longrepr, tuple):  # a skip: (path, line, reason)
+    if isinstance(longrepr, tuple):  # a skip: (path, line, reason)
         path, line, reason = longrepr
         report.longrepr = (path, line, redact(reason))
-    elif longrepr is not None:
+    elif longrepr is not None and not report.passed:
         text = str(longrepr)
         masked = redact(text)
         if masked != text:

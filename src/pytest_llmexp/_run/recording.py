@@ -63,12 +63,6 @@ class _Collected:
         with self._lock:
             self._prompts.setdefault(prompt.key, prompt)
 
-    def add_call(
-        self, bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None
-    ) -> None:
-        with self._lock:
-            self._add(bot, prompts, call)
-
     def _add(self, bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None) -> None:
         self._bots.setdefault(bot.hash, bot)
         for prompt in prompts:
@@ -118,7 +112,7 @@ class RunContext(_Collected):
         #: Frozen into its record: a call that comes now is not part of it.
         self.finished = False
 
-    def add_live_call(
+    def add_call(
         self, bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None
     ) -> bool:
         """Add a call unless the run has finished; whether it was added."""
@@ -258,9 +252,18 @@ class _OrphanLog(_Collected):
         super().__init__()
         self._late: list[str] = []
 
-    def add_late(self, test: str) -> None:
+    def add_call(
+        self,
+        bot: BotRecord,
+        prompts: list[PromptRecord],
+        call: CallRecord | None,
+        late: str | None = None,
+    ) -> None:
+        """Add a call; ``late`` names the test whose run it came after."""
         with self._lock:
-            self._late.append(test)
+            self._add(bot, prompts, call)
+            if late is not None and call is not None:
+                self._late.append(late)
 
     def drain(self) -> Recording | None:
         with self._lock:
@@ -378,12 +381,10 @@ def record_call(bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | 
     for) is logged outside any run, with the test it came from, for a warning.
     """
     run = current_run()
-    if run is not None and run.add_live_call(bot, prompts, call):
+    if run is not None and run.add_call(bot, prompts, call):
         return
     late = _label(run) if run is not None else _outlived.get(threading.current_thread())
-    _orphans.add_call(bot, prompts, call)
-    if late is not None and call is not None:
-        _orphans.add_late(late)
+    _orphans.add_call(bot, prompts, call, late)
     if not PROCESS.settings.buffer_orphans:
         recording = _orphans.drain()
         if recording is not None:
