@@ -18,6 +18,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Responder = Callable[[dict[str, Any]], str]
+# What OpenAI answers past a rate limit (with a Retry-After header).
+RATE_LIMITED = (
+    '{"error": {"message": "Rate limit reached", "type": "requests", '
+    '"code": "rate_limit_exceeded"}}'
+)
 # What llama-cpp-python 0.3.36's server answers to response_format={"type": "json_schema"}.
 LLAMA_CPP_REFUSAL = json.dumps(
     {
@@ -100,6 +105,15 @@ class FakeLLM:
         #: When each request arrived (time.monotonic()).
         self.times: list[float] = []
         self._failures: deque[Failure] = deque()
+        #: Requests being answered now, and the most there ever were at once.
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        #: Admit this many requests a second; answer the others 429 with Retry-After.
+        self.admit_per_second: float | None = None
+        self.retry_after = "1"
+        #: Requests answered 429 because of admit_per_second.
+        self.throttled = 0
+        self._admitted: deque[float] = deque()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -121,6 +135,10 @@ class FakeLLM:
             self.paths.clear()
             self.times.clear()
             self._failures.clear()
+            self.in_flight = self.peak_in_flight = self.throttled = 0
+            self.admit_per_second = None
+            self.retry_after = "1"
+            self._admitted.clear()
 
     def fail_next(self, status: int, times: int = 1, **kwargs: Any) -> None:
         """Answer the next ``times`` requests with HTTP ``status``."""
@@ -156,6 +174,34 @@ class FakeLLM:
             responder, latency = self.responder, self.latency
             refuse = self.refuse_json_schema
             finish_reason = self.finish_reason
+            if failure is None and self.admit_per_second is not None:
+                while self._admitted and arrived - self._admitted[0] >= 1.0:
+                    self._admitted.popleft()
+                if len(self._admitted) >= self.admit_per_second:
+                    self.throttled += 1
+                    latency = 0.0  # refused at once
+                    failure = Failure(
+                        429, body=RATE_LIMITED, headers={"retry-after": self.retry_after}
+                    )
+                else:
+                    self._admitted.append(arrived)
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return self._answer(request, failure, responder, latency, refuse, finish_reason)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(
+        self,
+        request: dict[str, Any],
+        failure: Failure | None,
+        responder: Responder,
+        latency: float,
+        refuse: bool,
+        finish_reason: str,
+    ) -> tuple[int, str, dict[str, str]]:
         if latency:
             time.sleep(latency)
         if failure is not None:

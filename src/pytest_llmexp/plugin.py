@@ -81,6 +81,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         writer.close()
     for name in (
         "llmexp-relay",
+        "llmexp-inflight",
         "llmexp-reports",
         "llmexp-writer",
         "llmexp-xdist",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import pytest
 
-from .._util.defaults import check_experiment_name, check_num_executions
+from .._util.defaults import check_concurrency, check_experiment_name, check_num_executions
 from ..errors import ExperimentError
 from .keys import ITEM_KEY
 
@@ -29,10 +29,11 @@ __all__ = [
 
 EXEC_FIXTURE = "_llmexp_execution"
 MARKER_HELP = (
-    "experiment(num_executions=1, name=None, gates=()): run the test num_executions times as "
-    "an LLM experiment, each execution one recorded run; gates: e.g. ['name_length: mean >= 5']"
+    "experiment(num_executions=1, name=None, gates=(), concurrency=None): run the test "
+    "num_executions times as an LLM experiment, each execution one recorded run; gates: e.g. "
+    "['name_length: mean >= 5']; concurrency: executions in flight at once per process"
 )
-_KNOWN_ARGS = ("num_executions", "name", "gates")
+_KNOWN_ARGS = ("num_executions", "name", "gates", "concurrency")
 # An execution's parameter id, exec-N, possibly joined by "-" with the ids of other parameters.
 _EXECUTION_ID = re.compile(r"\[(?:[^\]]*-)?exec-(\d+)(?:-[^\]]*)?\]$")
 
@@ -51,28 +52,40 @@ class ExperimentItem(NamedTuple):
     gates: tuple[str, ...] = ()
     #: The executions the code declares, when --llm-num-executions runs another number.
     declared_executions: int | None = None
+    #: ``concurrency=`` as the code declares it (``None``: not declared).
+    concurrency: int | None = None
 
 
 def experiment(
     num_executions: int | Callable[..., Any] = 1,
     name: str | None = None,
     gates: Any = None,
+    concurrency: int | None = None,
     **unknown: Any,
 ) -> Any:
     """Run the decorated test ``num_executions`` times as the experiment ``name``.
 
     The name defaults to the function's name without ``test_``. ``gates`` are thresholds on
     the experiment's aggregates that decide the session's verdict, e.g.
-    ``["name_length: mean >= 5", "pass_rate >= 0.9"]``. This is the same as
-    ``@pytest.mark.experiment(...)``; both are checked at collection.
+    ``["name_length: mean >= 5", "pass_rate >= 0.9"]``. ``concurrency`` keeps that many of
+    its executions in flight at once in each process (``--llm-concurrency`` overrides it).
+    This is the same as ``@pytest.mark.experiment(...)``; both are checked at collection.
     """
-    if callable(num_executions) and name is None and gates is None and not unknown:
+    if (
+        callable(num_executions)
+        and name is None
+        and gates is None
+        and concurrency is None
+        and not unknown
+    ):
         return pytest.mark.experiment(num_executions)  # bare @experiment
     kwargs: dict[str, Any] = {"num_executions": num_executions, **unknown}
     if name is not None:
         kwargs["name"] = name
     if gates is not None:
         kwargs["gates"] = gates
+    if concurrency is not None:
+        kwargs["concurrency"] = concurrency
     return pytest.mark.experiment(**kwargs)
 
 
@@ -82,6 +95,7 @@ class _Spec(NamedTuple):
     gates: tuple[str, ...]
     #: What the code declares, when --llm-num-executions runs another number.
     declared: int | None = None
+    concurrency: int | None = None
 
 
 def _spec(definition: pytest.Item | Any, override: int | None) -> _Spec | None:
@@ -118,11 +132,15 @@ def _mark_spec(mark: pytest.Mark, test: str, override: int | None) -> _Spec:
         gates = check_gates(mark.kwargs.get("gates", ()), source="code", where=where)
     except GateError as exc:
         raise ExperimentError(str(exc)) from None
+    concurrency = mark.kwargs.get("concurrency")
+    if concurrency is not None:
+        check_concurrency(concurrency, where)
     return _Spec(
         name,
         override if override is not None else count,
         tuple(g.text for g in gates),
         count if override is not None and override != count else None,
+        concurrency,
     )
 
 
@@ -221,6 +239,7 @@ def select_experiments(
             case_id=case_id(item.nodeid),
             gates=spec.gates,
             declared_executions=spec.declared,
+            concurrency=spec.concurrency,
         )
         functions.setdefault(name, set()).add(item.nodeid.split("[")[0])
     for name, tests in sorted(functions.items()):

@@ -30,6 +30,7 @@ __all__ = [
     "SETTINGS_KEY",
     "STARTED_KEY",
     "WHO_KEY",
+    "WORKERINPUT_DIST",
     "WORKERINPUT_ENDPOINT",
     "WORKERINPUT_SESSION",
     "WORKEROUTPUT_CALLS",
@@ -58,6 +59,8 @@ RUN_KEY: pytest.StashKey[RunState] = pytest.StashKey()
 # xdist: controller -> worker
 #: The session id, which names the workers' spool files.
 WORKERINPUT_SESSION = "llmexp_session"
+#: The controller's --dist mode (a worker's own option says "no").
+WORKERINPUT_DIST = "llmexp_dist"
 #: The embedded model's endpoint, started on the controller.
 WORKERINPUT_ENDPOINT = "llmexp_endpoint"
 

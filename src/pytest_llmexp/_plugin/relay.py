@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .._run.spend import SpendGuard
     from .._store.records import RunRecord
     from .._store.spool import Kind, Spool
+    from .inflight import InFlight
 
 __all__ = ["NOT_STARTED", "RunRelay", "RunState", "run_section"]
 
@@ -50,6 +51,8 @@ class RunState:
         self.error_message: str | None = None
         #: Why the plugin itself skipped the run (``SpendLimit``).
         self.skip_kind: str | None = None
+        #: Its body started before its item, with an earlier execution (runs in flight).
+        self.ahead = False
 
     def note(self, report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
         """Fold one phase's outcome into the run's status; the most severe one wins."""
@@ -171,6 +174,8 @@ class RunRelay:
         #: A usage error found during collection on an xdist worker, for the controller.
         self.usage_error: str | None = None
         self._stopping = False
+        #: Executions in flight (``--llm-concurrency``, async bodies), when any can be.
+        self.inflight: InFlight | None = None
         #: Prompt keys and bot hashes whose definitions a spooled run of this process carried.
         self._defined: set[tuple[str, str, str] | str] = set()
 
@@ -183,12 +188,32 @@ class RunRelay:
             return (yield)
         from .._run.recording import activate
 
-        state = item.stash[RUN_KEY] = _new_state(item, self.worker)
+        ahead = None if self.inflight is None else self.inflight.state_for(item)
+        state = item.stash[RUN_KEY] = ahead or _new_state(item, self.worker)
+        # One run at a time: threads the test starts record into it too. With runs in
+        # flight, each run is found through its own context only.
+        alone = self.inflight is None or self.inflight.concurrency(item) == 1
         try:
-            with activate(state.run, process_wide=True):
+            with activate(state.run, process_wide=alone):
                 return (yield)
         finally:
             del item.stash[RUN_KEY]
+
+    def state_of(self, item: pytest.Item) -> RunState:
+        """The run of the item going through its protocol now."""
+        return item.stash[RUN_KEY]
+
+    def new_state(self, item: pytest.Item) -> RunState:
+        """A run for an execution whose body starts ahead of its item."""
+        state = _new_state(item, self.worker)
+        state.ahead = True
+        return state
+
+    def refuses_new_run(self) -> str | None:
+        """Why no run may start now (the spool cannot be written, a spend cap), or ``None``."""
+        if self.spool.failure is not None:
+            return self.spool.failure
+        return None if self.spend is None else self.spend.reached()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -202,6 +227,8 @@ class RunRelay:
 
             state = item.stash[RUN_KEY] = _new_state(item, self.worker)
             switch(state.run)
+        if state.ahead:
+            return  # its body started with an earlier execution's call: it is going
         if self.spool.failure is not None:
             # Its result could be kept nowhere: it is not started (and not recorded).
             state.skip_kind = NOT_STARTED
@@ -310,6 +337,8 @@ class RunRelay:
 
     def finish(self, session: pytest.Session) -> None:
         """Called from the plugin's ``pytest_sessionfinish``, registered or not."""
+        if self.inflight is not None:
+            self.inflight.close()
         # On an xdist worker, calls made after the last test (session fixture teardown)
         # travel in workeroutput, which the controller reads when the worker goes down.
         workeroutput = getattr(session.config, "workeroutput", None)

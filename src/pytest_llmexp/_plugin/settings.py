@@ -15,8 +15,10 @@ from .._util.defaults import (
     DEFAULT_DB,
     DEFAULT_ERROR_BUDGET,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_RATE_LIMIT_WAIT,
     DEFAULT_STORAGE_LIMIT,
     DEFAULT_TIMEOUT,
+    MAX_CONCURRENCY,
     MAX_EXECUTIONS,
 )
 
@@ -68,6 +70,14 @@ class Settings(NamedTuple):
     #: Nothing runs (``--collect-only``, ``--setup-plan``, ``--setup-only``, ``--fixtures``…):
     #: no session, run, gate or report is stored or written.
     dry_run: bool = False
+    #: Executions of experiments in flight at once per process (``--llm-concurrency``);
+    #: ``None``: not set, each experiment's own ``concurrency=`` or 1.
+    concurrency: int | None = None
+    #: The session's requests and tokens per minute, per endpoint, for all its processes.
+    rpm: int | None = None
+    tpm: int | None = None
+    #: The longest a call waits out rate limits (429, 503 with Retry-After), in seconds.
+    rate_limit_wait: float = DEFAULT_RATE_LIMIT_WAIT
 
 
 N = TypeVar("N", int, float)
@@ -134,6 +144,32 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="N",
         help="spend guard: once the session used N tokens, skip the runs not yet started "
         "(ini: llm_max_tokens).",
+    )
+    group.addoption(
+        "--llm-concurrency",
+        metavar="K",
+        help="keep up to K executions of experiments in flight at once in each process "
+        "(serially K per session, under pytest-xdist K per worker); overrides each "
+        f"experiment's concurrency= (ini: llm_concurrency; default 1, at most {MAX_CONCURRENCY}).",
+    )
+    group.addoption(
+        "--llm-rpm",
+        metavar="N",
+        help="rate limit: at most N LLM requests a minute per endpoint, for all processes of "
+        "the session together (ini: llm_rpm).",
+    )
+    group.addoption(
+        "--llm-tpm",
+        metavar="N",
+        help="rate limit: at most N tokens a minute per endpoint, for all processes of the "
+        "session together (ini: llm_tpm).",
+    )
+    group.addoption(
+        "--llm-rate-limit-wait",
+        metavar="SECONDS",
+        help="the longest one call waits out rate limits (429, 503 with Retry-After) before "
+        "its run is an error (ini: llm_rate_limit_wait; default "
+        f"{DEFAULT_RATE_LIMIT_WAIT:g}).",
     )
     group.addoption(
         "--llm-max-stored-chars",
@@ -210,6 +246,13 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("llm_max_calls", "spend guard: the session's cap on LLM calls")
     parser.addini("llm_max_tokens", "spend guard: the session's cap on tokens")
     parser.addini("llm_max_stored_chars", "the longest message text stored")
+    parser.addini("llm_concurrency", "executions of experiments in flight per process (1)")
+    parser.addini("llm_rpm", "rate limit: LLM requests a minute per endpoint, whole session")
+    parser.addini("llm_tpm", "rate limit: tokens a minute per endpoint, whole session")
+    parser.addini(
+        "llm_rate_limit_wait",
+        f"the longest a call waits out rate limits, seconds ({DEFAULT_RATE_LIMIT_WAIT:g})",
+    )
 
 
 def _value(config: pytest.Config, name: str, *, ini: bool = True) -> tuple[str | None, str]:
@@ -310,6 +353,22 @@ def build_settings(config: pytest.Config) -> Settings:
     max_calls = _number(config, "llm_max_calls", int, lambda n: n >= 1, positive)
     max_tokens = _number(config, "llm_max_tokens", int, lambda n: n >= 1, positive)
     max_stored_chars = _number(config, "llm_max_stored_chars", int, lambda n: n >= 1, positive)
+    concurrency = _number(
+        config,
+        "llm_concurrency",
+        int,
+        lambda n: 1 <= n <= MAX_CONCURRENCY,
+        f"a whole number from 1 to {MAX_CONCURRENCY}, e.g. 16",
+    )
+    rpm = _number(config, "llm_rpm", int, lambda n: n >= 1, "a positive whole number, e.g. 500")
+    tpm = _number(config, "llm_tpm", int, lambda n: n >= 1, "a positive whole number, e.g. 200000")
+    rate_limit_wait = _number(
+        config,
+        "llm_rate_limit_wait",
+        float,
+        lambda t: 0 <= t < float("inf"),
+        "a number of seconds >= 0, e.g. 300",
+    )
 
     verdict = _verdict_options(config)
     if local is None and model is not None and verdict["cache"] != "replay":
@@ -334,6 +393,10 @@ def build_settings(config: pytest.Config) -> Settings:
         max_tokens=max_tokens,
         max_stored_chars=DEFAULT_STORAGE_LIMIT if max_stored_chars is None else max_stored_chars,
         dry_run=is_dry_run(config),
+        concurrency=concurrency,
+        rpm=rpm,
+        tpm=tpm,
+        rate_limit_wait=DEFAULT_RATE_LIMIT_WAIT if rate_limit_wait is None else rate_limit_wait,
     )
 
 

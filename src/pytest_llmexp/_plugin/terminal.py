@@ -131,6 +131,16 @@ def storage_lines(writer: Writer) -> list[tuple[str, str | None]]:
                 "yellow",
             )
         )
+    totals = writer.rate_totals
+    if totals is not None and (totals.waited or totals.throttled):
+        lines.append(
+            (
+                f"rate limits: the session's calls waited {totals.waited:.1f} s in all "
+                f"({totals.throttled} answer(s) were a rate limit, each waited out by every "
+                "process; see --llm-rpm, --llm-tpm)",
+                "yellow" if totals.throttled else None,
+            )
+        )
     if intake.late_calls:
         tests = sorted(set(intake.late_calls))
         lines.append(

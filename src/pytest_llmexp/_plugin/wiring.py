@@ -44,7 +44,8 @@ def process_settings(config: pytest.Config, workerinput: dict[str, Any] | None) 
     """What this process's runs and calls use: the endpoint (on a worker, the one the
     controller chose; with the embedded model, its server's), the record/replay mode, the
     storage cap, and calls outside runs kept for the writer instead of written here."""
-    from .._run.process import CacheSettings, ClientSettings, ProcessSettings
+    from .._run.process import CacheSettings, ClientSettings, ProcessSettings, RateLimits
+    from .._store.spool import rate_path
 
     settings = config.stash[SETTINGS_KEY]
     client = ClientSettings(
@@ -73,6 +74,12 @@ def process_settings(config: pytest.Config, workerinput: dict[str, Any] | None) 
         cache=cache,
         storage_limit=settings.max_stored_chars,
         buffer_orphans=True,
+        rate_limits=RateLimits(
+            ledger=rate_path(settings.db_path, config.stash[WHO_KEY][0]),
+            rpm=settings.rpm,
+            tpm=settings.tpm,
+            wait=settings.rate_limit_wait,
+        ),
     )
 
 
@@ -145,6 +152,22 @@ def start_local(config: pytest.Config, client: ClientSettings) -> ClientSettings
     return local.server.client_settings(timeout=timeout, max_retries=client.max_retries)
 
 
+def _in_flight(config: pytest.Config, items: list[pytest.Item]) -> bool:
+    """Whether an experiment here may keep executions in flight, or has an async body."""
+    from inspect import iscoroutinefunction
+
+    session_k = config.stash[SETTINGS_KEY].concurrency or 1
+    for item in items:
+        info = item.stash.get(ITEM_KEY, None)
+        if info is None:
+            continue
+        if session_k > 1 or (info.concurrency or 1) > 1:
+            return True
+        if iscoroutinefunction(getattr(item, "obj", None)):
+            return True
+    return False
+
+
 def register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Register the per-test hooks only where runs or calls can happen: this process has
     experiment items, or a test module imported the bots. A session without experiments
@@ -156,6 +179,12 @@ def register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None:
     manager = config.pluginmanager
     if not manager.hasplugin("llmexp-relay"):
         manager.register(make_relay(config), "llmexp-relay")
+    relay = make_relay(config)
+    if relay.inflight is None and _in_flight(config, items):
+        from .inflight import InFlight
+
+        relay.inflight = InFlight(relay, config)
+        manager.register(relay.inflight, "llmexp-inflight")
     writer = None if hasattr(config, "workerinput") else make_writer(config)
     if writer is not None and not manager.hasplugin("llmexp-reports"):
         from .intake import ReportHooks

@@ -22,6 +22,7 @@ from .intake import Intake
 from .keys import (
     ITEM_KEY,
     RELAY_KEY,
+    WORKERINPUT_DIST,
     WORKERINPUT_SESSION,
     WORKEROUTPUT_CALLS,
     WORKEROUTPUT_CALLS_SPOOLED,
@@ -30,6 +31,7 @@ from .keys import (
 )
 
 if TYPE_CHECKING:
+    from .._run.traffic import Totals
     from .._store.recovery import Ingested
     from .._store.store import Store
     from .._verdict.health import Health
@@ -78,6 +80,8 @@ class Writer:
         self.marked = False
         #: Spool files that could not be deleted once stored (a read-only directory).
         self.left_behind: list[Path] = []
+        #: Seconds the session's calls waited on rate limits, and the answers that were one.
+        self.rate_totals: Totals | None = None
 
     def _begun_store(self) -> Store:
         self.begin()
@@ -193,6 +197,11 @@ class Writer:
         # Each of these lines was read whole from the spool, which is kept: not lost.
         intake.kept = len(result.errors)
         intake.write_errors += result.errors
+        from .._run.traffic import read_totals
+        from .._store.spool import rate_path
+
+        # Read before the spool goes: what rate limits cost the session, all processes.
+        self.rate_totals = read_totals(rate_path(self.settings.db_path, self.session_id))
         if not result.errors:
             self.left_behind = remove_session_files(self.spool_dir, self.session_id, keep_lock=True)
 
@@ -312,6 +321,18 @@ class XdistHooks:
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[WORKERINPUT_SESSION] = self.writer.session_id
+        node.workerinput[WORKERINPUT_DIST] = str(node.config.getoption("dist", "no"))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        # With executions in flight, a worker may run ahead only within what it was handed:
+        # load scheduling hands executions out in flights of K (see _plugin.inflight).
+        concurrency = self.writer.settings.concurrency
+        if concurrency is None or concurrency == 1 or config.getoption("dist") != "load":
+            return None
+        from .inflight import make_flight_scheduling
+
+        return make_flight_scheduling(config, log, concurrency)
 
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         # Runs before any test is scheduled: the session row and lock exist before any run.

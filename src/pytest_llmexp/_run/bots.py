@@ -7,16 +7,19 @@ repeated executions of an experiment stay independent.
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._store.records import BotRecord, CallRecord, PromptRecord
 from .._util.clock import utcnow
+from .._util.defaults import MAX_CONCURRENCY
 from .._util.ids import new_id
 from .._util.jsontext import canonical, digest
 from .._util.redact import display_url, redact
 from ..errors import BotError, LLMCallError, StructuredOutputError, TruncatedReply
-from . import cache, endpoint
+from . import cache, endpoint, traffic
 from .calls import CallFailed, check_arguments, request_completion
 from .prompts import Message, MessageInput, MessageLike, to_messages
 from .recording import clip_messages, record_call
@@ -211,6 +214,7 @@ class _Bot:
             seed = request["seed"] = random.getrandbits(31)
         request.update(extra)
         timestamp = utcnow()
+        traffic.reset_waited()
         started = time.perf_counter()
         tags = [[m.prompt.function_name, m.prompt.hash] if m.prompt else None for m in messages]
         plan = cache.plan_call(bot, payload, tags, self.completion_kwargs)
@@ -226,7 +230,8 @@ class _Bot:
                     timestamp=timestamp,
                     model_name=bot.model_name,
                     temperature=self.temperature,
-                    latency_ms=(time.perf_counter() - started) * 1000,
+                    # The request's own time: waits on rate limits are not the endpoint's.
+                    latency_ms=(time.perf_counter() - started - traffic.waited()) * 1000,
                     messages=stored,
                     truncated=truncated,
                     cache_key=plan.key,
@@ -368,6 +373,26 @@ def _timeout_hint(current: endpoint.ClientSettings, request: dict[str, Any]) -> 
     return hint + ")"
 
 
+async def _off_loop(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` on a thread of the bots' pool, awaited: the event loop goes on
+    meanwhile, and the call is recorded in the awaiting task's run."""
+    global _pool
+    import asyncio
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _pool_lock:
+        if _pool is None:
+            # One thread per call in flight: a call waits on the network, not the CPU.
+            _pool = ThreadPoolExecutor(MAX_CONCURRENCY, thread_name_prefix="llmexp-acall")
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(_pool, context.run, function, *args)
+
+
+_pool: Any = None
+_pool_lock = threading.Lock()
+
+
 class SimpleBot(_Bot):
     """A chat bot: ``bot("question")`` returns the assistant's reply as a :class:`Message`."""
 
@@ -386,6 +411,13 @@ class SimpleBot(_Bot):
         # A bound the bot sets itself asks for the cut; the endpoint's default does not.
         cut_ok = bool(self.completion_kwargs.keys() & _LENGTH_ARGUMENTS)
         return Message(role="assistant", content=self._complete(conversation, cut_ok=cut_ok))
+
+    async def acall(self, *messages: MessageInput) -> Message:
+        """``await bot.acall("question")``: the same call as ``bot("question")``, recorded the
+        same way, for an ``async def`` test; the event loop goes on while it waits."""
+        __tracebackhide__ = True
+        reply: Message = await _off_loop(self.__call__, *messages)
+        return reply
 
 
 class StructuredBot(_Bot, Generic[ModelT]):
@@ -498,3 +530,10 @@ class StructuredBot(_Bot, Generic[ModelT]):
                     ),
                 ]
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def acall(self, *messages: MessageInput) -> ModelT:
+        """``await bot.acall(...)``: the same call as ``bot(...)``, recorded the same way,
+        for an ``async def`` test; the event loop goes on while it waits."""
+        __tracebackhide__ = True
+        reply: ModelT = await _off_loop(self.__call__, *messages)
+        return reply

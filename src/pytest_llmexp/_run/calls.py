@@ -25,7 +25,7 @@ from difflib import get_close_matches
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
-from .._util.redact import redact
+from .._util.redact import display_url, redact
 from ..errors import BotError
 
 if TYPE_CHECKING:
@@ -135,11 +135,48 @@ def request_completion(client: openai.OpenAI, max_retries: int, **request: Any) 
     options: Any = {}
     for name in _OPTIONS.keys() & request.keys():
         options[_OPTIONS[name]] = request.pop(name)
-    retries = 0
+    from .process import PROCESS
+    from .traffic import estimate_tokens, reset_waited, traffic
+
+    limits = PROCESS.settings.rate_limits
+    flow = traffic(limits)
+    where = display_url(str(client.base_url))
+    tokens = estimate_tokens(request) if limits.tpm is not None else 0
+    gate = flow.gate(where)
+    reset_waited()
+    budget = limits.wait
+    retries = throttled = 0
     while True:
+        ahead = flow.admit(where, tokens)
+        if ahead > 0:
+            time.sleep(ahead)
+            flow.note_wait(ahead)
         try:
-            text = client.post("/chat/completions", body=request, options=options, cast_to=str)
+            with gate.slot():
+                text = client.post("/chat/completions", body=request, options=options, cast_to=str)
         except openai.OpenAIError as exc:
+            limited = _rate_limited(exc, throttled)
+            if limited is not None:
+                throttled += 1
+                # A rate limit is waited out by every process of the session, and is not
+                # a retry; past the budget, the call fails as it always did.
+                gate.limited()
+                left = flow.pause(where, limited)
+                if left <= budget:
+                    time.sleep(left)
+                    flow.note_wait(left)
+                    budget -= left
+                    continue
+                message = redact(f"{type(exc).__name__}: {exc}") + (
+                    f" (rate limited: waited {limits.wait - budget:g} s; the next wait, "
+                    f"{left:g} s, is past --llm-rate-limit-wait {limits.wait:g})"
+                )
+                raise CallFailed(
+                    type(exc).__name__,
+                    message,
+                    retries=retries,
+                    status_code=getattr(exc, "status_code", None),
+                ) from None
             wait, why_not = _retry_wait(exc, retries)
             status = getattr(exc, "status_code", None)
             if wait is None or retries >= max_retries:
@@ -150,8 +187,9 @@ def request_completion(client: openai.OpenAI, max_retries: int, **request: Any) 
             time.sleep(wait)
             retries += 1
             continue
+        gate.answered()
         try:
-            return _reply(json.loads(text), retries)
+            reply = _reply(json.loads(text), retries)
         except _MALFORMED as exc:
             start = redact(text[:200])
             raise CallFailed(
@@ -160,6 +198,27 @@ def request_completion(client: openai.OpenAI, max_retries: int, **request: Any) 
                 f"({type(exc).__name__}: {redact(str(exc))[:200]}); body starts {start!r}",
                 retries=retries,
             ) from None
+        if limits.tpm is not None:
+            used = (reply.prompt_tokens or 0) + (reply.completion_tokens or 0)
+            flow.settle(where, tokens, used or None)
+        return reply
+
+
+def _rate_limited(exc: Exception, times: int) -> float | None:
+    """The seconds to pause for a rate limit (a 429, or a 503 that says when to come back),
+    or ``None`` if ``exc`` is not one."""
+    import openai
+
+    if not isinstance(exc, openai.APIStatusError):
+        return None
+    asked: float | None = retry_after(exc.response.headers)
+    if exc.status_code == 429:
+        if asked is not None:
+            return asked
+        return float(min(BACKOFF_CAP, BACKOFF_BASE * 2**times) * (1 - 0.25 * random.random()))
+    if exc.status_code == 503 and asked is not None:
+        return asked
+    return None
 
 
 def _reply(completion: Any, retries: int) -> Reply:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from .._util.defaults import (
     DEFAULT_MAX_RETRIES,
+    DEFAULT_RATE_LIMIT_WAIT,
     DEFAULT_STORAGE_LIMIT,
     DEFAULT_TIMEOUT,
     CacheMode,
@@ -31,6 +32,7 @@ __all__ = [
     "CacheSettings",
     "ClientSettings",
     "ProcessSettings",
+    "RateLimits",
     "StructuredOutput",
     "setup",
     "teardown",
@@ -76,6 +78,17 @@ class CacheSettings(NamedTuple):
     replay_of: str | None = None
 
 
+class RateLimits(NamedTuple):
+    """A session's rate limits, and the file its processes share them through (see
+    :mod:`.traffic`); with no file, a 429 is still waited out, by this process alone."""
+
+    ledger: Path | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    #: The longest one call waits out rate limits, in seconds.
+    wait: float = DEFAULT_RATE_LIMIT_WAIT
+
+
 class ProcessSettings(NamedTuple):
     """Everything process-wide, as one value."""
 
@@ -86,6 +99,7 @@ class ProcessSettings(NamedTuple):
     #: Calls made outside any run are kept until drained (under pytest they travel to the
     #: session's writer), instead of being written to the default database at once.
     buffer_orphans: bool = False
+    rate_limits: RateLimits = RateLimits()
 
 
 class _Closable(Protocol):

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunContext",
+    "abandon",
     "activate",
     "classify_exception",
     "clip_messages",
@@ -111,6 +112,12 @@ class RunContext(_Collected):
         self.replayed_from: str | None = None
         #: Frozen into its record: a call that comes now is not part of it.
         self.finished = False
+        #: When the body ended, if it ran ahead of its report (``--llm-concurrency``).
+        self._t_end: float | None = None
+
+    def body_ended(self) -> None:
+        """Note that the test body ended: the run's duration stops here, not at its report."""
+        self._t_end = time.perf_counter()
 
     def add_call(
         self, bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None
@@ -225,7 +232,7 @@ class RunContext(_Collected):
                 nodeid=self.nodeid,
                 worker=self.worker,
                 started_at=self.started_at,
-                duration_s=time.perf_counter() - self._t0,
+                duration_s=(self._t_end or time.perf_counter()) - self._t0,
                 status=status,  # type: ignore[arg-type]
                 error_type=error_type,
                 error_message=error_message,
@@ -295,6 +302,22 @@ def _write_orphans(recording: Recording) -> None:
     from .._store.store import default_store
 
     default_store().insert_recording(recording)
+
+
+def abandon(run: RunContext) -> None:
+    """Log the calls of a run that pytest will never report (the session stopped while it was
+    in flight) outside any run, with its test; calls it makes later go there too."""
+    from .._store.records import Recording
+
+    record = run.finish("skipped")
+    recording = Recording(prompts=record.prompts, bots=record.bots, calls=record.calls)
+    for call in recording.calls:
+        _orphans.add_call(
+            next((b for b in recording.bots if b.hash == call.bot_hash), recording.bots[0]),
+            recording.prompts,
+            call,
+            _label(run),
+        )
 
 
 def drain_orphans() -> Recording | None:

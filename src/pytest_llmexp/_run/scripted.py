@@ -13,9 +13,15 @@ from typing import Any
 
 from .._store.records import RunRecord
 from .._store.store import Store
-from .._util.defaults import DEFAULT_DB, check_experiment_name, check_num_executions
+from .._util.defaults import (
+    DEFAULT_DB,
+    DEFAULT_RATE_LIMIT_WAIT,
+    check_experiment_name,
+    check_num_executions,
+)
 from ..errors import ExperimentError
-from . import endpoint
+from . import endpoint, process
+from .process import PROCESS, RateLimits
 from .recording import RunContext, activate, classify_exception
 
 __all__ = ["Experiment"]
@@ -37,6 +43,10 @@ class Experiment:
         num_executions: int = 1,
         max_workers: int | None = None,
         db: str | os.PathLike[str] | None = None,
+        *,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        rate_limit_wait: float | None = None,
     ) -> None:
         self.name = check_experiment_name(name, "Experiment")
         self.num_executions = check_num_executions(num_executions, f"Experiment({name!r})")
@@ -48,6 +58,28 @@ class Experiment:
                 f"got {max_workers!r}"
             )
         self.max_workers = max_workers or min(num_executions, 16)
+        for option, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ExperimentError(
+                    f"Experiment({name!r}): {option} must be a positive int or None, got {value!r}"
+                )
+        if rate_limit_wait is not None and (
+            isinstance(rate_limit_wait, bool)
+            or not isinstance(rate_limit_wait, (int, float))
+            or not 0 <= rate_limit_wait < float("inf")
+        ):
+            raise ExperimentError(
+                f"Experiment({name!r}): rate_limit_wait must be a number of seconds >= 0, "
+                f"got {rate_limit_wait!r}"
+            )
+        #: Rate limits of its runs' calls, shared by its threads (see ``--llm-rpm``).
+        self.rate_limits = RateLimits(
+            rpm=rpm,
+            tpm=tpm,
+            wait=DEFAULT_RATE_LIMIT_WAIT if rate_limit_wait is None else float(rate_limit_wait),
+        )
         self.db_path = os.path.abspath(db or os.environ.get("LLMEXP_DB") or DEFAULT_DB)
         self.session_id: str | None = None
         self._store: Store | None = None
@@ -122,9 +154,14 @@ class Experiment:
             return record
 
         indices = range(first, first + self.num_executions)
-        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="llmexp") as pool:
-            futures = [pool.submit(contextvars.copy_context().run, one, i) for i in indices]
-            records = [f.result() for f in futures]
+        before = PROCESS.settings.rate_limits
+        process.update(rate_limits=self.rate_limits)
+        try:
+            with ThreadPoolExecutor(self.max_workers, thread_name_prefix="llmexp") as pool:
+                futures = [pool.submit(contextvars.copy_context().run, one, i) for i in indices]
+                records = [f.result() for f in futures]
+        finally:
+            process.update(rate_limits=before)
         errored = [r for r in records if r.status == "error"]
         if len(errored) == len(records):
             self._failed = True

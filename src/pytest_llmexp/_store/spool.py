@@ -38,6 +38,7 @@ __all__ = [
     "SpoolLine",
     "cassette_path",
     "iter_spool",
+    "rate_path",
     "remove_empty",
     "remove_session_files",
     "spool_dir",
@@ -47,7 +48,7 @@ __all__ = [
 
 Kind = Literal["run", "calls"]
 SpoolLine = tuple[Kind, dict[str, Any]]
-_SUFFIXES = (".lock", ".jsonl", ".spend", ".cassette", ".reserve")
+_SUFFIXES = (".lock", ".jsonl", ".spend", ".cassette", ".reserve", ".rate")
 #: Space set aside per process: a few runs' lines, or a session's last writes.
 RESERVE_BYTES = 64 * 1024
 #: The errors of a write that found no room: a full disk, a file-size limit, a quota.
@@ -57,6 +58,11 @@ _NO_ROOM = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
 def spool_dir(db_path: Path) -> Path:
     """The spool directory of a database (like SQLite's own ``-wal`` beside it)."""
     return db_path.with_name(db_path.name + "-spool")
+
+
+def rate_path(db_path: Path, session_id: str) -> Path:
+    """The session's rate-limit ledger (see :mod:`.._run.traffic`), deleted with its spool."""
+    return spool_dir(db_path) / f"{session_id}.rate"
 
 
 def cassette_path(db_path: Path, session_id: str) -> Path:

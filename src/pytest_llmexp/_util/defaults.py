@@ -11,10 +11,13 @@ __all__ = [
     "DEFAULT_DB",
     "DEFAULT_ERROR_BUDGET",
     "DEFAULT_MAX_RETRIES",
+    "DEFAULT_RATE_LIMIT_WAIT",
     "DEFAULT_STORAGE_LIMIT",
     "DEFAULT_TIMEOUT",
+    "MAX_CONCURRENCY",
     "MAX_EXECUTIONS",
     "CacheMode",
+    "check_concurrency",
     "check_experiment_name",
     "check_num_executions",
 ]
@@ -26,6 +29,11 @@ DEFAULT_ERROR_BUDGET = 0.1
 DEFAULT_DB = "message_log.db"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 2
+#: The longest one call waits out rate limits (429s, 503s with Retry-After), in seconds.
+DEFAULT_RATE_LIMIT_WAIT = 300.0
+#: The most executions in flight at once in one process: each holds a thread (or a task)
+#: and a connection; beyond this, add processes (``-n``).
+MAX_CONCURRENCY = 1024
 #: The longest message text stored; longer texts are cut and the call flagged ``truncated``.
 DEFAULT_STORAGE_LIMIT = 100_000
 #: ``--llm-cache`` modes.
@@ -49,6 +57,16 @@ def check_num_executions(value: object, where: str) -> int:
             f"{where}: num_executions={value} is more than {MAX_EXECUTIONS:,}, the most one "
             "experiment runs (each execution is a pytest item held in memory); split the work "
             "into cases or sessions"
+        )
+    return value
+
+
+def check_concurrency(value: object, where: str) -> int:
+    """``value`` if it is a usable number of executions in flight, else an error."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
+        raise ExperimentError(
+            f"{where}: concurrency must be a whole number from 1 to {MAX_CONCURRENCY}, got "
+            f"{value!r}; e.g. concurrency=16"
         )
     return value
 
