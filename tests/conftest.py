@@ -175,13 +175,14 @@ def inside_run(name: str = "unit", **client: Any) -> Iterator[Any]:
 @pytest.fixture(autouse=True)
 def _default_endpoint() -> Iterator[None]:
     """In-process tests start from the default endpoint settings, not from whatever this
-    outer session's own plugin chose (such as the local model, when no API key is set)."""
-    from pytest_llmexp._run import endpoint
+    outer session's own plugin chose (such as the local model, when no API key is set),
+    and with rate limits of their own, not the outer session's ledger."""
+    from pytest_llmexp._run import endpoint, process
 
-    outer = endpoint.settings()
-    endpoint.configure(endpoint.ClientSettings())
+    outer = process.PROCESS.settings
+    process.update(endpoint=endpoint.ClientSettings(), rate_limits=process.RateLimits())
     yield
-    endpoint.configure(outer)
+    process.update(endpoint=outer.endpoint, rate_limits=outer.rate_limits)
 
 
 @pytest.fixture(scope="session")

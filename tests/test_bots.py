@@ -118,7 +118,8 @@ def test_http_errors_become_llm_call_errors_and_are_recorded(
 
 
 def test_retries_are_counted(fake_llm: FakeLLM) -> None:
-    fake_llm.fail_next(503, headers={"retry-after-ms": "1"})
+    # A 502 is retried (a 429, or a 503 that says when to come back, is waited out instead).
+    fake_llm.fail_next(502, headers={"retry-after-ms": "1"})
     with inside_run("bots", timeout=5, max_retries=2) as context:
         assert SimpleBot(model_name="m")("hi").content == "Reply to: hi"
     assert context.finish("passed").calls[0].retries == 1

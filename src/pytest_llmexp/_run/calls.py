@@ -135,11 +135,10 @@ def request_completion(client: openai.OpenAI, max_retries: int, **request: Any) 
     options: Any = {}
     for name in _OPTIONS.keys() & request.keys():
         options[_OPTIONS[name]] = request.pop(name)
-    from .process import PROCESS
     from .traffic import estimate_tokens, reset_waited, traffic
 
-    limits = PROCESS.settings.rate_limits
-    flow = traffic(limits)
+    flow = traffic()
+    limits = flow.limits
     where = display_url(str(client.base_url))
     tokens = estimate_tokens(request) if limits.tpm is not None else 0
     gate = flow.gate(where)
@@ -148,9 +147,19 @@ def request_completion(client: openai.OpenAI, max_retries: int, **request: Any) 
     retries = throttled = 0
     while True:
         ahead = flow.admit(where, tokens)
+        if ahead > budget:
+            raise CallFailed(
+                "RateLimitError",
+                f"RateLimitError: {where} may be called again in {ahead:.1f} s (a rate limit "
+                f"the session met, or --llm-rpm/--llm-tpm), past what one call waits "
+                f"(--llm-rate-limit-wait {limits.wait:g}); not sent",
+                retries=retries,
+                status_code=429,
+            )
         if ahead > 0:
             time.sleep(ahead)
             flow.note_wait(ahead)
+            budget -= ahead
         try:
             with gate.slot():
                 text = client.post("/chat/completions", body=request, options=options, cast_to=str)
@@ -168,8 +177,8 @@ def request_completion(client: openai.OpenAI, max_retries: int, **request: Any) 
                     budget -= left
                     continue
                 message = redact(f"{type(exc).__name__}: {exc}") + (
-                    f" (rate limited: waited {limits.wait - budget:g} s; the next wait, "
-                    f"{left:g} s, is past --llm-rate-limit-wait {limits.wait:g})"
+                    f" (rate limited: waited {limits.wait - budget:.1f} s; {left:.1f} s more "
+                    f"would pass --llm-rate-limit-wait {limits.wait:g})"
                 )
                 raise CallFailed(
                     type(exc).__name__,

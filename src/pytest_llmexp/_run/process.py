@@ -116,11 +116,16 @@ class _Process:
         self.json_object_endpoints: set[str | None] = set()
         #: The session's cassette, opened on the first call that looks a reply up.
         self.cassette: _Closable | None = None
+        #: What this process knows of rate limits (see :mod:`.traffic`), made on first call.
+        self.traffic: Any = None
 
     def install(self, new: ProcessSettings, *, endpoint: bool = True, cache: bool = True) -> None:
-        """Make ``new`` the settings; forget what was learnt of the endpoint and close the
-        cassette, unless told that those parts did not change."""
+        """Make ``new`` the settings; forget what was learnt of the endpoint (and of its rate
+        limits) and close the cassette, unless told that those parts did not change."""
         with self.lock:
+            if endpoint or new.rate_limits != self.settings.rate_limits:
+                # A pause or a budget learnt of one endpoint is not another's.
+                self.traffic = None
             self.settings = new
             if endpoint:
                 self.json_object_endpoints.clear()

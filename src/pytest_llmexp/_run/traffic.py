@@ -242,14 +242,13 @@ def read_totals(path: Path) -> Totals:
     return Totals(float(state.get("waited", 0.0)), int(state.get("throttled", 0)))
 
 
-_traffic: Traffic | None = None
-_traffic_lock = threading.Lock()
+def traffic() -> Traffic:
+    """The process's traffic under its current rate limits, made on first call (and again
+    once the endpoint or the limits change: see ``process._Process.install``)."""
+    from .process import PROCESS
 
-
-def traffic(limits: Limits) -> Traffic:
-    """The process's traffic for ``limits`` (made again when the limits change)."""
-    global _traffic
-    with _traffic_lock:
-        if _traffic is None or _traffic.limits != limits:
-            _traffic = Traffic(limits)
-        return _traffic
+    with PROCESS.lock:
+        current: Traffic | None = PROCESS.traffic
+        if current is None:
+            current = PROCESS.traffic = Traffic(PROCESS.settings.rate_limits)
+        return current
