@@ -1,12 +1,13 @@
-"""All four benchmarks, then one table of what they measured against their targets.
+"""All five benchmarks, then one table of what they measured against their targets.
 
     python bench/run.py [--repeats N]   (N overrides every benchmark's own default)
 
-Takes about ten minutes on two cores; each benchmark script also runs on its own.
+Takes about twenty minutes on two cores; each benchmark script also runs on its own.
 """
 
 from __future__ import annotations
 
+import bench_flight
 import bench_idle
 import bench_parallel
 import bench_runs
@@ -16,7 +17,7 @@ from harness import Result
 
 def main() -> int:
     results: list[Result] = []
-    for bench in (bench_idle, bench_runs, bench_parallel, bench_scale):
+    for bench in (bench_idle, bench_runs, bench_parallel, bench_flight, bench_scale):
         results += bench.main()
     print("\n## Summary\n")
     print("| benchmark | measured | target | |")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -78,7 +77,8 @@ def test_k_1_is_one_at_a_time(
     pytester.makepyfile(test_namer=namer(asynchronous=True))
     run = run_session()
     run.result.assert_outcomes(passed=8)
-    assert fake_llm.peak_in_flight == (1 if mode == "serial" else 2)
+    # One at a time in each process: under -n 2, two processes.
+    assert 1 <= fake_llm.peak_in_flight <= (1 if mode == "serial" else 2)
     assert {r["calls"] for r in _runs(run)} == {1}
 
 
@@ -143,7 +143,8 @@ def test_a_rate_limit_is_waited_out_by_the_whole_session(
     runs = run.db.rows("select retries, latency_ms from message_log where error is null")
     assert len(runs) == 8 and {r["retries"] for r in runs} == {0}
     assert max(r["latency_ms"] for r in runs) < 900
-    assert "rate limits: the session's calls waited" in run.output
+    health = json.loads(run.db.one("select health from sessions"))
+    assert health["rate_limited"] == fake_llm.throttled and health["rate_limit_wait_s"] > 0
 
 
 def test_a_rate_limit_past_the_wait_budget_is_an_error(
@@ -170,19 +171,34 @@ def test_rpm_paces_every_process_of_the_session(
     assert min(gaps) > 0.2, gaps
 
 
-@pytest.mark.parametrize("mode", ["serial"])
-def test_anyio_owns_a_test_it_marks(
-    run_session, pytester: pytest.Pytester, fake_llm: FakeLLM, mode: str
+@pytest.mark.parametrize(
+    ("mark", "options"),
+    [
+        ("@pytest.mark.anyio", ()),
+        ("@pytest.mark.asyncio", ()),
+        ("", ("-o", "asyncio_mode=auto")),  # pytest-asyncio claims every async test
+    ],
+    ids=["anyio", "asyncio", "asyncio-auto"],
+)
+def test_a_plugin_that_claims_an_async_test_owns_it(
+    run_session,
+    pytester: pytest.Pytester,
+    fake_llm: FakeLLM,
+    mode: str,
+    mark: str,
+    options: tuple[str, ...],
 ) -> None:
-    pytest.importorskip("anyio", reason="anyio's pytest plugin is not installed")
+    fake_llm.latency = 0.1
     source = namer(asynchronous=True, extra=", concurrency=4").replace(
-        "@experiment", "import pytest\n\n@pytest.mark.anyio\n@experiment"
+        "@experiment", f"import pytest\n\n{mark}\n@experiment"
     )
     pytester.makepyfile(test_namer=source)
-    run = run_session()
+    run = run_session(*options)
     run.result.assert_outcomes(passed=8)
-    assert {r["calls"] for r in _runs(run)} == {1}
-    assert fake_llm.peak_in_flight == 1
+    runs = _runs(run)
+    assert {r["status"] for r in runs} == {"passed"} and {r["calls"] for r in runs} == {1}
+    # It runs the body on its own loop, one execution at a time in each process.
+    assert fake_llm.peak_in_flight <= (1 if mode == "serial" else 2)
 
 
 # -- the rate-limit ledger, in milliseconds -----------------------------------------------------
@@ -224,7 +240,3 @@ def test_the_gate_halves_on_a_rate_limit_and_grows_back() -> None:
     assert gate.limit == 2
     gate.answered()
     assert gate.limit == 3
-    start = time.monotonic()
-    with gate.slot(), gate.slot(), gate.slot():
-        pass
-    assert time.monotonic() - start < 1

@@ -43,7 +43,7 @@ _WHOLE = 1 << 62
 #: ones run, and only a flight's last K wait on each other.
 FLIGHT_FACTOR = 4
 #: xdist modes that keep a flight's executions on one worker, in order (``load`` with
-#: :class:`FlightScheduling`; the others hand out whole modules, or everything).
+#: :func:`make_flight_scheduling`; the others hand out whole modules, or everything).
 FLIGHT_DIST_MODES = ("no", "load", "loadscope", "loadfile", "each")
 
 
@@ -78,6 +78,8 @@ class InFlight:
         #: Function-scoped fixtures set up for the item in setup now, by name.
         self._function_fixtures: dict[str, set[str]] = {}
         self._said: set[str] = set()
+        #: Tests (node ids without parameters) that run one at a time for a fixture they use.
+        self._alone: set[str] = set()
         #: The group (flight, or case) being run ahead, and the index of its next candidate.
         self._group = ""
         self._next = 0
@@ -95,6 +97,8 @@ class InFlight:
         if info is None:
             return 1
         k = self.settings.concurrency or info.concurrency or 1
+        if k > 1 and (item.nodeid.split("[", 1)[0] in self._alone or _claimed(item)):
+            return 1
         if k > 1 and self.dist not in FLIGHT_DIST_MODES:
             self._say(
                 item,
@@ -168,10 +172,10 @@ class InFlight:
         __tracebackhide__ = True
         from .._run.flight import is_async
 
+        if _claimed(item):
+            return None  # pytest-asyncio or anyio runs it, on its own loop, one at a time
         function = item.obj
         asynchronous = is_async(function)
-        if asynchronous and _claimed(item):
-            return None  # pytest-asyncio or anyio runs it, on its own loop, one at a time
         k = self.concurrency(item)
         ahead = self._ahead.pop(item.nodeid, None)
         if ahead is None and k > 1:
@@ -215,6 +219,7 @@ class InFlight:
                 f"{why}; make the fixture(s) module- or session-scoped, or drop concurrency="
             )
         self._say(item, f"{info.name}: executions run one at a time: {why}")
+        self._alone.add(item.nodeid.split("[", 1)[0])
         return 1
 
     def _start(self, item: pytest.Item, template: pytest.Item) -> _Ahead:
@@ -261,10 +266,10 @@ class InFlight:
         ``--maxfail``, an interrupt) are not stored as runs; their calls are logged."""
         from .._run.recording import abandon
 
-        # Their calls are bounded by the request timeout: wait for them, so that what they
-        # cost is stored (a second Ctrl-C ends the wait).
+        # Their calls are bounded by the request timeout: wait that long for them, so that
+        # what they cost is stored (a second Ctrl-C ends the wait).
         concurrent.futures.wait(
-            [a.future for a in self._ahead.values()], timeout=self.settings.timeout * 2
+            [a.future for a in self._ahead.values()], timeout=self.settings.timeout
         )
         for ahead in self._ahead.values():
             abandon(ahead.state.run)
@@ -280,7 +285,8 @@ def _changed(
 
 
 def _claimed(item: pytest.Item) -> bool:
-    """Whether pytest-asyncio or anyio runs this async test (its mark is on it)."""
+    """Whether pytest-asyncio or anyio runs this test (its mark is on it; pytest-asyncio's
+    auto mode marks every async test), on an event loop of its own: one at a time."""
     return any(item.get_closest_marker(name) is not None for name in ("asyncio", "anyio"))
 
 

@@ -177,9 +177,9 @@ def register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not any(ITEM_KEY in item.stash for item in items) and BOTS_MODULE not in sys.modules:
         return
     manager = config.pluginmanager
-    if not manager.hasplugin("llmexp-relay"):
-        manager.register(make_relay(config), "llmexp-relay")
     relay = make_relay(config)
+    if not manager.hasplugin("llmexp-relay"):
+        manager.register(relay, "llmexp-relay")
     if relay.inflight is None and _in_flight(config, items):
         from .inflight import InFlight
 

@@ -254,6 +254,9 @@ class Writer:
             self.summaries = self.store.summaries(self.session_id)
             self.health = judge(self.store, self.session_id, self.summaries, self.settings)
             self.health.lost = intake.unstored
+            if self.rate_totals is not None:
+                self.health.rate_limit_wait_s = round(self.rate_totals.waited, 3)
+                self.health.rate_limited = self.rate_totals.throttled
             if self.health.failed and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
             self.conclusion.judge(

@@ -213,6 +213,11 @@ def request_completion(client: openai.OpenAI, max_retries: int, **request: Any) 
         return reply
 
 
+def _backoff(tries: int) -> float:
+    """An exponential backoff after ``tries`` earlier waits, with jitter."""
+    return float(min(BACKOFF_CAP, BACKOFF_BASE * 2**tries) * (1 - 0.25 * random.random()))
+
+
 def _rate_limited(exc: Exception, times: int) -> float | None:
     """The seconds to pause for a rate limit (a 429, or a 503 that says when to come back),
     or ``None`` if ``exc`` is not one."""
@@ -224,7 +229,7 @@ def _rate_limited(exc: Exception, times: int) -> float | None:
     if exc.status_code == 429:
         if asked is not None:
             return asked
-        return float(min(BACKOFF_CAP, BACKOFF_BASE * 2**times) * (1 - 0.25 * random.random()))
+        return _backoff(times)
     if exc.status_code == 503 and asked is not None:
         return asked
     return None
@@ -270,7 +275,7 @@ def _retry_wait(exc: Exception, retries: int) -> tuple[float | None, str | None]
     """How long to wait before retrying ``exc`` (``None``: do not retry), and why not."""
     import openai
 
-    backoff = min(BACKOFF_CAP, BACKOFF_BASE * 2**retries) * (1 - 0.25 * random.random())
+    backoff = _backoff(retries)
     if isinstance(exc, openai.APIConnectionError):  # timeouts included
         return backoff, None
     if not isinstance(exc, openai.APIStatusError):

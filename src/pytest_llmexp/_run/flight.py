@@ -1,5 +1,5 @@
-"""Bodies of runs off the calling thread: sync ones each on a thread, async ones as tasks of
-one event loop per process; each in its own run's context.
+"""Bodies of runs off the calling thread: sync ones on threads (kept for the next body),
+async ones as tasks of one event loop per process; each in its own run's context.
 
 The plugin keeps several executions in flight with it (``--llm-concurrency``); an async test
 body runs here at any concurrency, so that no other plugin is needed for it. Stdlib only.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import queue
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
@@ -34,6 +35,10 @@ class Runner:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Bodies waiting for a thread, and the threads waiting for a body.
+        self._tasks: queue.SimpleQueue[tuple[contextvars.Context, Callable[[], None]] | None]
+        self._tasks = queue.SimpleQueue()
+        self._idle = 0
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -65,15 +70,34 @@ class Runner:
             else:
                 future.set_result(result)
 
-        threading.Thread(
-            target=context.run, args=(body,), name=f"llmexp-run-{run.execution_index}", daemon=True
-        ).start()
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                # A daemon: an interrupted session does not wait for the bodies still going.
+                threading.Thread(target=self._work, name="llmexp-run", daemon=True).start()
+        self._tasks.put((context, body))
         return future
 
+    def _work(self) -> None:
+        """A thread that runs bodies one after the other, kept for the next one."""
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            context, body = task
+            context.run(body)
+            with self._lock:
+                self._idle += 1
+
     def close(self) -> None:
-        """Stop the event loop (its tasks still pending are dropped with it)."""
+        """Stop the event loop (its tasks still pending are dropped with it) and the idle
+        threads."""
         with self._lock:
             loop, self._loop = self._loop, None
+            threads, self._idle = self._idle, 0
+        for _ in range(threads):
+            self._tasks.put(None)
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)
 

@@ -55,6 +55,10 @@ class Health:
     spend_skipped: int = 0
     #: Results that could not be stored.
     lost: int = 0
+    #: Seconds the session's calls waited on rate limits (all processes), and the answers
+    #: that were a rate limit (429, 503 with Retry-After).
+    rate_limit_wait_s: float = 0.0
+    rate_limited: int = 0
 
     @property
     def failed(self) -> bool:
