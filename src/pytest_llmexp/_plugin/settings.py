@@ -123,8 +123,8 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--llm-max-retries",
         metavar="N",
-        help="retries of a failed LLM request, with backoff (ini: llm_max_retries; "
-        f"default: {DEFAULT_MAX_RETRIES}).",
+        help="retries of a failed LLM request, with backoff; a rate limit is waited out "
+        f"instead (ini: llm_max_retries; default: {DEFAULT_MAX_RETRIES}).",
     )
     group.addoption(
         "--llm-error-budget",

@@ -3,7 +3,8 @@
 The ``openai`` client is built with ``max_retries=0``: this module retries instead, so every
 call's retries are known exactly, failed calls included. A retry waits the endpoint's
 ``Retry-After`` (or ``retry-after-ms``) when it gives one, else an exponential backoff with
-jitter.
+jitter. A rate limit (a 429, or a 503 with ``Retry-After``) is not a retry: it is waited out
+by every process of the session (see :mod:`.traffic`), up to ``--llm-rate-limit-wait``.
 
 The request goes through the client's documented ``post`` (its base URL, credentials,
 headers, timeout and typed errors) rather than ``chat.completions.create``, and the reply is
