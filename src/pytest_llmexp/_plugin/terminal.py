@@ -133,11 +133,14 @@ def storage_lines(writer: Writer) -> list[tuple[str, str | None]]:
         )
     totals = writer.rate_totals
     if totals is not None and (totals.waited or totals.throttled):
+        why = (
+            f"{totals.throttled} answer(s) were a rate limit, each waited out by every process"
+            if totals.throttled
+            else "paced by --llm-rpm/--llm-tpm"
+        )
         lines.append(
             (
-                f"rate limits: the session's calls waited {totals.waited:.1f} s in all "
-                f"({totals.throttled} answer(s) were a rate limit, each waited out by every "
-                "process; see --llm-rpm, --llm-tpm)",
+                f"rate limits: the session's calls waited {totals.waited:.1f} s in all ({why})",
                 "yellow" if totals.throttled else None,
             )
         )
