@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 from harness import (
     Result,
@@ -35,15 +36,11 @@ from workloads import experiment
 LATENCY = 1.0
 
 
-def _errored(db_dir: object) -> int:
-    from pathlib import Path
-
-    with sqlite3.connect(Path(str(db_dir)) / "bench.db") as db:
-        return int(
-            db.execute("select count(*) from experiment_runs where status != 'passed'").fetchone()[
-                0
-            ]
-        )
+def _not_passed(where: Path) -> int:
+    """Runs of the last measured session (``where/bench.db``) that did not pass."""
+    with sqlite3.connect(where / "bench.db") as db:
+        (count,) = db.execute("select count(*) from experiment_runs where status != 'passed'")
+        return int(count[0])
 
 
 def main() -> list[Result]:
@@ -129,7 +126,7 @@ def main() -> list[Result]:
                     where, empty, env, "-n", "2", "--llm-concurrency=16", *extra
                 )
                 throttled.append(server.throttled)
-                bad = _errored(where)
+                bad = _not_passed(where)
                 if bad:
                     raise SystemExit(f"{bad} run(s) did not pass under a rate limit")
                 return sample
