@@ -1,9 +1,11 @@
-"""A fake OpenAI-compatible chat completions server on 127.0.0.1, for tests.
+"""A fake OpenAI-compatible server on 127.0.0.1 (chat completions and responses), for tests.
 
 It speaks real HTTP so that the real ``openai`` client is exercised. Replies are
 deterministic: a JSON-schema request gets an instance generated from the schema, any other
-request gets ``"Reply to: <last user message>"``. Tests can script replies (``responder``),
-inject errors (``fail_next``) and latency, and read what was requested (``requests``).
+request gets ``"Reply to: <last user message>"``. Tests can script replies (``responder``:
+a text, or an assistant message with ``tool_calls``), inject errors (``fail_next``) and
+latency, and read what was requested (``requests``). ``stream: true`` is answered with
+server-sent events, as OpenAI sends them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-Responder = Callable[[dict[str, Any]], str]
+#: A reply's text, or an assistant message (``content``, ``tool_calls``, ``refusal``).
+Responder = Callable[[dict[str, Any]], str | dict[str, Any]]
 # What OpenAI answers past a rate limit (with a Retry-After header).
 RATE_LIMITED = (
     '{"error": {"message": "Rate limit reached", "type": "requests", '
@@ -81,8 +84,23 @@ def default_reply(request: dict[str, Any]) -> str:
         return json.dumps(instance_from_schema(fmt["json_schema"]["schema"]))
     if fmt.get("type") == "json_object" and "schema" in fmt:
         return json.dumps(instance_from_schema(fmt["schema"]))
-    users = [m["content"] for m in request["messages"] if m["role"] == "user"]
+    users = [m.get("content") for m in _messages(request) if m.get("role") == "user"]
     return f"Reply to: {users[-1] if users else ''}"
+
+
+def _messages(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chat request's messages; a responses request's instructions and input as messages."""
+    if "messages" in request:
+        return list(request["messages"])
+    messages = []
+    if request.get("instructions"):
+        messages.append({"role": "system", "content": request["instructions"]})
+    given = request.get("input")
+    if isinstance(given, str):
+        messages.append({"role": "user", "content": given})
+    elif isinstance(given, list):
+        messages += [m for m in given if isinstance(m, dict) and "role" in m]
+    return messages
 
 
 class FakeLLM:
@@ -161,7 +179,8 @@ class FakeLLM:
     def _handle(
         self, path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, str, dict[str, str]]:
-        if not path.split("?")[0].rstrip("/").endswith("/chat/completions"):
+        route = path.split("?")[0].rstrip("/")
+        if not route.endswith(("/chat/completions", "/responses")):
             return 404, '{"error": {"message": "not found"}}', {}
         arrived = time.monotonic()
         request = json.loads(body)
@@ -208,8 +227,17 @@ class FakeLLM:
             return failure.status, failure.body, failure.headers
         if refuse and (request.get("response_format") or {}).get("type") == "json_schema":
             return 500, LLAMA_CPP_REFUSAL, {}
-        content = responder(request)
-        prompt_words = sum(len(str(m.get("content", "")).split()) for m in request["messages"])
+        answer = responder(request)
+        message = {"content": answer} if isinstance(answer, str) else dict(answer)
+        content = message.get("content")
+        words = len((content or "").split())
+        prompt_words = sum(len(str(m.get("content", "")).split()) for m in _messages(request))
+        if message.get("tool_calls"):
+            finish_reason = "tool_calls"
+        if "messages" not in request:
+            return _response_reply(request, message, prompt_words, words, len(self.requests))
+        if request.get("stream"):
+            return _chat_stream(request, message, prompt_words, words, finish_reason)
         reply = {
             "id": f"chatcmpl-{len(self.requests)}",
             "object": "chat.completion",
@@ -218,17 +246,150 @@ class FakeLLM:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": content},
+                    "message": {"role": "assistant", **message},
                     "finish_reason": finish_reason,
                 }
             ],
             "usage": {
                 "prompt_tokens": prompt_words,
-                "completion_tokens": len(content.split()),
-                "total_tokens": prompt_words + len(content.split()),
+                "completion_tokens": words,
+                "total_tokens": prompt_words + words,
             },
         }
         return 200, json.dumps(reply), {}
+
+
+_SSE = {"content-type": "text/event-stream"}
+
+
+def _events(events: list[Any]) -> str:
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+def _chat_stream(
+    request: dict[str, Any], message: dict[str, Any], prompt: int, words: int, finish: str
+) -> tuple[int, str, dict[str, str]]:
+    """A chat completion as OpenAI streams it: the text word by word, tool calls in two
+    pieces each, the finish reason, and the usage when ``stream_options`` asks for it."""
+    base = {"id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": 0}
+    base["model"] = request["model"]
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return {**base, "choices": [choice]}
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    text = message.get("content") or ""
+    pieces = text.split(" ")
+    events += [chunk({"content": p if i == 0 else " " + p}) for i, p in enumerate(pieces) if text]
+    for index, call in enumerate(message.get("tool_calls") or []):
+        arguments = call["function"]["arguments"]
+        half = len(arguments) // 2
+        head = {"index": index, "id": call["id"], "type": "function"}
+        head["function"] = {"name": call["function"]["name"], "arguments": arguments[:half]}
+        events.append(chunk({"tool_calls": [head]}))
+        tail = {"index": index, "function": {"arguments": arguments[half:]}}
+        events.append(chunk({"tool_calls": [tail]}))
+    events.append(chunk({}, finish))
+    if (request.get("stream_options") or {}).get("include_usage"):
+        usage = {"prompt_tokens": prompt, "completion_tokens": words}
+        events.append({**base, "choices": [], "usage": {**usage, "total_tokens": prompt + words}})
+    return 200, _events(events), _SSE
+
+
+def _response_reply(
+    request: dict[str, Any], message: dict[str, Any], prompt: int, words: int, number: int
+) -> tuple[int, str, dict[str, str]]:
+    """A responses API reply: a message output item, and a function call item per tool call."""
+    output: list[dict[str, Any]] = []
+    if message.get("content") is not None:
+        part = {"type": "output_text", "text": message["content"], "annotations": []}
+        output.append(
+            {
+                "type": "message",
+                "id": f"msg_{number}",
+                "role": "assistant",
+                "status": "completed",
+                "content": [part],
+            }
+        )
+    for call in message.get("tool_calls") or []:
+        output.append(
+            {
+                "type": "function_call",
+                "id": f"fc_{call['id']}",
+                "call_id": call["id"],
+                "name": call["function"]["name"],
+                "arguments": call["function"]["arguments"],
+                "status": "completed",
+            }
+        )
+    reply = {
+        "id": f"resp_{number}",
+        "object": "response",
+        "created_at": 0,
+        "status": "completed",
+        "model": request["model"],
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "error": None,
+        "incomplete_details": None,
+        "instructions": request.get("instructions"),
+        "metadata": {},
+        "temperature": None,
+        "top_p": None,
+        "usage": {
+            "input_tokens": prompt,
+            "output_tokens": words,
+            "total_tokens": prompt + words,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
+    }
+    if not request.get("stream"):
+        return 200, json.dumps(reply), {}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": {**reply, "status": "in_progress", "output": []}}
+    ]
+    for index, item in enumerate(output):
+        if item["type"] != "message":
+            events.append(
+                {"type": "response.output_item.added", "output_index": index, "item": item}
+            )
+            events.append(
+                {"type": "response.output_item.done", "output_index": index, "item": item}
+            )
+            continue
+        where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+        empty = {"type": "output_text", "text": "", "annotations": []}
+        events.append(
+            {
+                "type": "response.output_item.added",
+                "output_index": index,
+                "item": {**item, "status": "in_progress", "content": []},
+            }
+        )
+        events.append({"type": "response.content_part.added", **where, "part": empty})
+        text = item["content"][0]["text"]
+        events += [
+            {
+                "type": "response.output_text.delta",
+                **where,
+                "delta": w if i == 0 else " " + w,
+                "logprobs": [],
+            }
+            for i, w in enumerate(text.split(" ") if text else [])
+        ]
+        events.append({"type": "response.output_text.done", **where, "text": text, "logprobs": []})
+        events.append({"type": "response.content_part.done", **where, "part": item["content"][0]})
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    events.append({"type": "response.completed", "response": reply})
+    for number_, event in enumerate(events):
+        event["sequence_number"] = number_
+    body = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+    return 200, body, _SSE
 
 
 def _make_handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
@@ -244,7 +405,8 @@ def _make_handler(state: FakeLLM) -> type[BaseHTTPRequestHandler]:
             status, text, extra = state._handle(self.path, headers, body)
             data = text.encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            if "content-type" not in extra:
+                self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             for key, value in extra.items():
                 self.send_header(key, value)

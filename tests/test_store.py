@@ -83,6 +83,7 @@ SCHEMA = {
         "system_prompt",
         "response_schema",
         "params",
+        "kind",
     },
     "message_log": {
         "id",
@@ -103,6 +104,8 @@ SCHEMA = {
         "request",
         "replayed_from",
         "seed",
+        "api",
+        "stream",
     },
     "llm_cache": {"key", "message_log_id", "recorded_at"},
     "metrics": {"run_id", "name", "value", "kind", "position"},
@@ -132,6 +135,7 @@ def test_a_new_database_has_every_table_and_column(tmp_path: Path) -> None:
         "m005_cluster_run_tables",
         "m006_normalize_run_data",
         "m007_add_seed_and_partial",
+        "m008_add_captured_calls",
     ]
 
 
@@ -140,7 +144,7 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     Store(path).close()
     Store(path).close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 7
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 8
 
 
 def test_the_per_run_tables_are_clustered_and_keep_their_rows(tmp_path: Path) -> None:
@@ -226,6 +230,28 @@ def test_run_data_loses_what_tables_hold_and_metrics_keep_their_order(tmp_path: 
         "gates": ["zeta:mean>0"],
         "metric_specs": {"zeta": {"min": 0}},
     }
+
+
+def test_calls_stored_before_captured_calls_existed_are_bot_calls(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from pytest_llmexp._store.migrations import migrations
+
+    path = tmp_path / "message_log.db"
+    with sqlite3.connect(path) as conn:
+        migrations.apply(Database(conn), stop_before="m008_add_captured_calls")
+        conn.execute(
+            "INSERT INTO bots (id, hash, class_name, model_name, params, created_at) "
+            "VALUES (1, 'h', 'SimpleBot', 'm', '{}', 't')"
+        )
+        conn.execute(
+            "INSERT INTO message_log (id, bot_id, timestamp, model_name, message_log) "
+            "VALUES ('c', 1, 't', 'm', '[]')"
+        )
+    Store(path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT kind FROM bots").fetchall() == [("bot",)]
+        assert conn.execute("SELECT api, stream FROM message_log").fetchall() == [(None, 0)]
 
 
 def test_the_fast_schema_check_knows_every_migration(tmp_path: Path) -> None:

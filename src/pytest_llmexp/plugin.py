@@ -94,6 +94,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     from ._run import process
 
     process.teardown()
+    capture = sys.modules.get("pytest_llmexp._run.capture")
+    if capture is not None:
+        capture.uninstall()
+    recording = sys.modules.get("pytest_llmexp._run.recording")
+    if recording is not None:
+        recording.stop_following_threads()
 
 
 @pytest.hookimpl(trylast=True)

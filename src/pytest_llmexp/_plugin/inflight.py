@@ -66,7 +66,10 @@ class InFlight:
 
     def __init__(self, relay: RunRelay, config: pytest.Config) -> None:
         from .._run.flight import Runner
+        from .._run.recording import follow_threads
 
+        # Runs in flight are not process-wide: threads their bodies start follow them.
+        follow_threads()
         self.relay = relay
         self.settings = config.stash[SETTINGS_KEY]
         workerinput = getattr(config, "workerinput", None)

@@ -8,6 +8,7 @@ controller, where the writer stores them. Calls made outside any run ride the sa
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Generator
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,20 @@ class RunState:
         if _SEVERITY[status] > _SEVERITY[self.status]:
             self.status, self.error_type = status, kind
             self.error_message = redact(message)[:_MAX_MESSAGE]
+
+
+def _infrastructure(report: pytest.TestReport, state: RunState) -> None:
+    """A run that met a failure of ours its code may have caught (a replay miss of a
+    captured call) is an error, and its test fails with that failure's message."""
+    from .._util.redact import redact
+
+    assert state.run.infrastructure is not None
+    kind, message = state.run.infrastructure
+    state.status, state.error_type = "error", kind
+    state.error_message = redact(message)[:_MAX_MESSAGE]
+    if report.passed:
+        report.outcome = "failed"
+        report.longrepr = f"pytest-llmexp: {kind}: {message}"
 
 
 #: What the failure report shows of each call: lines and characters of a message.
@@ -250,6 +265,8 @@ class RunRelay:
         report = yield
         state = item.stash.get(RUN_KEY, None)
         if state is not None:
+            if report.when == "call" and state.run.infrastructure is not None:
+                _infrastructure(report, state)
             state.note(report, call)
             if not report.passed or report.sections:
                 _mask(report)
@@ -322,7 +339,13 @@ class RunRelay:
         from ..errors import LLMCallError
 
         exc = call.excinfo.value
-        if not isinstance(exc, LLMCallError) or exc.status_code not in _AUTH:
+        client = sys.modules.get("openai")
+        # A bot's call, or the code's own openai client (a captured call), refused.
+        if not isinstance(exc, LLMCallError) and not (
+            client is not None and isinstance(exc, client.APIStatusError)
+        ):
+            return
+        if getattr(exc, "status_code", None) not in _AUTH:
             return
         from .._run.endpoint import endpoint_label
 
@@ -331,7 +354,8 @@ class RunRelay:
         # controller stops the other workers too.
         item.session.shouldfail = (
             f"pytest-llmexp: {endpoint_label()} refused the credentials "
-            f"({exc.status_code} {exc.error_type}); stopping the session instead of failing "
+            f"({exc.status_code} {getattr(exc, 'error_type', type(exc).__name__)}); stopping "
+            "the session instead of failing "
             "every run: check OPENAI_API_KEY and --llm-base-url"
         )
 

@@ -78,6 +78,8 @@ class Settings(NamedTuple):
     tpm: int | None = None
     #: The longest a call waits out rate limits (429, 503 with Retry-After), in seconds.
     rate_limit_wait: float = DEFAULT_RATE_LIMIT_WAIT
+    #: Record the code's own ``openai`` client calls (``--llm-capture``).
+    capture: bool = True
 
 
 N = TypeVar("N", int, float)
@@ -172,6 +174,12 @@ def add_options(parser: pytest.Parser) -> None:
         f"{DEFAULT_RATE_LIMIT_WAIT:g}).",
     )
     group.addoption(
+        "--llm-capture",
+        metavar="on|off",
+        help="record the calls the code under test makes through its own openai client "
+        "(OpenAI, AsyncOpenAI) in the run that made them (ini: llm_capture; default: on).",
+    )
+    group.addoption(
         "--llm-max-stored-chars",
         metavar="N",
         help="store at most N characters of each message, flagging the call truncated "
@@ -249,6 +257,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("llm_concurrency", "executions of experiments in flight per process (1)")
     parser.addini("llm_rpm", "rate limit: LLM requests a minute per endpoint, whole session")
     parser.addini("llm_tpm", "rate limit: tokens a minute per endpoint, whole session")
+    parser.addini("llm_capture", "record the code's own openai client calls: on or off (on)")
     parser.addini(
         "llm_rate_limit_wait",
         f"the longest a call waits out rate limits, seconds ({DEFAULT_RATE_LIMIT_WAIT:g})",
@@ -370,6 +379,10 @@ def build_settings(config: pytest.Config) -> Settings:
         "a number of seconds >= 0, e.g. 300",
     )
 
+    capture, where = _value(config, "llm_capture")
+    if capture is not None and capture.lower() not in _SWITCH:
+        raise _bad(where, capture, "on or off")
+
     verdict = _verdict_options(config)
     if local is None and model is not None and verdict["cache"] != "replay":
         from .localmodel import check_named_model
@@ -397,7 +410,12 @@ def build_settings(config: pytest.Config) -> Settings:
         rpm=rpm,
         tpm=tpm,
         rate_limit_wait=DEFAULT_RATE_LIMIT_WAIT if rate_limit_wait is None else rate_limit_wait,
+        capture=capture is None or _SWITCH[capture.lower()],
     )
+
+
+#: What ``--llm-capture`` takes, and what each means.
+_SWITCH = {"on": True, "off": False}
 
 
 #: pytest's options under which no test body runs (``--setup-plan`` implies ``setuponly``).

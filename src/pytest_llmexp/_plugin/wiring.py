@@ -80,6 +80,7 @@ def process_settings(config: pytest.Config, workerinput: dict[str, Any] | None) 
             tpm=settings.tpm,
             wait=settings.rate_limit_wait,
         ),
+        capture=settings.capture,
     )
 
 
@@ -176,6 +177,13 @@ def register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None:
         return  # --collect-only, --setup-plan...: no test body runs, nothing is recorded
     if not any(ITEM_KEY in item.stash for item in items) and BOTS_MODULE not in sys.modules:
         return
+    settings = config.stash[SETTINGS_KEY]
+    if settings.capture and any(ITEM_KEY in item.stash for item in items):
+        from .._run.capture import install
+
+        # The code's own openai clients, those made at import included, are captured
+        # from here on; pytest_unconfigure puts the transports back.
+        install()
     manager = config.pluginmanager
     relay = make_relay(config)
     if not manager.hasplugin("llmexp-relay"):

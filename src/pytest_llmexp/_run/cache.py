@@ -55,6 +55,8 @@ class Entry:
     prompt_tokens: int | None
     completion_tokens: int | None
     finish_reason: str | None
+    #: The recorded reply message whole (with its tool calls, for a captured call).
+    message: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +185,18 @@ class _Cassette:
             ).fetchone()
         if row is None:
             return None
-        content = json.loads(row[2])[-1].get("content")
-        return Entry(source, row[0], row[1], str(content), *row[3:])
+        message = json.loads(row[2])[-1]
+        return Entry(
+            source=source,
+            message_log_id=row[0],
+            run_id=row[1],
+            content=str(message.get("content")),
+            response_model=row[3],
+            prompt_tokens=row[4],
+            completion_tokens=row[5],
+            finish_reason=row[6],
+            message=message,
+        )
 
     def candidates(self, sources: list[Source], experiment: str) -> list[dict[str, Any]]:
         marks = ", ".join("?" * len(sources))

@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from difflib import get_close_matches
 from email.utils import parsedate_to_datetime
@@ -37,7 +39,10 @@ __all__ = [
     "MAX_RETRY_AFTER",
     "CallFailed",
     "Reply",
+    "backoff",
     "check_arguments",
+    "is_own_request",
+    "own_request",
     "request_completion",
     "retry_after",
 ]
@@ -83,6 +88,26 @@ class CallFailed(Exception):
         self.message = message
         self.retries = retries
         self.status_code = status_code
+
+
+#: Set while a bot sends its own request: the bot records it, and the capture of the code's
+#: own client calls (:mod:`.capture`) lets it pass.
+_own: ContextVar[bool] = ContextVar("pytest_llmexp_own_request", default=False)
+
+
+@contextmanager
+def own_request() -> Iterator[None]:
+    """Inside, requests are a bot's own, which it records itself."""
+    token = _own.set(True)
+    try:
+        yield
+    finally:
+        _own.reset(token)
+
+
+def is_own_request() -> bool:
+    """Whether the request being sent is a bot's own."""
+    return _own.get()
 
 
 #: What a bot sets itself: the conversation, the model, the response format, one reply.
@@ -162,7 +187,7 @@ def request_completion(client: openai.OpenAI, max_retries: int, **request: Any) 
             flow.note_wait(ahead)
             budget -= ahead
         try:
-            with gate.slot():
+            with gate.slot(), own_request():
                 text = client.post("/chat/completions", body=request, options=options, cast_to=str)
         except openai.OpenAIError as exc:
             limited = _rate_limited(exc, throttled)
@@ -214,7 +239,7 @@ def request_completion(client: openai.OpenAI, max_retries: int, **request: Any) 
         return reply
 
 
-def _backoff(tries: int) -> float:
+def backoff(tries: int) -> float:
     """An exponential backoff after ``tries`` earlier waits, with jitter."""
     return float(min(BACKOFF_CAP, BACKOFF_BASE * 2**tries) * (1 - 0.25 * random.random()))
 
@@ -230,7 +255,7 @@ def _rate_limited(exc: Exception, times: int) -> float | None:
     if exc.status_code == 429:
         if asked is not None:
             return asked
-        return _backoff(times)
+        return backoff(times)
     if exc.status_code == 503 and asked is not None:
         return asked
     return None
@@ -276,9 +301,9 @@ def _retry_wait(exc: Exception, retries: int) -> tuple[float | None, str | None]
     """How long to wait before retrying ``exc`` (``None``: do not retry), and why not."""
     import openai
 
-    backoff = _backoff(retries)
+    wait = backoff(retries)
     if isinstance(exc, openai.APIConnectionError):  # timeouts included
-        return backoff, None
+        return wait, None
     if not isinstance(exc, openai.APIStatusError):
         return None, None
     headers = exc.response.headers
@@ -289,7 +314,7 @@ def _retry_wait(exc: Exception, retries: int) -> tuple[float | None, str | None]
         return None, None
     asked = retry_after(headers)
     if asked is None:
-        return backoff, None
+        return wait, None
     if asked > MAX_RETRY_AFTER:
         return None, (
             f" (the endpoint asked to retry after {asked:g} s, longer than the "

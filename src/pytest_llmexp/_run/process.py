@@ -1,9 +1,10 @@
 """This process's settings for runs and calls, in one object set up and torn down together.
 
-Four settings are process-wide, because bots, the cache and the current run are reached
+Some settings are process-wide, because bots, the cache and the current run are reached
 from the user's code, where no pytest config is at hand: which endpoint bots call, how
 calls are recorded and replayed, the storage cap on a message's text, and where calls made
-outside any run go. :func:`setup` installs all four at once (the plugin does, in
+outside any run go, and whether the code's own client calls are captured. :func:`setup`
+installs them all at once (the plugin does, in
 ``pytest_configure``) and :func:`teardown` puts the defaults back (``pytest_unconfigure``);
 what the process learnt or opened under the old settings (the endpoints that refused
 ``json_schema``, the open cassette) goes with them. A script gets the defaults.
@@ -100,6 +101,9 @@ class ProcessSettings(NamedTuple):
     #: session's writer), instead of being written to the default database at once.
     buffer_orphans: bool = False
     rate_limits: RateLimits = RateLimits()
+    #: Record the calls the code makes through its own ``openai`` client, where the
+    #: transports are wrapped (see :mod:`.capture`); ``--llm-capture off`` turns it off.
+    capture: bool = True
 
 
 class _Closable(Protocol):

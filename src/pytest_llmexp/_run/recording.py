@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 import weakref
@@ -44,10 +45,14 @@ __all__ = [
     "current_run",
     "drain_orphans",
     "drain_orphans_json",
+    "follow_threads",
     "in_metric",
     "measuring",
     "record_call",
+    "record_call_in",
     "record_prompt",
+    "stop_following_threads",
+    "withdraw_call",
 ]
 
 
@@ -70,6 +75,15 @@ class _Collected:
             self._prompts.setdefault(prompt.key, prompt)
         if call is not None:
             self._calls.append(call)
+
+    def withdraw(self, call_id: str) -> bool:
+        """Take back a call (a failed attempt its client then retried); whether it was here."""
+        with self._lock:
+            for index, call in enumerate(self._calls):
+                if call.id == call_id:
+                    del self._calls[index]
+                    return True
+            return False
 
 
 class RunContext(_Collected):
@@ -114,6 +128,16 @@ class RunContext(_Collected):
         self.finished = False
         #: When the body ended, if it ran ahead of its report (``--llm-concurrency``).
         self._t_end: float | None = None
+        #: A failure of ours the run met that its code may have caught (a replay miss of a
+        #: captured client call): the run could not be evaluated, whatever its code did.
+        self.infrastructure: tuple[str, str] | None = None
+
+    def infrastructure_error(self, error_type: str, message: str) -> None:
+        """Note a failure that makes the run an ``error`` even if its code went on (the
+        first one is kept)."""
+        with self._lock:
+            if self.infrastructure is None:
+                self.infrastructure = (error_type, message)
 
     def body_ended(self) -> None:
         """Note that the test body ended: the run's duration stops here, not at its report."""
@@ -327,8 +351,10 @@ def drain_orphans() -> Recording | None:
 
 def drain_orphans_json() -> str | None:
     """Calls made outside any run since the last drain, as JSON, if there were any."""
+    from .._util.redact import redact
+
     recording = _orphans.drain()
-    return None if recording is None else recording.model_dump_json()
+    return None if recording is None else redact(recording.model_dump_json())
 
 
 def current_run() -> RunContext | None:
@@ -372,6 +398,57 @@ def activate(run: RunContext, *, process_wide: bool = False) -> Iterator[RunCont
                     _outlived[thread] = _label(run)
 
 
+#: Thread.start and ThreadPoolExecutor.submit as they were, while :func:`follow_threads` is on.
+_unfollowed: tuple[Any, Any] | None = None
+
+
+def follow_threads() -> None:
+    """From now on, a thread started inside a run, and a task submitted to a thread pool
+    inside a run, run in that run's context, so their calls are the run's.
+
+    With several runs in flight in one process no run can be process-wide, and a new thread
+    starts with an empty context (before Python 3.14's ``thread_inherit_context``): this
+    gives threads and pool tasks the context of the code that started them, as
+    ``asyncio.to_thread`` does. A thread started outside any run is left as it is."""
+    global _unfollowed
+    import contextvars
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _follow_lock:
+        if _unfollowed is not None:
+            return
+        start, submit = threading.Thread.start, ThreadPoolExecutor.submit
+
+        def follow_start(self: threading.Thread) -> None:
+            if _current.get() is not None:
+                self.run = functools.partial(contextvars.copy_context().run, self.run)  # type: ignore[method-assign]
+            start(self)
+
+        def follow_submit(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            if _current.get() is not None:
+                return submit(self, contextvars.copy_context().run, fn, *args, **kwargs)
+            return submit(self, fn, *args, **kwargs)
+
+        threading.Thread.start = follow_start  # type: ignore[method-assign]
+        ThreadPoolExecutor.submit = follow_submit  # type: ignore[method-assign]
+        _unfollowed = (start, submit)
+
+
+def stop_following_threads() -> None:
+    """Put ``Thread.start`` and ``ThreadPoolExecutor.submit`` back."""
+    global _unfollowed
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _follow_lock:
+        if _unfollowed is not None:
+            threading.Thread.start, ThreadPoolExecutor.submit = _unfollowed  # type: ignore[method-assign]
+            _unfollowed = None
+
+
+_follow_lock = threading.Lock()
+
+
 class measuring:
     """``with measuring():`` marks the code inside as a metric function: its LLM calls are a
     judge's. (A class, not a generator: it is entered at every metric call.)"""
@@ -403,7 +480,14 @@ def record_call(bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | 
     A call that comes after its run ended (from a thread the test started and did not wait
     for) is logged outside any run, with the test it came from, for a warning.
     """
-    run = current_run()
+    record_call_in(current_run(), bot, prompts, call)
+
+
+def record_call_in(
+    run: RunContext | None, bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | None
+) -> None:
+    """Add an LLM call to ``run`` (the run current when the call was made), or to the log of
+    calls outside runs when there is none or it has ended."""
     if run is not None and run.add_call(bot, prompts, call):
         return
     late = _label(run) if run is not None else _outlived.get(threading.current_thread())
@@ -412,6 +496,12 @@ def record_call(bot: BotRecord, prompts: list[PromptRecord], call: CallRecord | 
         recording = _orphans.drain()
         if recording is not None:
             _write_orphans(recording)
+
+
+def withdraw_call(run: RunContext | None, call_id: str) -> None:
+    """Take back a call recorded in ``run`` (or outside runs), if it is still held."""
+    if run is None or not run.withdraw(call_id):
+        _orphans.withdraw(call_id)
 
 
 def clip_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
@@ -424,8 +514,27 @@ def clip_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
         if isinstance(content, str) and len(content) > limit:
             message = {**message, "content": content[:limit]}
             cut = True
+        elif isinstance(content, list):
+            # Parts (a captured call's text and images): each text and data URL is cut.
+            parts = [_clip_part(part, limit) for part in content]
+            if any(new is not old for new, old in zip(parts, content, strict=True)):
+                message = {**message, "content": parts}
+                cut = True
         clipped.append(message)
     return clipped, cut
+
+
+def _clip_part(part: Any, limit: int) -> Any:
+    if not isinstance(part, dict):
+        return part
+    for field in ("text", "image_url", "file_data"):
+        value = part.get(field)
+        if isinstance(value, dict) and isinstance(value.get("url"), str):
+            if len(value["url"]) > limit:
+                return {**part, field: {**value, "url": value["url"][:limit]}}
+        elif isinstance(value, str) and len(value) > limit:
+            return {**part, field: value[:limit]}
+    return part
 
 
 def classify_exception(exc: BaseException) -> tuple[str, str, str]:
@@ -438,11 +547,22 @@ def classify_exception(exc: BaseException) -> tuple[str, str, str]:
     if isinstance(exc, LLMExpError):
         return "error", exc.error_type, str(exc)
     message = str(exc)
+    if _is_client_error(exc):
+        # The code's own openai client failed (a timeout, a 429, refused credentials): as
+        # with a bot's call, the run could not be evaluated.
+        return "error", type(exc).__name__, message
     if type(exc).__name__ == "Failed" and _TIMED_OUT.match(message):
         # pytest-timeout (signal method) ends the test with pytest.fail(): the run did not
         # finish, which says nothing of its quality.
         return "error", "Timeout", message
     return "failed", type(exc).__name__, message
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an ``openai`` client error (``openai.APIError`` and its kin),
+    known without importing ``openai``."""
+    module = sys.modules.get("openai")
+    return module is not None and isinstance(exc, module.APIError)
 
 
 #: How pytest-timeout words the failure it raises: "Timeout (>2.0s) from pytest-timeout."

@@ -132,6 +132,11 @@ class Experiment:
             raise ExperimentError(
                 f"Experiment({self.name!r}).run() takes a function, got {type(fn).__name__}"
             )
+        if PROCESS.settings.capture:
+            from .capture import install
+
+            # The function's own openai client calls are recorded in its runs.
+            install()
         with self._index_lock:
             first = self._next_index
             self._next_index += self.num_executions
@@ -147,9 +152,15 @@ class Experiment:
                 try:
                     fn(*args, **kwargs)
                 except Exception as exc:
-                    record = run.finish(*classify_exception(exc))
+                    status, kind, message = classify_exception(exc)
+                    if run.infrastructure is not None:
+                        status, (kind, message) = "error", run.infrastructure
+                    record = run.finish(status, kind, message)
                 else:
-                    record = run.finish("passed")
+                    if run.infrastructure is not None:
+                        record = run.finish("error", *run.infrastructure)
+                    else:
+                        record = run.finish("passed")
             store.insert_run(session_id, record)
             return record
 

@@ -165,8 +165,8 @@ class DefinitionIds:
             return found
         cursor = self.conn.execute(
             "INSERT INTO bots (hash, class_name, model_name, temperature, system_prompt, "
-            "system_prompt_hash, response_schema, params, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "system_prompt_hash, response_schema, params, created_at, kind) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 bot.hash,
                 bot.class_name,
@@ -177,6 +177,7 @@ class DefinitionIds:
                 None if bot.response_schema is None else _json(bot.response_schema),
                 _json(bot.params),
                 utcnow(),
+                bot.kind,
             ),
         )
         found = self._bots[bot.hash] = _inserted_id(cursor)

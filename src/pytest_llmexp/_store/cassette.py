@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from .._util.ids import new_id
 from .._util.jsontext import cache_key, digest, request_digest
@@ -148,7 +148,7 @@ def export_cassette(
     select = (
         "SELECT c.message_log, c.request, c.model_name, c.temperature, c.response_model, "
         "c.prompt_tokens, c.completion_tokens, c.finish_reason, c.timestamp, b.class_name, "
-        "b.response_schema FROM message_log c JOIN bots b ON b.id = c.bot_id "
+        "b.response_schema, b.kind, c.api FROM message_log c JOIN bots b ON b.id = c.bot_id "
     )
     if session is not None:
         rows = conn.execute(
@@ -165,6 +165,9 @@ def export_cassette(
         messages, request = json.loads(row[0]), json.loads(row[1])
         if wanted and request["experiment"] not in wanted:
             continue
+        reply = {"content": messages[-1].get("content")}
+        # A captured call's reply may ask for tools, or refuse, instead of answering.
+        reply.update({k: messages[-1][k] for k in ("tool_calls", "refusal") if k in messages[-1]})
         entry = {
             "v": FORMAT_VERSION,
             "experiment": request["experiment"],
@@ -179,7 +182,7 @@ def export_cassette(
             "messages": messages[:-1],
             "prompts": request["prompts"],
             "reply": {
-                "content": messages[-1]["content"],
+                **reply,
                 "model": row[4],
                 "prompt_tokens": row[5],
                 "completion_tokens": row[6],
@@ -187,6 +190,10 @@ def export_cassette(
             },
             "recorded_at": row[8],
         }
+        if row[11] == "client":
+            entry["kind"] = "client"
+        if row[12] not in (None, "chat.completions"):
+            entry["api"] = row[12]
         line = json.dumps(entry, ensure_ascii=False)
         safe = redact(line)
         masked += safe != line
@@ -249,7 +256,9 @@ def _entry(data: Any) -> tuple[Any, Any]:
 
     class Reply(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
-        content: str
+        content: str | None
+        tool_calls: list[dict[str, Any]] | None = None
+        refusal: str | None = None
         model: str | None = None
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
@@ -275,6 +284,9 @@ def _entry(data: Any) -> tuple[Any, Any]:
         prompts: list[list[str] | None]
         reply: Reply
         recorded_at: str
+        #: ``client``: a call captured from the code's own openai client; the API it called.
+        kind: Literal["bot", "client"] = "bot"
+        api: str = "chat.completions"
 
     if isinstance(data, dict) and data.get("v") != FORMAT_VERSION:
         raise ValueError(f"its format version is {data.get('v')!r}, this reads {FORMAT_VERSION}")
@@ -310,8 +322,13 @@ def _entry(data: Any) -> tuple[Any, Any]:
         "response_schema": schema,
         "params": line.params,
     }
+    if line.kind == "client":
+        config["kind"] = "client"
+    elif line.reply.content is None:
+        raise ValueError("reply.content: a bot's reply has text")
     bot = BotRecord(
         hash=digest(config),
+        kind=line.kind,
         class_name=line.bot,
         model_name=line.model,
         temperature=line.temperature,
@@ -328,7 +345,15 @@ def _entry(data: Any) -> tuple[Any, Any]:
         model_name=line.model,
         response_model=reply.model,
         temperature=line.temperature,
-        messages=[*messages, {"role": "assistant", "content": reply.content}],
+        messages=[
+            *messages,
+            {
+                "role": "assistant",
+                **reply.model_dump(include={"content", "tool_calls", "refusal"}, exclude_none=True),
+                "content": reply.content,
+            },
+        ],
+        api=line.api,
         prompt_tokens=reply.prompt_tokens,
         completion_tokens=reply.completion_tokens,
         latency_ms=0.0,

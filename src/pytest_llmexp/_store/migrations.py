@@ -242,3 +242,14 @@ def m007_add_seed_and_partial(db: Database) -> None:
     # declares (an IDE running one execution, -k, -x, a lower --llm-num-executions).
     db.execute("ALTER TABLE message_log ADD COLUMN seed INTEGER")
     db.execute("ALTER TABLE experiments ADD COLUMN partial INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations()
+def m008_add_captured_calls(db: Database) -> None:
+    # Calls the code under test makes through its own openai client are recorded too. Per
+    # bot: what made the calls, 'bot' (SimpleBot, StructuredBot) or 'client' (the user's own
+    # OpenAI or AsyncOpenAI client, captured). Per call: which API it used, chat.completions
+    # or responses, and whether the reply was streamed.
+    db.execute("ALTER TABLE bots ADD COLUMN kind TEXT NOT NULL DEFAULT 'bot'")
+    db.execute("ALTER TABLE message_log ADD COLUMN api TEXT")
+    db.execute("ALTER TABLE message_log ADD COLUMN stream INTEGER NOT NULL DEFAULT 0")

@@ -42,6 +42,9 @@ class BotRecord(_Record):
     system_prompt_hash: str | None
     response_schema: dict[str, Any] | None
     params: dict[str, Any]
+    #: ``bot`` (SimpleBot, StructuredBot) or ``client``: the code's own ``openai`` client,
+    #: whose calls were captured (``class_name`` is ``OpenAI`` or ``AsyncOpenAI``).
+    kind: Literal["bot", "client"] = "bot"
 
 
 class CallRecord(_Record):
@@ -73,6 +76,10 @@ class CallRecord(_Record):
     seed: int | None = None
     #: Store this call as the recorded reply of its key (``--llm-cache record`` or ``auto``).
     record: bool = False
+    #: The API called: ``chat.completions`` (every bot call) or ``responses``.
+    api: str = "chat.completions"
+    #: The reply was streamed (``stream=True``).
+    stream: bool = False
 
     def row(self, run_id: str | None) -> tuple[Any, ...]:
         """The call's ``message_log`` row, in the column order the store inserts, with the
@@ -98,6 +105,8 @@ class CallRecord(_Record):
             None if self.request is None else _json(self.request),
             self.replayed_from,
             self.seed,
+            self.api,
+            int(self.stream),
         )
 
 

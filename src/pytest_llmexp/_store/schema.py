@@ -27,6 +27,7 @@ SCHEMA = (
     "m005_cluster_run_tables",
     "m006_normalize_run_data",
     "m007_add_seed_and_partial",
+    "m008_add_captured_calls",
 )
 MIGRATION_SET = "pytest_llmexp"
 

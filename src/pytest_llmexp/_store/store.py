@@ -324,7 +324,8 @@ class Store:
                 "INSERT OR IGNORE INTO message_log (id, run_id, bot_id, timestamp, model_name, "
                 "response_model, temperature, message_log, prompt_tokens, completion_tokens, "
                 "latency_ms, retries, finish_reason, error, error_type, truncated, cache_key, "
-                f"request, replayed_from, seed) VALUES ({', '.join('?' * 20)})",
+                "request, replayed_from, seed, api, stream) "
+                f"VALUES ({', '.join('?' * 22)})",
                 [(*r[:2], bot_ids[r[2]], *r[3:]) for r in batch.calls],
             )
             conn.executemany(

@@ -290,12 +290,14 @@ def _calls(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
     for row in conn.execute(
         "SELECT c.id, b.class_name, c.model_name, c.temperature, c.message_log, "
         "c.prompt_tokens, c.completion_tokens, c.latency_ms, c.retries, c.error_type, c.error, "
-        "c.replayed_from FROM message_log c LEFT JOIN bots b ON b.id = c.bot_id "
-        "WHERE c.run_id = ? ORDER BY c.timestamp, c.rowid",
+        "c.replayed_from, b.kind, c.api, c.stream FROM message_log c "
+        "LEFT JOIN bots b ON b.id = c.bot_id WHERE c.run_id = ? ORDER BY c.timestamp, c.rowid",
         (run_id,),
     ):
         call_id, bot, model, temperature, log, prompt_tokens, completion_tokens = row[:7]
-        latency, retries, error_type, error, replayed_from = row[7:]
+        latency, retries, error_type, error, replayed_from, kind, api, stream = row[7:]
+        if kind == "client":
+            bot = f"{bot} (client, {api or 'chat.completions'}{', streamed' if stream else ''})"
         calls.append(
             {
                 "id": call_id,
@@ -312,6 +314,25 @@ def _calls(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
             }
         )
     return calls
+
+
+def _bot(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A bot row as the views show it; ``label`` says what made the calls: a bot's class, or
+    the code's own client with the API it called."""
+    params = {k: v for k, v in json.loads(row[5] or "{}").items() if k != "base_url"}
+    label = row[0]
+    if row[6] == "client":
+        label = f"{row[0]} (client, {params.pop('api', 'chat.completions')})"
+    return {
+        "class_name": row[0],
+        "label": label,
+        "kind": row[6],
+        "model": row[1],
+        "temperature": row[2],
+        "system_prompt": row[3],
+        "response_schema": json.loads(row[4]) if row[4] else None,
+        "params": params,
+    }
 
 
 def run_detail(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
@@ -353,17 +374,10 @@ def run_detail(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
         )
     ]
     detail["bots"] = [
-        {
-            "class_name": b[0],
-            "model": b[1],
-            "temperature": b[2],
-            "system_prompt": b[3],
-            "response_schema": json.loads(b[4]) if b[4] else None,
-            "params": {k: v for k, v in json.loads(b[5] or "{}").items() if k != "base_url"},
-        }
+        _bot(b)
         for b in conn.execute(
             "SELECT b.class_name, b.model_name, b.temperature, b.system_prompt, "
-            "b.response_schema, b.params FROM run_bots rb JOIN bots b ON b.id = rb.bot_id "
+            "b.response_schema, b.params, b.kind FROM run_bots rb JOIN bots b ON b.id = rb.bot_id "
             "WHERE rb.run_id = ? ORDER BY b.id",
             (run_id,),
         )

@@ -317,7 +317,7 @@ def run_lines(run: dict[str, Any]) -> list[str]:
         extra = ", ".join(f"{k}={_short(v)}" for k, v in bot["params"].items())
         schema = bot["response_schema"]
         lines.append(
-            f"  {bot['class_name']} model={bot['model']} temperature={num(bot['temperature'])}"
+            f"  {bot['label']} model={bot['model']} temperature={num(bot['temperature'])}"
             + (f" schema={schema.get('title', 'object')}" if schema else "")
             + (f" {extra}" if extra else "")
         )
@@ -331,12 +331,37 @@ def run_lines(run: dict[str, Any]) -> list[str]:
             f"(temperature {num(call['temperature'])}), {tokens}, {latency}{source}"
         )
         for message in call["messages"]:
-            lines.append(f"  [{message.get('role', '?')}]")
-            lines += _wrap(message.get("content") or "")
+            lines += message_lines(message)
         if call["error"]:
             lines.append(f"  error: {call['error']}")
     if not run["calls"]:
         lines.append("  no LLM call")
+    return lines
+
+
+def message_lines(message: dict[str, Any]) -> list[str]:
+    """One message of a conversation: its role, text, and the tool calls it asks for."""
+    role = message.get("role", "?")
+    if role == "tool" and message.get("tool_call_id"):
+        role = f"tool {message['tool_call_id']}"
+    lines = [f"  [{role}]"]
+    content = message.get("content")
+    if isinstance(content, list):  # parts: text, images, files
+        content = "\n".join(
+            str(p.get("text", ""))
+            if isinstance(p, dict) and "text" in p
+            else f"({p.get('type', 'part') if isinstance(p, dict) else 'part'})"
+            for p in content
+        )
+    if content or not message.get("tool_calls"):
+        lines += _wrap(content or "")
+    if message.get("refusal"):
+        lines += _wrap(f"refused: {message['refusal']}")
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        lines += _wrap(
+            f"calls {function.get('name')}({function.get('arguments') or ''}) [{call.get('id')}]"
+        )
     return lines
 
 

@@ -64,7 +64,7 @@
     content.appendChild(el("h3", null, "Bots"));
     var bots = el("ul", "bots");
     run.bots.forEach(function (b) {
-      bots.appendChild(el("li", null, b.class_name + " · " + b.model + " · temperature " + fmt(b.temperature) +
+      bots.appendChild(el("li", null, (b.label || b.class_name) + " · " + b.model + " · temperature " + fmt(b.temperature) +
         (b.response_schema ? " · schema " + (b.response_schema.title || "object") : "")));
     });
     content.appendChild(bots);
@@ -78,8 +78,17 @@
         (call.replayed_from ? " · replayed" : "")));
       call.messages.forEach(function (m) {
         var msg = el("div", "message role-" + m.role);
-        msg.appendChild(el("div", "role", m.role));
-        msg.appendChild(el("pre", "text", m.content));
+        msg.appendChild(el("div", "role", m.role + (m.tool_call_id ? " " + m.tool_call_id : "")));
+        var text = m.content;
+        if (Array.isArray(text)) {
+          text = text.map(function (p) { return p && p.text !== undefined ? p.text : "(" + ((p && p.type) || "part") + ")"; }).join("\n");
+        }
+        if (text || !m.tool_calls) msg.appendChild(el("pre", "text", text || ""));
+        if (m.refusal) msg.appendChild(el("pre", "text refusal", "refused: " + m.refusal));
+        (m.tool_calls || []).forEach(function (t) {
+          var f = t["function"] || {};
+          msg.appendChild(el("pre", "text tool-call", "calls " + f.name + "(" + (f.arguments || "") + ") [" + t.id + "]"));
+        });
         box.appendChild(msg);
       });
       if (call.error) box.appendChild(el("pre", "error", call.error));
