@@ -290,13 +290,15 @@ def test_a_timeout_is_an_api_timeout_error(fake_llm: FakeLLM, captured: None) ->
 def test_a_rate_limited_call_pauses_the_endpoint_for_every_call(
     fake_llm: FakeLLM, captured: None
 ) -> None:
-    from pytest_llmexp._run import traffic
+    from pytest_llmexp._run import endpoint, traffic
+    from pytest_llmexp._util.redact import display_url
 
     fake_llm.fail_next(429, headers={"retry-after": "3"})
-    with inside_run(), pytest.raises(openai.RateLimitError):
+    with inside_run(base_url=fake_llm.url), pytest.raises(openai.RateLimitError):
         client(fake_llm).chat.completions.create(model="m", messages=user("x"))
     # A bot's next call (or another captured one) to that endpoint waits the pause out.
-    ahead = traffic.traffic().admit(fake_llm.url, 0)
+    bots = endpoint.get_client()
+    ahead = traffic.traffic().admit(display_url(str(bots.base_url)), 0)
     assert 2.5 < ahead <= 3.0
 
 
@@ -593,6 +595,24 @@ def test_the_spend_guard_counts_captured_calls(
     assert run.db.count("message_log") == 6 * passed
 
 
+def test_the_sessions_endpoint_is_lent_to_the_codes_own_clients(
+    pytester: pytest.Pytester,
+    run_session: Callable[..., Run],
+    fake_llm: FakeLLM,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No key and no OPENAI_BASE_URL: the application's client, made at import, needs both.
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    application(pytester)
+    run = run_session("--llm-base-url", fake_llm.url, "--llm-num-executions", "1")
+    run.result.assert_outcomes(passed=1)
+    assert run.db is not None and run.db.count("message_log") == 6
+    assert len(fake_llm.requests) == 6
+    # The placeholder key went to the endpoint, as a bot's would.
+    assert {h["authorization"] for h in fake_llm.headers} == {"Bearer no-key-needed"}
+
+
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """An endpoint where nothing listens (the key stays: the application's client needs
     one to be built)."""
@@ -664,3 +684,27 @@ def test_capture_can_be_turned_off(
 )
 def test_the_run_on_the_oldest_client_runs_the_oldest_client() -> None:
     assert openai.__version__ == os.environ["LLMEXP_OPENAI_VERSION"]
+
+
+@pytest.mark.local
+def test_the_worked_example_runs_on_the_embedded_model(
+    local_session: Callable[..., Run], pytester: pytest.Pytester
+) -> None:
+    examples = Path(__file__).parent.parent / "examples"
+    for name in ("summariser.py", "test_summariser.py"):
+        pytester.path.joinpath(name).write_text(examples.joinpath(name).read_text())
+    run = local_session()
+    run.result.assert_outcomes(passed=3)
+    assert run.db is not None
+    rows = run.db.rows(
+        "SELECT c.run_id, b.class_name, b.kind, c.error FROM message_log c "
+        "JOIN bots b ON b.id = c.bot_id"
+    )
+    # Each run: the sync client's call, and the async client's gathered call; no bot.
+    assert len(rows) == 6 and {r["kind"] for r in rows} == {"client"}
+    assert all(r["error"] is None for r in rows)
+    by_run: dict[str, list[str]] = {}
+    for row in rows:
+        by_run.setdefault(row["run_id"], []).append(row["class_name"])
+    assert sorted(map(sorted, by_run.values())) == [["AsyncOpenAI", "OpenAI"]] * 3
+    assert run.db.count("metrics", "name = 'answered' AND value = 1") == 3

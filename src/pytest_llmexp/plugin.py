@@ -50,6 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         config.stash[WHO_KEY] = (workerinput[WORKERINPUT_SESSION], workerinput["workerid"])
     process.setup(wiring.process_settings(config, workerinput))
+    wiring.lend_endpoint(config)
     if workerinput is None:
         if wiring.distributes(config):
             from ._plugin.intake import ReportHooks
@@ -94,6 +95,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     from ._run import process
 
     process.teardown()
+    wiring.restore_environment(config)
     capture = sys.modules.get("pytest_llmexp._run.capture")
     if capture is not None:
         capture.uninstall()

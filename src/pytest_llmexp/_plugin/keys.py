@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BOTS_MODULE",
+    "ENV_KEY",
     "ITEM_KEY",
     "LOCAL_KEY",
     "RELAY_KEY",
@@ -49,6 +50,8 @@ LOCAL_KEY: pytest.StashKey[LocalModelPlugin] = pytest.StashKey()
 WHO_KEY = pytest.StashKey[tuple[str, str]]()
 #: When the session started, as stored.
 STARTED_KEY = pytest.StashKey[str]()
+#: The environment variables the session set for the code's own clients, as they were.
+ENV_KEY = pytest.StashKey[dict[str, "str | None"]]()
 
 # item.stash
 #: What ``@experiment`` made of an item: experiment, execution, case.

@@ -15,6 +15,7 @@ import pytest
 
 from .keys import (
     BOTS_MODULE,
+    ENV_KEY,
     ITEM_KEY,
     LOCAL_KEY,
     RELAY_KEY,
@@ -32,10 +33,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "distributes",
+    "lend_endpoint",
     "make_relay",
     "make_writer",
     "process_settings",
     "register_run_hooks",
+    "restore_environment",
     "start_local",
 ]
 
@@ -82,6 +85,46 @@ def process_settings(config: pytest.Config, workerinput: dict[str, Any] | None) 
         ),
         capture=settings.capture,
     )
+
+
+def lend_endpoint(config: pytest.Config) -> None:
+    """The code's own ``openai`` clients call the session's endpoint too (``--llm-base-url``,
+    or the embedded model): where tests run, ``OPENAI_BASE_URL`` points at it and
+    ``OPENAI_API_KEY`` holds a placeholder, each only if unset, before any test module is
+    imported (a client made at import reads them then). A client given its own
+    ``base_url`` and ``api_key`` is left as it is. :func:`restore_environment` puts them
+    back."""
+    import os
+
+    from .._run.process import PROCESS
+
+    base_url = PROCESS.settings.endpoint.base_url or os.environ.get("OPENAI_BASE_URL")
+    if not base_url:
+        return  # OpenAI's own: the clients need a key, as the bots do
+    if not hasattr(config, "workerinput") and distributes(config):
+        if not config.getoption("collectonly", False):  # xdist collects here then
+            return  # the workers run the tests, and lend it themselves
+    from .._run.endpoint import PLACEHOLDER_KEY
+
+    # Endpoints such as llama.cpp, Ollama or vLLM take any key; the client insists on one.
+    wanted = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": PLACEHOLDER_KEY}
+    before = {name: os.environ.get(name) for name in wanted}
+    config.stash[ENV_KEY] = before
+    for name, value in wanted.items():
+        if not before[name]:
+            os.environ[name] = value
+
+
+def restore_environment(config: pytest.Config) -> None:
+    """Put back what :func:`lend_endpoint` set."""
+    import os
+
+    before = config.stash.get(ENV_KEY, None)
+    for name, value in (before or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def make_writer(config: pytest.Config) -> Writer:

@@ -203,7 +203,7 @@ class _Exchange:
         )
         self.messages = _request_messages(api, body)
         self.params = {k: v for k, v in body.items() if k not in _NOT_PARAMS}
-        self.where = _base_url(request.url, api)
+        self.where, self.limits_key = _base_url(request.url, api)
         self.run = current_run()
         self.timestamp = utcnow()
         self.id = new_id()
@@ -284,7 +284,7 @@ class _Exchange:
         limits = flow.limits
         if limits.tpm is not None:
             self.tokens = traffic.estimate_tokens({"messages": self.messages, **self.params})
-        ahead = flow.admit(self.where, self.tokens)
+        ahead = flow.admit(self.limits_key, self.tokens)
         if ahead > limits.wait:
             message = (
                 f"RateLimitError: {self.where} may be called again in {ahead:.1f} s (a rate "
@@ -330,7 +330,7 @@ class _Exchange:
         if status >= 400:
             rate = _rate_limit(status, headers)
             if rate is not None:
-                flow.pause(self.where, rate)
+                flow.pause(self.limits_key, rate)
             kind = _STATUS_ERRORS.get(
                 status, "InternalServerError" if status >= 500 else "APIStatusError"
             )
@@ -355,7 +355,7 @@ class _Exchange:
             return
         if flow.limits.tpm is not None:
             used = (reply.prompt_tokens or 0) + (reply.completion_tokens or 0)
-            flow.settle(self.where, self.tokens, used or None)
+            flow.settle(self.limits_key, self.tokens, used or None)
         self._record(
             reply.message,
             response_model=reply.model,
@@ -490,11 +490,18 @@ def _async_tee(module: Any) -> type:
 _TEES: dict[tuple[str, bool], type] = {}
 
 
-def _base_url(url: Any, api: str) -> str:
-    """The endpoint's base URL, as the rate limits and the bot row know it."""
+def _base_url(url: Any, api: str) -> tuple[str, str]:
+    """The endpoint's base URL as the bot row shows it (the bots' label for their endpoint:
+    the embedded model's port changes every session), and as the rate limits know it (the
+    bots' key for the same endpoint, so that one limit holds for both)."""
     text = display_url(str(url))
     route = next(r for r, a in API_ROUTES.items() if a == api)
-    return text[: -len(route)] if text.endswith(route) else text
+    base = text[: -len(route)] if text.endswith(route) else text
+    key = base.rstrip("/") + "/"  # as the client's base_url, which ends with "/"
+    bots = PROCESS.settings.endpoint
+    if bots.label and bots.base_url and display_url(bots.base_url).rstrip("/") == base:
+        return bots.label, key
+    return base, key
 
 
 def _request_messages(api: str, body: dict[str, Any]) -> list[dict[str, Any]]:

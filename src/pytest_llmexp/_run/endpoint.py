@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_TIMEOUT",
+    "PLACEHOLDER_KEY",
     "ClientSettings",
     "StructuredOutput",
     "configure",
@@ -32,8 +33,8 @@ __all__ = [
     "structured_output",
 ]
 
-# Endpoints such as llama.cpp, Ollama or vLLM take any key; the openai client insists on one.
-_PLACEHOLDER_KEY = "no-key-needed"
+#: Endpoints such as llama.cpp, Ollama or vLLM take any key; the openai client insists on one.
+PLACEHOLDER_KEY = "no-key-needed"
 
 
 _clients: dict[tuple[str | None, str, float, int], openai.OpenAI] = {}
@@ -85,7 +86,7 @@ def _api_key(base_url: str | None) -> str:
     if key:
         return key
     if base_url:
-        return _PLACEHOLDER_KEY
+        return PLACEHOLDER_KEY
     raise BotError(
         "no API key and no endpoint: set OPENAI_API_KEY to call OpenAI, or point "
         "--llm-base-url (or OPENAI_BASE_URL, or endpoint.configure(ClientSettings(base_url="
