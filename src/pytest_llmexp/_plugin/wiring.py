@@ -101,9 +101,14 @@ def lend_endpoint(config: pytest.Config) -> None:
     base_url = PROCESS.settings.endpoint.base_url or os.environ.get("OPENAI_BASE_URL")
     if not base_url:
         return  # OpenAI's own: the clients need a key, as the bots do
-    if not hasattr(config, "workerinput") and distributes(config):
-        if not config.getoption("collectonly", False):  # xdist collects here then
-            return  # the workers run the tests, and lend it themselves
+    # Where xdist distributes, the workers run the tests and lend it themselves (under
+    # --collect-only xdist does not distribute: the tests are collected here).
+    if (
+        not hasattr(config, "workerinput")
+        and distributes(config)
+        and not config.getoption("collectonly", False)
+    ):
+        return
     from .._run.endpoint import PLACEHOLDER_KEY
 
     # Endpoints such as llama.cpp, Ollama or vLLM take any key; the client insists on one.
