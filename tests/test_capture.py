@@ -581,6 +581,20 @@ def test_a_failed_call_makes_its_run_an_error(
     assert all(c["run_id"] is not None for c in calls)
 
 
+def test_refused_credentials_stop_the_session(
+    pytester: pytest.Pytester, run_session: Callable[..., Run], fake_llm: FakeLLM
+) -> None:
+    application(pytester)
+    fake_llm.fail_next(401, times=100)
+    run = run_session("--llm-num-executions", "6")
+    assert run.db is not None
+    runs = run.db.rows("SELECT status, error_type FROM experiment_runs")
+    # The first run of each process meets the refusal; the session stops there.
+    assert 1 <= len(runs) <= 2
+    assert {tuple(r) for r in runs} == {("error", "AuthenticationError")}
+    assert "refused the credentials (401 AuthenticationError); stopping the session" in run.output
+
+
 def test_the_spend_guard_counts_captured_calls(
     pytester: pytest.Pytester, run_session: Callable[..., Run], fake_llm: FakeLLM, mode: str
 ) -> None:
