@@ -677,6 +677,60 @@ def test_record_then_replay_with_the_endpoint_gone(
     assert "for this OpenAI call (model 'summariser', experiment 'app'" in message
 
 
+def test_rescoring_serves_the_stored_generations_of_the_codes_own_calls(
+    pytester: pytest.Pytester,
+    run_session: Callable[..., Run],
+    fake_llm: FakeLLM,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    application(pytester)
+    first = run_session("--llm-num-executions", "2")
+    first.result.assert_outcomes(passed=2)
+    assert first.db is not None
+    stored = first.db.one("SELECT id FROM sessions")
+    originals = {r[0] for r in first.db.rows("SELECT id FROM experiment_runs")}
+    offline(monkeypatch)
+    fake_llm.requests.clear()
+    again = run_session("--llm-replay-from", stored[:8], "--llm-num-executions", "2")
+    again.result.assert_outcomes(passed=2)
+    assert again.db is not None and fake_llm.requests == []
+    runs = again.db.rows(
+        "SELECT r.replayed_from FROM experiment_runs r JOIN experiments e "
+        "ON e.id = r.experiment_id WHERE e.session_id != ?",
+        stored,
+    )
+    assert {r[0] for r in runs} == originals
+
+
+OUTSIDE = """
+import pytest
+import app
+
+@pytest.fixture(scope="session")
+def warmed():
+    return app.summarise("from a session fixture")
+
+def test_plain(warmed):
+    assert app.summarise("from a plain test")
+"""
+
+
+def test_calls_outside_any_run_are_stored_with_no_run(
+    pytester: pytest.Pytester, run_session: Callable[..., Run], fake_llm: FakeLLM
+) -> None:
+    application(pytester)
+    pytester.makepyfile(test_outside=OUTSIDE)
+    run = run_session("--llm-num-executions", "1")
+    run.result.assert_outcomes(passed=2)
+    assert run.db is not None
+    outside = run.db.rows(
+        "SELECT json_extract(message_log, '$[#-2].content') FROM message_log "
+        "WHERE run_id IS NULL ORDER BY timestamp"
+    )
+    assert [r[0] for r in outside] == ["from a session fixture", "from a plain test"]
+    assert run.db.count("message_log", "run_id IS NOT NULL") == 6
+
+
 def test_capture_can_be_turned_off(
     pytester: pytest.Pytester, run_session: Callable[..., Run], fake_llm: FakeLLM
 ) -> None:

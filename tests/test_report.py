@@ -238,3 +238,36 @@ def test_pytest_writes_the_report_at_session_end(run_session, pytester: pytest.P
     assert plain.result.ret == 0
     assert not (pytester.path / "plain.html").exists()
     plain.result.stdout.fnmatch_lines(["llmexp: no experiment ran: no HTML report was written*"])
+
+
+def test_the_conversation_shows_a_captured_calls_tool_calls(
+    browser: Any, pytester: pytest.Pytester, run_session: Any, fake_llm: Any
+) -> None:
+    from test_capture import weather
+
+    weather(pytester, fake_llm)
+    run = run_session("--llm-report", "report.html")
+    run.result.assert_outcomes(passed=1)
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto((pytester.path / "report.html").as_uri())
+    page.locator("tr.run").first.click()
+    panel = page.locator("#conversation")
+    assert panel.is_visible()
+    heads = panel.locator(".call-head").all_inner_texts()
+    assert len(heads) == 2 and all("OpenAI (client, chat.completions)" in h for h in heads)
+    second = panel.locator(".call").nth(1)
+    assert second.locator(".message .role").all_inner_texts() == [
+        "USER",
+        "ASSISTANT",
+        "TOOL CALL_1",
+        "ASSISTANT",
+    ]
+    assert second.locator("pre.tool-call").inner_text() == (
+        'calls weather({"city": "Paris"}) [call_1]'
+    )
+    assert second.locator(".message pre.text").last.inner_text() == "Sunny, 22 C."
+    assert errors == []
+    context.close()
