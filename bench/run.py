@@ -1,4 +1,4 @@
-"""All five benchmarks, then one table of what they measured against their targets.
+"""All six benchmarks, then one table of what they measured against their targets.
 
     python bench/run.py [--repeats N]   (N overrides every benchmark's own default)
 
@@ -7,6 +7,7 @@ Takes about twenty minutes on two cores; each benchmark script also runs on its 
 
 from __future__ import annotations
 
+import bench_capture
 import bench_flight
 import bench_idle
 import bench_parallel
@@ -17,7 +18,7 @@ from harness import Result
 
 def main() -> int:
     results: list[Result] = []
-    for bench in (bench_idle, bench_runs, bench_parallel, bench_flight, bench_scale):
+    for bench in (bench_idle, bench_runs, bench_parallel, bench_flight, bench_capture, bench_scale):
         results += bench.main()
     print("\n## Summary\n")
     print("| benchmark | measured | target | |")
