@@ -327,6 +327,20 @@ def test_only_the_openai_clients_own_requests_are_captured(
     assert off.calls() == []
 
 
+def test_a_client_given_its_own_http_client_is_captured(fake_llm: FakeLLM, captured: None) -> None:
+    # The documented way to tune the client's HTTP (proxies, limits): still httpx's transport.
+    own = openai.OpenAI(
+        base_url=fake_llm.url,
+        api_key=api_key(),
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(follow_redirects=False),
+    )
+    with inside_run() as run:
+        own.chat.completions.create(model="m", messages=user("own http client"))
+    [call] = run.calls()
+    assert call.messages[0]["content"] == "own http client"
+
+
 def test_the_storage_cap_applies_to_captured_messages(fake_llm: FakeLLM, captured: None) -> None:
     from pytest_llmexp._run import process
 
