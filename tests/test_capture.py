@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -285,6 +286,25 @@ def test_a_timeout_is_an_api_timeout_error(fake_llm: FakeLLM, captured: None) ->
     [call] = run.calls()
     assert call.error_type == "APITimeoutError"
     assert call.messages == user("slow")
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer (POSIX)")
+def test_an_interrupted_call_is_recorded_as_interrupted(fake_llm: FakeLLM, captured: None) -> None:
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("interrupted mid-request")
+
+    fake_llm.latency = 2.0
+    before = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        with inside_run() as run, pytest.raises(KeyboardInterrupt):
+            client(fake_llm).chat.completions.create(model="m", messages=user("slow"))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+    [call] = run.calls()
+    assert call.error_type == "Interrupted"
+    assert call.error is not None and "interrupted mid-request" in call.error
 
 
 def test_a_rate_limited_call_pauses_the_endpoint_for_every_call(

@@ -122,7 +122,7 @@ def _sync_wrapper(module: Any, original: Any) -> Any:
             return refused
         try:
             response = original(self, request)
-        except Exception as exc:
+        except BaseException as exc:  # an interrupt too (Ctrl-C, pytest-timeout)
             exchange.failed(exc)
             raise
         response.stream = _sync_tee(module)(response.stream, exchange, response)
@@ -151,7 +151,7 @@ def _async_wrapper(module: Any, original: Any) -> Any:
             exchange.sent = time.perf_counter()
         try:
             response = await original(self, request)
-        except Exception as exc:
+        except BaseException as exc:  # an interrupt too (Ctrl-C, pytest-timeout)
             exchange.failed(exc)
             raise
         response.stream = _async_tee(module)(response.stream, exchange, response)
@@ -311,13 +311,14 @@ class _Exchange:
 
     # -- after sending ---------------------------------------------------------------
 
-    def failed(self, exc: Exception) -> None:
-        """The request raised (a timeout, a refused connection)."""
-        kind = (
-            "APITimeoutError"
-            if isinstance(exc, self.module.TimeoutException)
-            else "APIConnectionError"
-        )
+    def failed(self, exc: BaseException) -> None:
+        """The request raised (a timeout, a refused connection, an interrupt)."""
+        if not isinstance(exc, Exception):
+            kind = "Interrupted"
+        elif isinstance(exc, self.module.TimeoutException):
+            kind = "APITimeoutError"
+        else:
+            kind = "APIConnectionError"
         self._record(
             None, error=redact(f"{kind}: {type(exc).__name__}: {exc}")[:500], error_type=kind
         )
