@@ -50,13 +50,17 @@ class Entry:
     source: Source
     message_log_id: str
     run_id: str | None
-    content: str
+    #: The recorded reply message whole (with its tool calls, for a captured call).
+    message: dict[str, Any]
     response_model: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
     finish_reason: str | None
-    #: The recorded reply message whole (with its tool calls, for a captured call).
-    message: dict[str, Any]
+
+    @property
+    def content(self) -> str:
+        """The reply's text, as a bot returns it."""
+        return str(self.message.get("content"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +194,6 @@ class _Cassette:
             source=source,
             message_log_id=row[0],
             run_id=row[1],
-            content=str(message.get("content")),
             response_model=row[3],
             prompt_tokens=row[4],
             completion_tokens=row[5],

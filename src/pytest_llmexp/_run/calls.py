@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._util.redact import display_url, redact
 from ..errors import BotError
+from .wire import count_of, text_of
 
 if TYPE_CHECKING:
     import openai
@@ -43,6 +44,7 @@ __all__ = [
     "check_arguments",
     "is_own_request",
     "own_request",
+    "rate_limit_pause",
     "request_completion",
     "retry_after",
 ]
@@ -245,18 +247,21 @@ def backoff(tries: int) -> float:
 
 
 def _rate_limited(exc: Exception, times: int) -> float | None:
-    """The seconds to pause for a rate limit (a 429, or a 503 that says when to come back),
-    or ``None`` if ``exc`` is not one."""
+    """The seconds to pause for a rate limit, or ``None`` if ``exc`` is not one."""
     import openai
 
     if not isinstance(exc, openai.APIStatusError):
         return None
-    asked: float | None = retry_after(exc.response.headers)
-    if exc.status_code == 429:
-        if asked is not None:
-            return asked
-        return backoff(times)
-    if exc.status_code == 503 and asked is not None:
+    return rate_limit_pause(exc.status_code, exc.response.headers, times)
+
+
+def rate_limit_pause(status: int, headers: Any, times: int) -> float | None:
+    """The seconds to pause for a rate-limited reply (a 429, or a 503 that says when to come
+    back), after ``times`` earlier pauses of the call, or ``None`` if it is not one."""
+    asked = retry_after(headers)
+    if status == 429:
+        return asked if asked is not None else backoff(times)
+    if status == 503 and asked is not None:
         return asked
     return None
 
@@ -280,21 +285,12 @@ def _reply(completion: Any, retries: int) -> Reply:
         usage = {}
     return Reply(
         content=content,
-        model=_text(completion.get("model")),
-        prompt_tokens=_count(usage.get("prompt_tokens")),
-        completion_tokens=_count(usage.get("completion_tokens")),
-        finish_reason=_text(choice.get("finish_reason")),
+        model=text_of(completion.get("model")),
+        prompt_tokens=count_of(usage.get("prompt_tokens")),
+        completion_tokens=count_of(usage.get("completion_tokens")),
+        finish_reason=text_of(choice.get("finish_reason")),
         retries=retries,
     )
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _count(value: Any) -> int | None:
-    """A token count as the endpoint gave it; anything but a whole number is unknown."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _retry_wait(exc: Exception, retries: int) -> tuple[float | None, str | None]:

@@ -17,7 +17,8 @@ one thread or task, one after the other. A failed attempt is recorded at once an
 withdrawn when the client retries it, so the call is one row with its retries, whatever
 the client's ``max_retries``.
 
-Headers are never read beyond those two, and never stored: the API key stays in them.
+Headers are never read beyond those two, and never stored: the API key stays in them. What
+the requests and replies say is read, and a stored reply written back, by :mod:`.wire`.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from .._util.jsontext import digest
 from .._util.redact import display_url, redact
 from ..errors import ReplayMiss
 from . import cache, traffic
-from .calls import backoff, is_own_request, retry_after
+from .calls import is_own_request, rate_limit_pause
 from .process import PROCESS
 from .recording import clip_messages, current_run, record_call_in, withdraw_call
+from .wire import NOT_PARAMS, error_name, read_reply, replay_body, request_messages, response_schema
 
 if TYPE_CHECKING:
     from .._store.records import BotRecord
@@ -48,21 +50,6 @@ __all__ = ["API_ROUTES", "install", "installed", "uninstall"]
 
 #: The APIs captured, by the end of their path.
 API_ROUTES = {"/chat/completions": "chat.completions", "/responses": "responses"}
-#: The body fields that are the conversation, the model, or how the reply travels: the
-#: rest are the call's parameters (what the cache key and the bot row hold).
-_NOT_PARAMS = frozenset(
-    {"messages", "input", "instructions", "model", "temperature", "stream", "stream_options"}
-)
-#: What openai names the error of each status (its APIStatusError subclasses).
-_STATUS_ERRORS = {
-    400: "BadRequestError",
-    401: "AuthenticationError",
-    403: "PermissionDeniedError",
-    404: "NotFoundError",
-    409: "ConflictError",
-    422: "UnprocessableEntityError",
-    429: "RateLimitError",
-}
 #: The most of an error reply's body read when the client closes it unread.
 _ERROR_BODY = 64 * 1024
 
@@ -110,54 +97,52 @@ def uninstall() -> None:
 
 
 def _sync_wrapper(module: Any, original: Any) -> Any:
+    tee = _sync_tee(module)
+
     def handle_request(self: Any, request: Any) -> Any:
         exchange = _begin(module, request)
         if exchange is None:
             return original(self, request)
-        served = exchange.serve()
-        if served is not None:
-            return served
-        refused = exchange.admit(time.sleep)
-        if refused is not None:
-            return refused
+        answer, wait = exchange.prepare()
+        if answer is not None:
+            return answer
+        if wait:
+            time.sleep(wait)
+        exchange.sending(wait)
         try:
             response = original(self, request)
         except BaseException as exc:  # an interrupt too (Ctrl-C, pytest-timeout)
             exchange.failed(exc)
             raise
-        response.stream = _sync_tee(module)(response.stream, exchange, response)
+        response.stream = tee(response.stream, exchange, response)
         return response
 
-    handle_request.__wrapped__ = original  # type: ignore[attr-defined]
     return handle_request
 
 
 def _async_wrapper(module: Any, original: Any) -> Any:
+    tee = _async_tee(module)
+
     async def handle_async_request(self: Any, request: Any) -> Any:
         exchange = _begin(module, request)
         if exchange is None:
             return await original(self, request)
-        served = exchange.serve()
-        if served is not None:
-            return served
-        waits: list[float] = []
-        refused = exchange.admit(waits.append)
-        if refused is not None:
-            return refused
-        if waits:
+        answer, wait = exchange.prepare()
+        if answer is not None:
+            return answer
+        if wait:
             import anyio
 
-            await anyio.sleep(waits[0])
-            exchange.sent = time.perf_counter()
+            await anyio.sleep(wait)
+        exchange.sending(wait)
         try:
             response = await original(self, request)
         except BaseException as exc:  # an interrupt too (Ctrl-C, pytest-timeout)
             exchange.failed(exc)
             raise
-        response.stream = _async_tee(module)(response.stream, exchange, response)
+        response.stream = tee(response.stream, exchange, response)
         return response
 
-    handle_async_request.__wrapped__ = original  # type: ignore[attr-defined]
     return handle_async_request
 
 
@@ -201,8 +186,8 @@ class _Exchange:
             if isinstance(temperature, int | float) and not isinstance(temperature, bool)
             else None
         )
-        self.messages = _request_messages(api, body)
-        self.params = {k: v for k, v in body.items() if k not in _NOT_PARAMS}
+        self.messages = request_messages(api, body)
+        self.params = {k: v for k, v in body.items() if k not in NOT_PARAMS}
         self.where, self.limits_key = _base_url(request.url, api)
         self.run = current_run()
         self.timestamp = utcnow()
@@ -228,7 +213,7 @@ class _Exchange:
     def _bot(self, client: str) -> BotRecord:
         from .._store.records import BotRecord
 
-        schema = _response_schema(self.api, self.params)
+        schema = response_schema(self.api, self.params)
         config: dict[str, Any] = {
             "class_name": client,
             "model_name": self.model,
@@ -242,7 +227,19 @@ class _Exchange:
 
     # -- before sending ---------------------------------------------------------------
 
-    def serve(self) -> Any:
+    def prepare(self) -> tuple[Any, float]:
+        """Before sending: a reply for the client instead of sending (from the store, or a
+        refusal), else how long to wait out the session's rate limits first."""
+        served = self._serve()
+        return (served, 0.0) if served is not None else self._admit()
+
+    def sending(self, waited: float) -> None:
+        """The request goes now, after ``waited`` seconds on rate limits."""
+        if waited:
+            traffic.traffic().note_wait(waited)
+        self.sent = time.perf_counter()
+
+    def _serve(self) -> Any:
         """The reply from the store, when the cache mode says so (or a replay miss, as an
         error reply the client does not retry); ``None``: send the request."""
         try:
@@ -272,14 +269,14 @@ class _Exchange:
             sent=False,
         )
         self.plan.answered()
-        body, kind = _replay_body(self.api, self.stream, self.model, message, entry)
+        body, kind = replay_body(self.api, self.stream, self.model, message, entry)
         return self.module.Response(
             200, headers={"content-type": kind}, content=body, request=self.request
         )
 
-    def admit(self, sleep: Any) -> Any:
-        """Wait out the session's rate limits (``sleep(seconds)``), or an error reply when
-        that would take longer than one call may wait; ``None``: go on."""
+    def _admit(self) -> tuple[Any, float]:
+        """How long to wait out the session's rate limits, or an error reply when that would
+        take longer than one call may wait."""
         flow = traffic.traffic()
         limits = flow.limits
         if limits.tpm is not None:
@@ -292,12 +289,8 @@ class _Exchange:
                 f"(--llm-rate-limit-wait {limits.wait:g}); not sent"
             )
             self._record(None, error=message, error_type="RateLimitError", sent=False)
-            return self._error_reply(429, "rate_limit_exceeded", f"pytest-llmexp: {message}")
-        if ahead > 0:
-            sleep(ahead)
-            flow.note_wait(ahead)
-        self.sent = time.perf_counter()
-        return None
+            return self._error_reply(429, "rate_limit_exceeded", f"pytest-llmexp: {message}"), 0.0
+        return None, max(0.0, ahead)
 
     def _error_reply(self, status: int, code: str, message: str) -> Any:
         body = json.dumps({"error": {"message": message, "type": code, "code": code}})
@@ -329,12 +322,10 @@ class _Exchange:
         text = _decoded(self.module, status, headers, raw)
         flow = traffic.traffic()
         if status >= 400:
-            rate = _rate_limit(status, headers)
+            rate = rate_limit_pause(status, headers, 0)
             if rate is not None:
                 flow.pause(self.limits_key, rate)
-            kind = _STATUS_ERRORS.get(
-                status, "InternalServerError" if status >= 500 else "APIStatusError"
-            )
+            kind = error_name(status)
             self._record(
                 None,
                 error=redact(f"{kind}: Error code: {status} - {text[:500]}"),
@@ -343,7 +334,7 @@ class _Exchange:
             _last_failed.set(self)
             return
         try:
-            reply = _read_reply(self.api, self.stream, text)
+            reply = read_reply(self.api, self.stream, text)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             self._record(
                 None,
@@ -434,9 +425,6 @@ class _Kept:
 
 def _sync_tee(module: Any) -> type:
     """A byte stream that hands the client what it reads, and the whole to the exchange."""
-    found = _TEES.get((module.__name__, False))
-    if found is not None:
-        return found
 
     class Tee(_Kept, module.SyncByteStream):  # type: ignore[misc]
         def __iter__(self) -> Iterator[bytes]:
@@ -456,15 +444,11 @@ def _sync_tee(module: Any) -> type:
                 self.done()
                 self.inner.close()
 
-    _TEES[(module.__name__, False)] = Tee
     return Tee
 
 
 def _async_tee(module: Any) -> type:
     """The same for an async client."""
-    found = _TEES.get((module.__name__, True))
-    if found is not None:
-        return found
 
     class AsyncTee(_Kept, module.AsyncByteStream):  # type: ignore[misc]
         async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -484,11 +468,7 @@ def _async_tee(module: Any) -> type:
                 self.done()
                 await self.inner.aclose()
 
-    _TEES[(module.__name__, True)] = AsyncTee
     return AsyncTee
-
-
-_TEES: dict[tuple[str, bool], type] = {}
 
 
 def _base_url(url: Any, api: str) -> tuple[str, str]:
@@ -505,40 +485,6 @@ def _base_url(url: Any, api: str) -> tuple[str, str]:
     return base, key
 
 
-def _request_messages(api: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The conversation a request sends, as chat messages: a responses request's
-    ``instructions`` are its system message, and a text ``input`` its user message."""
-    if api == "chat.completions":
-        messages = body.get("messages")
-        return [m if isinstance(m, dict) else {"content": m} for m in messages or []]
-    found: list[dict[str, Any]] = []
-    if isinstance(body.get("instructions"), str):
-        found.append({"role": "system", "content": body["instructions"]})
-    given = body.get("input")
-    if isinstance(given, str):
-        found.append({"role": "user", "content": given})
-    elif isinstance(given, list):
-        found += [i if isinstance(i, dict) else {"content": i} for i in given]
-    return found
-
-
-def _response_schema(api: str, params: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema the request asks the reply to follow, if any."""
-    if api == "chat.completions":
-        form = params.get("response_format")
-        if isinstance(form, dict) and form.get("type") == "json_schema":
-            schema = (form.get("json_schema") or {}).get("schema")
-            return schema if isinstance(schema, dict) else None
-        return None
-    form = (
-        (params.get("text") or {}).get("format") if isinstance(params.get("text"), dict) else None
-    )
-    if isinstance(form, dict) and form.get("type") == "json_schema":
-        schema = form.get("schema")
-        return schema if isinstance(schema, dict) else None
-    return None
-
-
 def _decoded(module: Any, status: int, headers: Any, raw: bytes) -> str:
     """The reply's text, its content encoding (gzip...) undone."""
     if headers.get("content-encoding", "identity") == "identity":
@@ -547,281 +493,3 @@ def _decoded(module: Any, status: int, headers: Any, raw: bytes) -> str:
         return str(module.Response(status, headers=headers, content=raw).text)
     except Exception:
         return raw.decode("utf-8", "replace")
-
-
-def _rate_limit(status: int, headers: Any) -> float | None:
-    """The pause a rate-limited reply asks of the session, or ``None``."""
-    asked = retry_after(headers)
-    if status == 429:
-        return asked if asked is not None else backoff(0)
-    if status == 503 and asked is not None:
-        return asked
-    return None
-
-
-class _Reply:
-    """What a captured call's reply says, as the conversation stores it."""
-
-    def __init__(
-        self,
-        message: dict[str, Any],
-        *,
-        model: Any = None,
-        usage: Any = None,
-        finish_reason: Any = None,
-        error: str | None = None,
-        names: tuple[str, str] = ("prompt_tokens", "completion_tokens"),
-    ) -> None:
-        self.message = message
-        self.model = model if isinstance(model, str) else None
-        usage = usage if isinstance(usage, dict) else {}
-        self.prompt_tokens = _count(usage.get(names[0]))
-        self.completion_tokens = _count(usage.get(names[1]))
-        self.finish_reason = finish_reason if isinstance(finish_reason, str) else None
-        self.error = error
-
-
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _read_reply(api: str, stream: bool, text: str) -> _Reply:
-    if api == "chat.completions":
-        return _chat_stream(text) if stream else _chat(json.loads(text))
-    return _responses_stream(text) if stream else _responses(json.loads(text))
-
-
-def _chat(completion: dict[str, Any]) -> _Reply:
-    choice = completion["choices"][0]
-    message = {k: v for k, v in choice["message"].items() if v is not None or k == "content"}
-    message.setdefault("role", "assistant")
-    return _Reply(
-        message,
-        model=completion.get("model"),
-        usage=completion.get("usage"),
-        finish_reason=choice.get("finish_reason"),
-    )
-
-
-def _events(text: str) -> Iterator[dict[str, Any]]:
-    """The JSON events of a server-sent event stream."""
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        data = "\n".join(
-            line[5:].lstrip(" ") for line in block.split("\n") if line.startswith("data:")
-        )
-        if data and data != "[DONE]":
-            yield json.loads(data)
-
-
-def _chat_stream(text: str) -> _Reply:
-    """A streamed chat completion, put together as the client does."""
-    content: list[str] = []
-    refusal: list[str] = []
-    calls: dict[int, dict[str, Any]] = {}
-    model = usage = finish = None
-    for chunk in _events(text):
-        model = chunk.get("model", model)
-        usage = chunk.get("usage") or usage
-        for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) != 0:
-                continue
-            finish = choice.get("finish_reason") or finish
-            delta = choice.get("delta") or {}
-            content.append(delta.get("content") or "")
-            refusal.append(delta.get("refusal") or "")
-            for part in delta.get("tool_calls") or []:
-                call = calls.setdefault(
-                    part.get("index", 0),
-                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
-                )
-                call["id"] = part.get("id") or call["id"]
-                function = part.get("function") or {}
-                call["function"]["name"] += function.get("name") or ""
-                call["function"]["arguments"] += function.get("arguments") or ""
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
-    if calls:
-        message["tool_calls"] = [calls[i] for i in sorted(calls)]
-    if any(refusal):
-        message["refusal"] = "".join(refusal)
-    return _Reply(
-        message,
-        model=model,
-        usage=usage,
-        finish_reason=finish,
-        error=None if finish else "the stream ended before its finish reason (read in part)",
-    )
-
-
-def _responses(response: dict[str, Any]) -> _Reply:
-    """A responses API reply: its text, refusals and function calls as one message."""
-    texts: list[str] = []
-    refusals: list[str] = []
-    calls: list[dict[str, Any]] = []
-    for item in response.get("output") or []:
-        if item.get("type") == "message":
-            for part in item.get("content") or []:
-                if part.get("type") == "output_text":
-                    texts.append(part.get("text") or "")
-                elif part.get("type") == "refusal":
-                    refusals.append(part.get("refusal") or "")
-        elif item.get("type") == "function_call":
-            calls.append(
-                {
-                    "id": item.get("call_id"),
-                    "type": "function",
-                    "function": {"name": item.get("name"), "arguments": item.get("arguments")},
-                }
-            )
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
-    if calls:
-        message["tool_calls"] = calls
-    if refusals:
-        message["refusal"] = "".join(refusals)
-    return _Reply(
-        message,
-        model=response.get("model"),
-        usage=response.get("usage"),
-        finish_reason=response.get("status"),
-        names=("input_tokens", "output_tokens"),
-    )
-
-
-def _responses_stream(text: str) -> _Reply:
-    deltas: list[str] = []
-    for event in _events(text):
-        if event.get("type") in ("response.completed", "response.incomplete", "response.failed"):
-            return _responses(event["response"])
-        if event.get("type") == "response.output_text.delta":
-            deltas.append(event.get("delta") or "")
-    return _Reply(
-        {"role": "assistant", "content": "".join(deltas) or None},
-        error="the stream ended before the response completed (read in part)",
-    )
-
-
-# -- replay ------------------------------------------------------------------------------
-
-
-def _replay_body(
-    api: str, stream: bool, model: str, message: dict[str, Any], entry: cache.Entry
-) -> tuple[bytes, str]:
-    """A recorded reply as the endpoint would send it: JSON, or a server-sent event stream."""
-    model = entry.response_model or model
-    prompt, completion = entry.prompt_tokens or 0, entry.completion_tokens or 0
-    if api == "chat.completions":
-        usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-        base = {"id": f"chatcmpl-{entry.message_log_id}", "created": 0, "model": model}
-        if not stream:
-            choice = {"index": 0, "message": message, "finish_reason": entry.finish_reason}
-            reply = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
-            return json.dumps(reply).encode(), "application/json"
-        delta: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
-        if message.get("tool_calls"):
-            delta["tool_calls"] = [
-                {"index": i, **call} for i, call in enumerate(message["tool_calls"])
-            ]
-        if message.get("refusal"):
-            delta["refusal"] = message["refusal"]
-        chunk = {**base, "object": "chat.completion.chunk"}
-        events = [
-            {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
-            {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": entry.finish_reason}]},
-            {**chunk, "choices": [], "usage": usage},
-        ]
-        body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-        return body.encode(), "text/event-stream"
-    response = _replay_response(model, message, entry, prompt, completion)
-    if not stream:
-        return json.dumps(response).encode(), "application/json"
-    sse: list[dict[str, Any]] = [
-        {
-            "type": "response.created",
-            "response": {**response, "status": "in_progress", "output": []},
-        }
-    ]
-    for index, item in enumerate(response["output"]):
-        sse.append({"type": "response.output_item.added", "output_index": index, "item": item})
-        if item["type"] == "message":
-            where = {"item_id": item["id"], "output_index": index, "content_index": 0}
-            for part in item["content"]:
-                sse.append({"type": "response.content_part.added", **where, "part": part})
-                if part["type"] == "output_text":
-                    sse.append(
-                        {
-                            "type": "response.output_text.delta",
-                            **where,
-                            "delta": part["text"],
-                            "logprobs": [],
-                        }
-                    )
-                    sse.append(
-                        {
-                            "type": "response.output_text.done",
-                            **where,
-                            "text": part["text"],
-                            "logprobs": [],
-                        }
-                    )
-                sse.append({"type": "response.content_part.done", **where, "part": part})
-        sse.append({"type": "response.output_item.done", "output_index": index, "item": item})
-    sse.append({"type": "response.completed", "response": response})
-    body = "".join(
-        f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': n})}\n\n"
-        for n, e in enumerate(sse)
-    )
-    return body.encode(), "text/event-stream"
-
-
-def _replay_response(
-    model: str, message: dict[str, Any], entry: cache.Entry, prompt: int, completion: int
-) -> dict[str, Any]:
-    output: list[dict[str, Any]] = []
-    parts: list[dict[str, Any]] = []
-    if message.get("content") is not None:
-        parts.append({"type": "output_text", "text": message["content"], "annotations": []})
-    if message.get("refusal"):
-        parts.append({"type": "refusal", "refusal": message["refusal"]})
-    if parts:
-        output.append(
-            {
-                "type": "message",
-                "id": f"msg_{entry.message_log_id}",
-                "role": "assistant",
-                "status": "completed",
-                "content": parts,
-            }
-        )
-    for call in message.get("tool_calls") or []:
-        function = call.get("function") or {}
-        output.append(
-            {
-                "type": "function_call",
-                "id": f"fc_{call.get('id')}",
-                "call_id": call.get("id"),
-                "name": function.get("name"),
-                "arguments": function.get("arguments"),
-                "status": "completed",
-            }
-        )
-    return {
-        "id": f"resp_{entry.message_log_id}",
-        "object": "response",
-        "created_at": 0,
-        "status": entry.finish_reason or "completed",
-        "model": model,
-        "output": output,
-        "parallel_tool_calls": True,
-        "tool_choice": "auto",
-        "tools": [],
-        "usage": {
-            "input_tokens": prompt,
-            "output_tokens": completion,
-            "total_tokens": prompt + completion,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens_details": {"reasoning_tokens": 0},
-        },
-    }

@@ -349,8 +349,9 @@ def _entry(data: Any) -> tuple[Any, Any]:
             *messages,
             {
                 "role": "assistant",
-                **reply.model_dump(include={"content", "tool_calls", "refusal"}, exclude_none=True),
                 "content": reply.content,
+                # A captured call's reply may ask for tools, or refuse, instead of answering.
+                **reply.model_dump(include={"tool_calls", "refusal"}, exclude_none=True),
             },
         ],
         api=line.api,
