@@ -31,6 +31,9 @@ def fake_llm(_fake_server: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setenv("OPENAI_BASE_URL", _fake_server.url)
     monkeypatch.setenv("OPENAI_API_KEY", api_key())
     monkeypatch.delenv("LLMEXP_DB", raising=False)
+    # An inner session run under GitHub Actions must not write to this job's summary.
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     yield _fake_server
     _fake_server.reset()
 

@@ -85,7 +85,12 @@ def default_reply(request: dict[str, Any]) -> str:
     if fmt.get("type") == "json_object" and "schema" in fmt:
         return json.dumps(instance_from_schema(fmt["schema"]))
     users = [m.get("content") for m in _messages(request) if m.get("role") == "user"]
-    return f"Reply to: {users[-1] if users else ''}"
+    return f"Reply to: {users[-1] if users else ''}{MODEL_STYLES.get(request.get('model'), '')}"
+
+
+#: Models whose replies differ from the default one, so that variants of a model sweep
+#: differ: a larger model says more (more tokens, a longer name).
+MODEL_STYLES = {"fake-large": " (answered at length, with care and in some detail)"}
 
 
 def _messages(request: dict[str, Any]) -> list[dict[str, Any]]:

@@ -123,17 +123,17 @@ def test_a_session_that_died_before_anything_leaves_nothing(store: Store, tmp_pa
 
 def test_the_spend_ledger_adds_up_across_processes(tmp_path: Path) -> None:
     ledger = SpendLedger(tmp_path / "db", "s1")
-    assert ledger.totals() == (0, 0)
-    assert ledger.add(2, 30) == (2, 30)
+    assert ledger.totals() == (0, 0, 0.0)
+    assert ledger.add(2, 30, 0.5) == (2, 30, 0.5)
     script = (
         "import sys; from pathlib import Path; from pytest_llmexp._store.spool import SpendLedger; "
-        "[SpendLedger(Path(sys.argv[1]), 's1').add(1, 10) for _ in range(50)]"
+        "[SpendLedger(Path(sys.argv[1]), 's1').add(1, 10, 0.25) for _ in range(50)]"
     )
     procs = [
         subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "db")]) for _ in range(3)
     ]
     assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
-    assert ledger.totals() == (152, 1530)
+    assert ledger.totals() == (152, 1530, 38.0)
     assert os.stat(ledger.path).st_mode & 0o077 == 0
 
 
@@ -147,6 +147,13 @@ def test_the_spend_guard_names_the_cap_that_was_reached(tmp_path: Path) -> None:
     guard.ledger.add(1, 1)
     assert guard.reached() == (
         "spend guard: the session used 100 tokens, the cap is 100 (--llm-max-tokens)"
+    )
+    cost = SpendGuard(tmp_path / "db", "s2", max_calls=None, max_tokens=None, max_cost=0.5)
+    cost.ledger.add(1, 10, 0.25)
+    assert cost.reached() is None
+    cost.ledger.add(1, 10, 0.25)
+    assert cost.reached() == (
+        "spend guard: the session's calls cost $0.5000, the cap is $0.5 (--llm-max-cost)"
     )
 
 

@@ -60,6 +60,9 @@ SCHEMA = {
         "run_data",
         "case_id",
         "replayed_from",
+        "variant",
+        "cost",
+        "judge_cost",
     },
     "prompts": {"id", "hash", "function_name", "role", "template", "previous_version_id"},
     "gate_results": {
@@ -73,6 +76,7 @@ SCHEMA = {
         "observed",
         "verdict",
         "detail",
+        "variant",
     },
     "bots": {
         "id",
@@ -106,6 +110,7 @@ SCHEMA = {
         "seed",
         "api",
         "stream",
+        "judge",
     },
     "llm_cache": {"key", "message_log_id", "recorded_at"},
     "metrics": {"run_id", "name", "value", "kind", "position"},
@@ -136,6 +141,7 @@ def test_a_new_database_has_every_table_and_column(tmp_path: Path) -> None:
         "m006_normalize_run_data",
         "m007_add_seed_and_partial",
         "m008_add_captured_calls",
+        "m009_add_variants_and_cost",
     ]
 
 
@@ -144,7 +150,7 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     Store(path).close()
     Store(path).close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 8
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 9
 
 
 def test_the_per_run_tables_are_clustered_and_keep_their_rows(tmp_path: Path) -> None:
@@ -252,6 +258,37 @@ def test_calls_stored_before_captured_calls_existed_are_bot_calls(tmp_path: Path
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT kind FROM bots").fetchall() == [("bot",)]
         assert conn.execute("SELECT api, stream FROM message_log").fetchall() == [(None, 0)]
+
+
+def test_runs_calls_and_gate_results_stored_before_variants_have_none(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from pytest_llmexp._store.migrations import migrations
+
+    path = tmp_path / "message_log.db"
+    with sqlite3.connect(path) as conn:
+        migrations.apply(Database(conn), stop_before="m009_add_variants_and_cost")
+        for statement in (
+            "INSERT INTO sessions (id, kind, started_at, status) VALUES ('s', 'pytest', 't', 'x')",
+            "INSERT INTO experiments (id, session_id, name, num_executions, status) "
+            "VALUES (1, 's', 'e', 1, 'x')",
+            "INSERT INTO experiment_runs (id, experiment_id, execution_index, status, "
+            "started_at, run_data) VALUES ('r1', 1, 0, 'passed', 't', '{}')",
+            "INSERT INTO bots (id, hash, class_name, model_name, params, created_at) "
+            "VALUES (1, 'h', 'SimpleBot', 'm', '{}', 't')",
+            "INSERT INTO message_log (id, bot_id, timestamp, model_name, message_log) "
+            "VALUES ('c', 1, 't', 'm', '[]')",
+            "INSERT INTO gate_results (experiment_id, gate, source, metric, statistic, op, "
+            "threshold, verdict) VALUES (1, 'runs: mean >= 1', 'code', 'runs', 'mean', '>=', 1, "
+            "'passed')",
+        ):
+            conn.execute(statement)
+    Store(path).close()
+    with sqlite3.connect(path) as conn:
+        runs = conn.execute("SELECT variant, cost, judge_cost FROM experiment_runs").fetchall()
+        assert runs == [(None, None, None)]
+        assert conn.execute("SELECT judge FROM message_log").fetchall() == [(0,)]
+        assert conn.execute("SELECT variant FROM gate_results").fetchall() == [(None,)]
 
 
 def test_the_fast_schema_check_knows_every_migration(tmp_path: Path) -> None:

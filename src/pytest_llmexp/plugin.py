@@ -110,7 +110,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return  # called for every test function of every session: the common case first
     from ._plugin.collect import generate_executions
 
-    generate_executions(metafunc, metafunc.config.stash[SETTINGS_KEY].num_executions)
+    settings = metafunc.config.stash[SETTINGS_KEY]
+    generate_executions(metafunc, settings.num_executions, settings.sweep)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -118,7 +119,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     settings = config.stash[SETTINGS_KEY]
     try:
-        select_experiments(config, items, settings.experiments, settings.num_executions)
+        select_experiments(
+            config, items, settings.experiments, settings.num_executions, settings.sweep
+        )
         check_cli_gates(items, settings.cli_gates)
     except pytest.UsageError as exc:
         if not hasattr(config, "workerinput"):
@@ -170,6 +173,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 @pytest.fixture
 def _llmexp_execution(request: pytest.FixtureRequest) -> int:
     """The execution index of an experiment item (set by ``@experiment``)."""
+    return int(request.param)
+
+
+@pytest.fixture
+def _llmexp_variant(request: pytest.FixtureRequest) -> int:
+    """Which variant of the command line an experiment item runs (``--llm-model A ...``)."""
     return int(request.param)
 
 

@@ -218,6 +218,7 @@ class LocalServer:
             structured_output="json_object",
             max_tokens=DEFAULT_MAX_TOKENS,
             fresh_seed=True,
+            single_model=True,
         )
 
     def _argv(self, fd: int, lifeline: int, model: Path | None) -> list[str]:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXEC_FIXTURE",
+    "VARIANT_FIXTURE",
     "ExperimentItem",
     "case_id",
     "check_cli_gates",
@@ -28,12 +29,16 @@ __all__ = [
 ]
 
 EXEC_FIXTURE = "_llmexp_execution"
+#: The indirect parameter of the command line's variants (``--llm-model A --llm-model B``).
+VARIANT_FIXTURE = "_llmexp_variant"
 MARKER_HELP = (
-    "experiment(num_executions=1, name=None, gates=(), concurrency=None): run the test "
-    "num_executions times as an LLM experiment, each execution one recorded run; gates: e.g. "
-    "['name_length: mean >= 5']; concurrency: executions in flight at once per process"
+    "experiment(num_executions=1, name=None, gates=(), concurrency=None, variants=()): run "
+    "the test num_executions times as an LLM experiment, each execution one recorded run; "
+    "gates: e.g. ['name_length: mean >= 5']; concurrency: executions in flight at once per "
+    "process; variants: parametrize arguments that are treatments compared side by side, "
+    "not cases, e.g. ['model']"
 )
-_KNOWN_ARGS = ("num_executions", "name", "gates", "concurrency")
+_KNOWN_ARGS = ("num_executions", "name", "gates", "concurrency", "variants")
 # An execution's parameter id, exec-N, possibly joined by "-" with the ids of other parameters.
 _EXECUTION_ID = re.compile(r"\[(?:[^\]]*-)?exec-(\d+)(?:-[^\]]*)?\]$")
 
@@ -54,6 +59,11 @@ class ExperimentItem(NamedTuple):
     declared_executions: int | None = None
     #: ``concurrency=`` as the code declares it (``None``: not declared).
     concurrency: int | None = None
+    #: The variant this execution belongs to (``model=gpt-4o``), ``None`` without variants;
+    #: the experiment's variants in order; what a variant of the command line changes.
+    variant: str | None = None
+    variants: tuple[str, ...] = ()
+    overrides: dict[str, Any] | None = None
 
 
 def experiment(
@@ -61,6 +71,7 @@ def experiment(
     name: str | None = None,
     gates: Any = None,
     concurrency: int | None = None,
+    variants: Any = None,
     **unknown: Any,
 ) -> Any:
     """Run the decorated test ``num_executions`` times as the experiment ``name``.
@@ -69,6 +80,8 @@ def experiment(
     the experiment's aggregates that decide the session's verdict, e.g.
     ``["name_length: mean >= 5", "pass_rate >= 0.9"]``. ``concurrency`` keeps that many of
     its executions in flight at once in each process (``--llm-concurrency`` overrides it).
+    ``variants`` names parametrize arguments that are treatments, not cases: each value is a
+    variant, and variants are compared side by side, each with its own statistics and gates.
     This is the same as ``@pytest.mark.experiment(...)``; both are checked at collection.
     """
     if (
@@ -76,6 +89,7 @@ def experiment(
         and name is None
         and gates is None
         and concurrency is None
+        and variants is None
         and not unknown
     ):
         return pytest.mark.experiment(num_executions)  # bare @experiment
@@ -86,6 +100,8 @@ def experiment(
         kwargs["gates"] = gates
     if concurrency is not None:
         kwargs["concurrency"] = concurrency
+    if variants is not None:
+        kwargs["variants"] = variants
     return pytest.mark.experiment(**kwargs)
 
 
@@ -96,6 +112,7 @@ class _Spec(NamedTuple):
     #: What the code declares, when --llm-num-executions runs another number.
     declared: int | None = None
     concurrency: int | None = None
+    variants: tuple[str, ...] = ()
 
 
 def _spec(definition: pytest.Item | Any, override: int | None) -> _Spec | None:
@@ -141,7 +158,82 @@ def _mark_spec(mark: pytest.Mark, test: str, override: int | None) -> _Spec:
         tuple(g.text for g in gates),
         count if override is not None and override != count else None,
         concurrency,
+        _check_variants(mark.kwargs.get("variants", ()), where),
     )
+
+
+def _check_variants(variants: Any, where: str) -> tuple[str, ...]:
+    """``variants=`` as declared: a list of distinct argument names."""
+    example = "e.g. variants=['model']"
+    if isinstance(variants, str) or not isinstance(variants, list | tuple):
+        raise ExperimentError(
+            f"{where}: variants must be a list of parametrize argument names, {example}; got "
+            f"{variants!r}"
+        )
+    for name in variants:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ExperimentError(
+                f"{where}: variants names parametrize arguments, {example}; {name!r} is not an "
+                "argument name"
+            )
+    if len(set(variants)) != len(variants):
+        raise ExperimentError(f"{where}: variants names an argument twice: {list(variants)!r}")
+    return tuple(variants)
+
+
+def _scalar(name: str, value: Any, index: int) -> str:
+    """A parameter value as a variant or case names it: the value itself when it is a plain
+    scalar (``model=gpt-4o``), else the argument and its position (``config1``)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return f"{name}={value}"
+    return f"{name}={name}{index}"
+
+
+def _variant_of(
+    item: pytest.Item, callspec: Any, spec: _Spec, sweep: tuple[dict[str, Any], ...]
+) -> tuple[str | None, dict[str, Any] | None, str | None, tuple[int, ...]]:
+    """The item's variant, what the command line's variant changes, its case, and the
+    variant's place in the declared order."""
+    params: dict[str, Any] = callspec.params
+    indices: dict[str, int] = callspec.indices
+    clash = [name for name in spec.variants if any(name in overrides for overrides in sweep)]
+    if clash:
+        raise ExperimentError(
+            f"@experiment on {item.name.split('[')[0]} declares the variants "
+            f"{', '.join(clash)} in code, and the command line sweeps "
+            f"{', '.join(clash)} too (--llm-{clash[0]} given more than once): run the sweep "
+            "without this experiment (--llm-experiment NAME selects the others), or give one value"
+        )
+    missing = [name for name in spec.variants if name not in params]
+    if missing:
+        arguments = [p for p in params if p not in (EXEC_FIXTURE, VARIANT_FIXTURE)]
+        raise ExperimentError(
+            f"@experiment on {item.name.split('[')[0]}: variants names {', '.join(missing)}, "
+            f"which {'is' if len(missing) == 1 else 'are'} not parametrize arguments of the "
+            f"test; its arguments: {', '.join(arguments) or 'none'} (parametrize the test with "
+            "@pytest.mark.parametrize first)"
+        )
+    parts = [_scalar(name, params[name], indices[name]) for name in spec.variants]
+    order = tuple(indices[name] for name in spec.variants)
+    overrides = None
+    if VARIANT_FIXTURE in params:
+        from .variants import sweep_label
+
+        overrides = sweep[int(params[VARIANT_FIXTURE])]
+        parts.append(sweep_label(overrides))
+        order += (int(params[VARIANT_FIXTURE]),)
+    if not parts:
+        return None, None, case_id(item.nodeid), ()
+    if not spec.variants:
+        # Only the command line's variants: the case keeps the id pytest gives it, as in a
+        # session without them, so that baselines pair the same cases.
+        return parts[0], overrides, case_id(item.nodeid, drop=parts[0]), order
+    cases = [
+        _scalar(name, value, indices[name])
+        for name, value in params.items()
+        if name not in spec.variants and name not in (EXEC_FIXTURE, VARIANT_FIXTURE)
+    ]
+    return ",".join(parts), overrides, ",".join(cases) or None, order
 
 
 def check_cli_gates(items: list[pytest.Item], gates: tuple[Gate, ...]) -> None:
@@ -171,13 +263,16 @@ def check_cli_gates(items: list[pytest.Item], gates: tuple[Gate, ...]) -> None:
             )
 
 
-def case_id(nodeid: str) -> str | None:
-    """The case of an execution: its parametrize id without ``exec-N`` (``None`` if none)."""
+def case_id(nodeid: str, *, drop: str | None = None) -> str | None:
+    """The case of an execution: its parametrize id without ``exec-N`` (``None`` if none),
+    and without the id ``drop`` (a variant of the command line)."""
     test = nodeid.rsplit("::", 1)[-1]
     if not test.endswith("]") or "[" not in test:
         return None
     ids = test[test.index("[") + 1 : -1]
     rest = re.sub(r"(?:^|-)exec-\d+(?=-|$)", "", ids, count=1).strip("-")
+    if drop:
+        rest = re.sub(rf"(?:^|-){re.escape(drop)}(?=-|$)", "", rest, count=1).strip("-")
     return rest or None
 
 
@@ -193,8 +288,11 @@ def is_execution_id(nodeid: str) -> bool:
     return execution_index(nodeid) is not None
 
 
-def generate_executions(metafunc: pytest.Metafunc, override: int | None) -> None:
-    """Parametrize an experiment test over its executions, ids ``exec-0`` ... ``exec-N-1``."""
+def generate_executions(
+    metafunc: pytest.Metafunc, override: int | None, sweep: tuple[dict[str, Any], ...] = ()
+) -> None:
+    """Parametrize an experiment test over its executions, ids ``exec-0`` ... ``exec-N-1``,
+    and over the command line's variants (``model=A``), if any."""
     try:
         spec = _spec(metafunc.definition, override)
     except ExperimentError as exc:
@@ -204,6 +302,17 @@ def generate_executions(metafunc: pytest.Metafunc, override: int | None) -> None
     count = spec.num_executions
     if EXEC_FIXTURE not in metafunc.fixturenames:
         metafunc.fixturenames.append(EXEC_FIXTURE)
+    if sweep:
+        from .variants import sweep_label
+
+        if VARIANT_FIXTURE not in metafunc.fixturenames:
+            metafunc.fixturenames.append(VARIANT_FIXTURE)
+        metafunc.parametrize(
+            VARIANT_FIXTURE,
+            range(len(sweep)),
+            indirect=True,
+            ids=[sweep_label(overrides) for overrides in sweep],
+        )
     metafunc.parametrize(
         EXEC_FIXTURE, range(count), indirect=True, ids=[f"exec-{i}" for i in range(count)]
     )
@@ -214,11 +323,14 @@ def select_experiments(
     items: list[pytest.Item],
     wanted: tuple[str, ...],
     override: int | None,
+    sweep: tuple[dict[str, Any], ...] = (),
 ) -> None:
     """Tag experiment items, check their names, and keep only the ``wanted`` experiments."""
     functions: dict[str, set[str]] = {}
     # The executions of a test share its mark: it is checked once, not once per execution.
     specs: dict[tuple[int, str], tuple[pytest.Mark, _Spec]] = {}
+    orders: dict[str, dict[str, tuple[int, ...]]] = {}
+    errors: dict[str, str] = {}
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is None or EXEC_FIXTURE not in callspec.params:
@@ -232,22 +344,44 @@ def select_experiments(
             cached = specs[(id(mark), test)] = (mark, _mark_spec(mark, test, override))
         spec = cached[1]
         name = spec.name
+        functions.setdefault(name, set()).add(item.nodeid.split("[")[0])
+        try:
+            variant, overrides, case, order = _variant_of(item, callspec, spec, sweep)
+        except ExperimentError as exc:
+            # An error only if the experiment is selected (a sweep that names others).
+            errors.setdefault(name, str(exc))
+            continue
+        if variant is not None:
+            orders.setdefault(name, {}).setdefault(variant, order)
         item.stash[ITEM_KEY] = ExperimentItem(
             name=name,
             num_executions=spec.num_executions,
             execution_index=int(callspec.params[EXEC_FIXTURE]),
-            case_id=case_id(item.nodeid),
+            case_id=case,
             gates=spec.gates,
             declared_executions=spec.declared,
             concurrency=spec.concurrency,
+            variant=variant,
+            overrides=overrides,
         )
-        functions.setdefault(name, set()).add(item.nodeid.split("[")[0])
+    # Each execution knows its experiment's variants in the declared order (the first is
+    # the reference the others are compared with), whatever order the items run in.
+    for item in items:
+        info = item.stash.get(ITEM_KEY, None)
+        if info is not None and info.variant is not None:
+            declared = orders[info.name]
+            item.stash[ITEM_KEY] = info._replace(
+                variants=tuple(sorted(declared, key=declared.__getitem__))
+            )
     for name, tests in sorted(functions.items()):
         if len(tests) > 1:
             raise pytest.UsageError(
                 f"experiment name {name!r} is used by {' and '.join(sorted(tests))}; give "
                 "each a distinct name with @experiment(name=...)"
             )
+    for name, error in errors.items():
+        if not wanted or name in wanted:
+            raise pytest.UsageError(error)
     if not wanted:
         return
     unmatched = [name for name in wanted if name not in functions]

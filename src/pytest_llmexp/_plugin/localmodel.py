@@ -29,6 +29,7 @@ __all__ = [
     "WORKERINPUT_ENDPOINT",
     "LocalModelPlugin",
     "LocalXdistHooks",
+    "check_model_sweep",
     "check_named_model",
     "header_lines",
     "local_mode",
@@ -134,6 +135,21 @@ class LocalXdistHooks:
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """Load the model before the scheduler sends any experiment out."""
         self.local.prepare(experiments=any(is_execution_id(nodeid) for nodeid in ids))
+
+
+def check_model_sweep(models: list[str], local: str | None) -> None:
+    """Refuse a model sweep on the embedded model: it serves one model whatever a request
+    names, so its variants would compare it with itself under other names."""
+    from .._local.server import LOCAL
+
+    if LOCAL in models or local is not None:
+        given = " ".join(f"--llm-model {m}" for m in models)
+        raise pytest.UsageError(
+            f"{given}: the embedded local model is one model, whatever a request names, so "
+            "these variants would compare it with itself; name models that an endpoint serves "
+            "(--llm-base-url, or OPENAI_API_KEY for OpenAI), or compare settings on the "
+            "embedded model instead (--llm-temperature 0 --llm-temperature 1)"
+        )
 
 
 def check_named_model(model: str, model_where: str, base_url: str | None) -> None:

@@ -155,6 +155,9 @@ def _new_state(item: pytest.Item, worker: str) -> RunState:
         case_id=info.case_id,
         gates=info.gates,
         declared_executions=info.declared_executions,
+        variant=info.variant,
+        variants=info.variants,
+        overrides=info.overrides,
         # pytest-rerunfailures counts the attempts of a test on the item.
         attempt=max(int(getattr(item, "execution_count", 1) or 1), 1),
     )
@@ -315,6 +318,8 @@ class RunRelay:
         properties: list[tuple[str, object]] = [("llmexp.run_id", record.run_id)]
         if record.case_id is not None:
             properties.append(("llmexp.case", record.case_id))
+        if record.variant is not None:
+            properties.append(("llmexp.variant", record.variant))
         properties += [
             (f"llmexp.metric.{m.name}", m.value if m.kind == "float" else int(m.value))
             for m in record.metrics

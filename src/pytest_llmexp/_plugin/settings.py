@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
@@ -80,6 +81,20 @@ class Settings(NamedTuple):
     rate_limit_wait: float = DEFAULT_RATE_LIMIT_WAIT
     #: Record the code's own ``openai`` client calls (``--llm-capture``).
     capture: bool = True
+    #: The temperature every bot but judges calls with (one ``--llm-temperature``).
+    temperature: float | None = None
+    #: Variants of the command line (several ``--llm-model`` or ``--llm-temperature``), each
+    #: what it changes: ``{"model": "gpt-4o"}``; empty without a sweep.
+    sweep: tuple[dict[str, Any], ...] = ()
+    #: The model of judges, bots called inside a ``@metric`` (``--llm-judge-model``).
+    judge_model: str | None = None
+    #: US dollars per million tokens by model (``llm_prices``), and the spend guard's cap.
+    prices: Mapping[str, Any] = MappingProxyType({})
+    max_cost: float | None = None
+    #: GitHub Actions job summary and annotations (``--llm-github``), where it runs.
+    github: bool = True
+    #: The variants whose gates decide the exit status (``--llm-gate-variant``; all if empty).
+    gate_variants: tuple[str, ...] = ()
 
 
 N = TypeVar("N", int, float)
@@ -103,12 +118,6 @@ def add_options(parser: pytest.Parser) -> None:
         "--llm-num-executions",
         metavar="N",
         help="run every selected experiment N times, whatever it declares.",
-    )
-    group.addoption(
-        "--llm-model",
-        metavar="NAME",
-        help="call every bot with model NAME instead of its own (ini: llm_model); 'local' is "
-        "the embedded model, served by llama.cpp on 127.0.0.1 (pytest-llmexp[local]).",
     )
     group.addoption(
         "--llm-base-url",
@@ -247,6 +256,9 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("llm_fail_on_regression", "fail the session on a regression", "bool", False)
     parser.addini("llm_db", "the experiment database (default: message_log.db in the rootdir)")
     parser.addini("llm_model", "the model every bot calls instead of its own ('local': embedded)")
+    from .variants import add_variant_options
+
+    add_variant_options(parser)
     parser.addini("llm_base_url", "the OpenAI-compatible endpoint")
     parser.addini("llm_timeout", f"timeout of one LLM request in seconds ({DEFAULT_TIMEOUT:g})")
     parser.addini("llm_max_retries", f"retries of a failed LLM request ({DEFAULT_MAX_RETRIES})")
@@ -328,7 +340,14 @@ def build_settings(config: pytest.Config) -> Settings:
         ini=False,
     )
 
-    model, model_where = _value(config, "llm_model")
+    models = [str(m) for m in config.getoption("llm_model") or []]
+    model, model_where = (models[0], "--llm-model") if len(models) == 1 else (None, "")
+    ini_model = str(config.getini("llm_model") or "").strip()
+    if not models and ini_model:
+        model, model_where = ini_model, "ini llm_model"
+    from .variants import variant_options
+
+    variants = variant_options(config, models)
 
     base_url, where = _value(config, "llm_base_url")
     if base_url is not None:
@@ -338,7 +357,9 @@ def build_settings(config: pytest.Config) -> Settings:
 
     from .localmodel import local_mode
 
-    local, local_unavailable = local_mode(model, model_where, base_url, where)
+    local, local_unavailable = local_mode(
+        model or (models[0] if models else None), model_where or "--llm-model", base_url, where
+    )
 
     timeout = _number(
         config,
@@ -384,10 +405,15 @@ def build_settings(config: pytest.Config) -> Settings:
         raise _bad(where, capture, "on or off")
 
     verdict = _verdict_options(config)
-    if local is None and model is not None and verdict["cache"] != "replay":
+    if len(models) > 1:
+        from .localmodel import check_model_sweep
+
+        check_model_sweep(models, local)
+    if local is None and verdict["cache"] != "replay":
         from .localmodel import check_named_model
 
-        check_named_model(model, model_where, base_url)
+        for name in models or ([model] if model else []):
+            check_named_model(name, model_where or "--llm-model", base_url)
 
     return Settings(
         **verdict,
@@ -411,6 +437,7 @@ def build_settings(config: pytest.Config) -> Settings:
         tpm=tpm,
         rate_limit_wait=DEFAULT_RATE_LIMIT_WAIT if rate_limit_wait is None else rate_limit_wait,
         capture=capture is None or _SWITCH[capture.lower()],
+        **variants,
     )
 
 

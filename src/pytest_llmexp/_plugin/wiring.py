@@ -63,6 +63,7 @@ def process_settings(config: pytest.Config, workerinput: dict[str, Any] | None) 
         client = worker_client_settings(workerinput) or client
     elif settings.local:
         client = start_local(config, client)
+    client = client._replace(temperature=settings.temperature, judge_model=settings.judge_model)
     cache = CacheSettings()
     if settings.cache != "off" or settings.replay_from is not None:
         from .._store.spool import cassette_path
@@ -84,6 +85,7 @@ def process_settings(config: pytest.Config, workerinput: dict[str, Any] | None) 
             wait=settings.rate_limit_wait,
         ),
         capture=settings.capture,
+        prices=settings.prices,
     )
 
 
@@ -163,12 +165,13 @@ def make_relay(config: pytest.Config) -> RunRelay:
     settings = config.stash[SETTINGS_KEY]
     session_id, worker = config.stash[WHO_KEY]
     spend = None
-    if settings.max_calls is not None or settings.max_tokens is not None:
+    if any(cap is not None for cap in (settings.max_calls, settings.max_tokens, settings.max_cost)):
         spend = SpendGuard(
             settings.db_path,
             session_id,
             max_calls=settings.max_calls,
             max_tokens=settings.max_tokens,
+            max_cost=settings.max_cost,
         )
     relay = config.stash[RELAY_KEY] = RunRelay(
         worker, Spool(settings.db_path, session_id, worker), spend

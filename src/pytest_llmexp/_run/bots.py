@@ -22,7 +22,7 @@ from ..errors import BotError, LLMCallError, StructuredOutputError, TruncatedRep
 from . import cache, endpoint, traffic
 from .calls import CallFailed, check_arguments, request_completion
 from .prompts import Message, MessageInput, MessageLike, to_messages
-from .recording import clip_messages, record_call
+from .recording import clip_messages, current_run, in_metric, record_call
 from .structured import (
     enumerate_int_ranges,
     json_schema,
@@ -104,18 +104,49 @@ class _Bot:
         return current.max_tokens
 
     def _model(self) -> str:
-        model = endpoint.settings().model or self.model_name
+        return self._chosen()[0]
+
+    def _chosen(self) -> tuple[str, float | None]:
+        """The model and temperature this bot calls now.
+
+        A bot called inside a ``@metric`` is a judge, the ruler and not what is measured:
+        it keeps its own model (or ``--llm-judge-model``) and temperature in every variant.
+        Any other bot calls its run's variant (``--llm-model A --llm-model B``), else
+        ``--llm-model`` and ``--llm-temperature``, else its own. An endpoint that serves one
+        model (the embedded one) is called with it by every bot.
+        """
+        current = endpoint.settings()
+        judge = in_metric()
+        run = None if judge else current_run()
+        overrides = run.overrides if run is not None else {}
+        if current.single_model:
+            model = current.model
+        elif judge:
+            model = current.judge_model or self.model_name or current.model
+        else:
+            model = overrides.get("model") or current.model or self.model_name
+        temperature = self.temperature
+        if not judge:
+            chosen = overrides.get("temperature", current.temperature)
+            if chosen is not None:
+                temperature = float(chosen)
         if not model:
+            if judge:
+                raise BotError(
+                    f"{type(self).__name__} is called inside a @metric (a judge), and judges "
+                    "keep their own model: pass model_name=... to it, or run with "
+                    "--llm-judge-model NAME (ini: llm_judge_model)"
+                )
             raise BotError(
                 f"{type(self).__name__} has no model: pass model_name=... or run with "
                 "--llm-model NAME (ini: llm_model)"
             )
-        return model
+        return model, temperature
 
     def bot_record(self) -> BotRecord:
         """This bot's configuration as it is called now (with any ``--llm-model`` override)."""
         current = endpoint.settings()
-        model = self._model()
+        model, temperature = self._chosen()
         base_url = endpoint.endpoint_label(current)
         key = (
             model,
@@ -124,6 +155,7 @@ class _Bot:
             current.max_retries,
             current.model_sha256,
             self._default_max_tokens(current),
+            temperature,
         )
         record = self._records.get(key)
         if record is None:
@@ -139,10 +171,9 @@ class _Bot:
         try:
             kwargs = canonical(self.completion_kwargs) if self.completion_kwargs else ""
         except (TypeError, ValueError):  # not JSON: not shared
-            return self._make_record(*endpoint_key[:2])
+            return self._make_record(endpoint_key[0], endpoint_key[1], endpoint_key[-1])
         key = (
             type(self).__name__,
-            self.temperature,
             system.content if system else None,
             system.prompt.hash if system and system.prompt else None,
             id(schema),
@@ -154,13 +185,13 @@ class _Bot:
         # The schema itself is kept with the record, so its id cannot be reused meanwhile.
         if found is not None and found[0] is schema:
             return found[1]
-        record = self._make_record(*endpoint_key[:2])
+        record = self._make_record(endpoint_key[0], endpoint_key[1], endpoint_key[-1])
         if len(_SHARED_RECORDS) >= _MAX_SHARED:
             _SHARED_RECORDS.clear()
         _SHARED_RECORDS[key] = (schema, record)
         return record
 
-    def _make_record(self, model: str, base_url: str) -> BotRecord:
+    def _make_record(self, model: str, base_url: str, temperature: float | None) -> BotRecord:
         current = endpoint.settings()
         params: dict[str, Any] = {
             "base_url": base_url,
@@ -178,7 +209,7 @@ class _Bot:
         config: dict[str, Any] = {
             "class_name": type(self).__name__,
             "model_name": model,
-            "temperature": self.temperature,
+            "temperature": temperature,
             "system_prompt": system.content if system else None,
             "response_schema": self._response_schema(),
             "params": params,
@@ -202,8 +233,8 @@ class _Bot:
         payload = [m.to_dict() for m in messages]
         prompts: list[PromptRecord] = [m.prompt for m in messages if m.prompt is not None]
         request: dict[str, Any] = dict(self.completion_kwargs)
-        if self.temperature is not None:
-            request["temperature"] = self.temperature
+        if bot.temperature is not None:
+            request["temperature"] = bot.temperature
         default_max_tokens = self._default_max_tokens(current)
         if default_max_tokens is not None:
             request["max_tokens"] = default_max_tokens
@@ -229,7 +260,8 @@ class _Bot:
                     bot_hash=bot.hash,
                     timestamp=timestamp,
                     model_name=bot.model_name,
-                    temperature=self.temperature,
+                    temperature=bot.temperature,
+                    judge=in_metric(),
                     # The request's own time: waits on rate limits are not the endpoint's.
                     latency_ms=(time.perf_counter() - started - traffic.waited()) * 1000,
                     messages=stored,

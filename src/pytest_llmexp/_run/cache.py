@@ -132,6 +132,10 @@ def plan_call(
         "schema": _schema_digest(bot),
         "prompts": prompts,
     }
+    if run.variant is not None:
+        # Variants whose requests are alike (a post-processing argument) keep their own
+        # replies; an experiment without variants keeps its keys as they were.
+        request["variant"] = run.variant
     base = request_digest(bot.model_name, bot.temperature, messages, request)
     request["occurrence"] = run.occurrence(base)
     key = cache_key(base, request["occurrence"])

@@ -40,7 +40,7 @@ from ..errors import ReplayMiss
 from . import cache, traffic
 from .calls import is_own_request, rate_limit_pause
 from .process import PROCESS
-from .recording import clip_messages, current_run, record_call_in, withdraw_call
+from .recording import clip_messages, current_run, in_metric, record_call_in, withdraw_call
 from .wire import NOT_PARAMS, error_name, read_reply, replay_body, request_messages, response_schema
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def _sync_wrapper(module: Any, original: Any) -> Any:
             time.sleep(wait)
         exchange.sending(wait)
         try:
-            response = original(self, request)
+            response = original(self, exchange.request)
         except BaseException as exc:  # an interrupt too (Ctrl-C, pytest-timeout)
             exchange.failed(exc)
             raise
@@ -136,7 +136,7 @@ def _async_wrapper(module: Any, original: Any) -> Any:
             await anyio.sleep(wait)
         exchange.sending(wait)
         try:
-            response = await original(self, request)
+            response = await original(self, exchange.request)
         except BaseException as exc:  # an interrupt too (Ctrl-C, pytest-timeout)
             exchange.failed(exc)
             raise
@@ -162,21 +162,50 @@ def _begin(module: Any, request: Any) -> _Exchange | None:
         return None
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         return None
-    if current_run() is None and not PROCESS.settings.buffer_orphans:
+    run = current_run()
+    if run is None and not PROCESS.settings.buffer_orphans:
         # A script's calls outside its Experiment's runs are its own business; under
         # pytest they are stored as calls outside any run, as a bot's are.
         return None
-    return _Exchange(module, request, api, body, client)
+    judge = in_metric()
+    if run is not None and run.overrides and not judge:
+        request, body = _in_variant(module, request, body, run.overrides)
+    return _Exchange(module, request, api, body, client, judge)
+
+
+def _in_variant(
+    module: Any, request: Any, body: dict[str, Any], overrides: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """The request as the run's variant of the command line sends it: a model sweep
+    (``--llm-model A --llm-model B``) measures the code's own client calls too, so they
+    call the variant's model (and temperature), as bots do. Judges keep theirs."""
+    changed = {**body, **{k: v for k, v in overrides.items() if k in ("model", "temperature")}}
+    if changed == body:
+        return request, body
+    headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+    content = json.dumps(changed).encode()
+    rebuilt = module.Request(
+        request.method, request.url, headers=headers, content=content, extensions=request.extensions
+    )
+    return rebuilt, changed
 
 
 class _Exchange:
     """One attempt of a captured call: its request as recorded, then its reply or error."""
 
     def __init__(
-        self, module: Any, request: Any, api: str, body: dict[str, Any], client: str
+        self,
+        module: Any,
+        request: Any,
+        api: str,
+        body: dict[str, Any],
+        client: str,
+        judge: bool = False,
     ) -> None:
         self.module = module
         self.request = request
+        #: Made inside a ``@metric`` function: a judge's call.
+        self.judge = judge
         self.api = api
         self.stream = bool(body.get("stream"))
         self.model: str = body["model"]
@@ -393,6 +422,7 @@ class _Exchange:
                 request=None if plan is None else plan.request,
                 api=self.api,
                 stream=self.stream,
+                judge=self.judge,
                 seed=self.params.get("seed") if type(self.params.get("seed")) is int else None,
                 **fields,
             ),

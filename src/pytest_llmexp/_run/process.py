@@ -15,6 +15,8 @@ Stdlib only: the plugin imports this module in every pytest session.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from .._util.defaults import (
@@ -67,6 +69,13 @@ class ClientSettings(NamedTuple):
     #: Send each call a fresh random ``seed`` (the embedded model's sampler otherwise starts
     #: from the same seed at every load, so sessions would repeat their samples).
     fresh_seed: bool = False
+    #: The temperature every bot that is not a judge calls with (``--llm-temperature``).
+    temperature: float | None = None
+    #: The model judges call (bots called inside a ``@metric``): ``--llm-judge-model``.
+    judge_model: str | None = None
+    #: The endpoint serves one model whatever a request names (the embedded model): every
+    #: bot calls it, judges included, and is recorded with its name.
+    single_model: bool = False
 
 
 class CacheSettings(NamedTuple):
@@ -104,6 +113,8 @@ class ProcessSettings(NamedTuple):
     #: Record the calls the code makes through its own ``openai`` client, where the
     #: transports are wrapped (see :mod:`.capture`); ``--llm-capture off`` turns it off.
     capture: bool = True
+    #: US dollars per million tokens, by model (``llm_prices``; see :mod:`.._verdict.cost`).
+    prices: Mapping[str, Any] = MappingProxyType({})
 
 
 class _Closable(Protocol):

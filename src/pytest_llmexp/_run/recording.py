@@ -101,6 +101,9 @@ class RunContext(_Collected):
         gates: tuple[str, ...] = (),
         declared_executions: int | None = None,
         attempt: int = 1,
+        variant: str | None = None,
+        variants: tuple[str, ...] = (),
+        overrides: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.run_id = new_id()
@@ -111,6 +114,12 @@ class RunContext(_Collected):
         self.nodeid = nodeid
         #: The parametrize case this run repeats (``None``: the experiment has one case).
         self.case_id = case_id
+        #: The variant this run belongs to (``model=gpt-4o``), and its experiment's variants.
+        self.variant = variant
+        self.variants = list(variants)
+        #: What the variant changes in every bot that is not a judge (``model``,
+        #: ``temperature``), for a variant of the command line (``--llm-model A --llm-model B``).
+        self.overrides: dict[str, Any] = dict(overrides or {})
         self.gates = list(gates)
         #: The executions the code declares, when the session runs another number.
         self.declared_executions = declared_executions
@@ -217,6 +226,26 @@ class RunContext(_Collected):
             tokens = sum((c.prompt_tokens or 0) + (c.completion_tokens or 0) for c in calls)
             return len(calls), tokens
 
+    def live_cost(self) -> float:
+        """What the run's calls that reached the endpoint cost at the session's prices, the
+        judges' included (calls of unknown cost count nothing)."""
+        from .._verdict.cost import call_cost
+
+        prices = PROCESS.settings.prices
+        with self._lock:
+            costs = [
+                call_cost(
+                    prices,
+                    c.model_name,
+                    c.prompt_tokens,
+                    c.completion_tokens,
+                    failed=c.error is not None,
+                )
+                for c in self._calls
+                if not c.replayed_from
+            ]
+        return sum(c for c in costs if c is not None)
+
     def start_json(self) -> str:
         """What the writer needs to record this run if its process dies before it ends."""
         return json.dumps(
@@ -229,6 +258,7 @@ class RunContext(_Collected):
                 "nodeid": self.nodeid,
                 "started_at": self.started_at,
                 "case_id": self.case_id,
+                "variant": self.variant,
             }
         )
 
@@ -244,10 +274,12 @@ class RunContext(_Collected):
         ``(module, function_name, hash)``) and bots (by hash) in ``defined`` are named in
         ``prompt_refs`` and ``bot_refs`` instead of being carried."""
         from .._store.records import RunRecord
+        from .._verdict.cost import run_costs
 
         defined = defined or set()
         with self._lock:
             self.finished = True
+            cost, judge_cost = run_costs(PROCESS.settings.prices, self._calls)
             return RunRecord(
                 run_id=self.run_id,
                 experiment=self.experiment,
@@ -268,6 +300,10 @@ class RunContext(_Collected):
                 metrics=list(self._metrics.values()),
                 metadata=dict(self._metadata),
                 case_id=self.case_id,
+                variant=self.variant,
+                variants=self.variants,
+                cost=cost,
+                judge_cost=judge_cost,
                 gates=self.gates,
                 declared_executions=self.declared_executions,
                 attempt=self.attempt,

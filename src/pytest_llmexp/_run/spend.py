@@ -1,4 +1,5 @@
-"""The spend guard: optional caps on a session's LLM calls and tokens, across its processes."""
+"""The spend guard: optional caps on a session's LLM calls, tokens and cost, across its
+processes."""
 
 from __future__ import annotations
 
@@ -19,20 +20,32 @@ class SpendGuard:
     its processes were running at that moment."""
 
     def __init__(
-        self, db_path: Path, session_id: str, *, max_calls: int | None, max_tokens: int | None
+        self,
+        db_path: Path,
+        session_id: str,
+        *,
+        max_calls: int | None,
+        max_tokens: int | None,
+        max_cost: float | None = None,
     ) -> None:
         self.ledger = SpendLedger(db_path, session_id)
         self.max_calls = max_calls
         self.max_tokens = max_tokens
+        self.max_cost = max_cost
 
     def add_run(self, run: RunContext) -> None:
         calls, tokens = run.usage(live=True)
         if calls:
-            self.ledger.add(calls, tokens)
+            self.ledger.add(calls, tokens, run.live_cost() if self.max_cost is not None else 0.0)
 
     def reached(self) -> str | None:
         """Why no further run may start, or ``None``."""
-        calls, tokens = self.ledger.totals()
+        calls, tokens, cost = self.ledger.totals()
+        if self.max_cost is not None and cost >= self.max_cost:
+            return (
+                f"spend guard: the session's calls cost ${cost:.4f}, the cap is "
+                f"${self.max_cost:g} (--llm-max-cost)"
+            )
         if self.max_calls is not None and calls >= self.max_calls:
             return (
                 f"spend guard: the session made {calls} LLM calls, the cap is {self.max_calls} "

@@ -253,3 +253,17 @@ def m008_add_captured_calls(db: Database) -> None:
     db.execute("ALTER TABLE bots ADD COLUMN kind TEXT NOT NULL DEFAULT 'bot'")
     db.execute("ALTER TABLE message_log ADD COLUMN api TEXT")
     db.execute("ALTER TABLE message_log ADD COLUMN stream INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations()
+def m009_add_variants_and_cost(db: Database) -> None:
+    # An experiment can run several variants (models, settings, prompts) side by side. Per
+    # run: its variant, 'model=gpt-4o' (NULL without variants), and its cost in US dollars
+    # from the session's prices: the calls it measured, and its judges' calls apart (NULL:
+    # no price known). Per call: whether a judge made it (a bot called inside a @metric).
+    # Per gate result: the variant it judged.
+    db.execute("ALTER TABLE experiment_runs ADD COLUMN variant TEXT")
+    db.execute("ALTER TABLE experiment_runs ADD COLUMN cost REAL")
+    db.execute("ALTER TABLE experiment_runs ADD COLUMN judge_cost REAL")
+    db.execute("ALTER TABLE message_log ADD COLUMN judge INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE gate_results ADD COLUMN variant TEXT")

@@ -80,6 +80,8 @@ class CallRecord(_Record):
     api: str = "chat.completions"
     #: The reply was streamed (``stream=True``).
     stream: bool = False
+    #: A judge made it: a bot (or client) called inside a ``@metric`` function.
+    judge: bool = False
 
     def row(self, run_id: str | None) -> tuple[Any, ...]:
         """The call's ``message_log`` row, in the column order the store inserts, with the
@@ -107,6 +109,7 @@ class CallRecord(_Record):
             self.seed,
             self.api,
             int(self.stream),
+            int(self.judge),
         )
 
 
@@ -169,6 +172,14 @@ class RunRecord(Recording):
     #: a failed execution again; only the last attempt is evaluated.
     attempt: int = 1
     case_id: str | None = None
+    #: The variant the run belongs to, ``model=gpt-4o`` (``None``: the experiment has none).
+    variant: str | None = None
+    #: The experiment's variants in the order declared (the first is the reference).
+    variants: list[str] = Field(default_factory=list)
+    #: What its calls cost in US dollars at the session's prices (``None``: some model has
+    #: no price, or no prices are set), the judges' calls apart.
+    cost: float | None = None
+    judge_cost: float | None = None
     #: The gates its experiment declares in code (``@experiment(gates=...)``).
     gates: list[str] = Field(default_factory=list)
     #: The executions the code declares, when the session ran another number
@@ -201,6 +212,9 @@ class RunRecord(Recording):
             self.case_id,
             self.replayed_from,
             self.attempt,
+            self.variant,
+            self.cost,
+            self.judge_cost,
         )
 
     def run_data(self) -> dict[str, Any]:
@@ -215,4 +229,6 @@ class RunRecord(Recording):
         }
         if self.declared_executions is not None:
             data["declared_executions"] = self.declared_executions
+        if self.variants:
+            data["variants"] = self.variants
         return data

@@ -28,6 +28,7 @@ SCHEMA = (
     "m006_normalize_run_data",
     "m007_add_seed_and_partial",
     "m008_add_captured_calls",
+    "m009_add_variants_and_cost",
 )
 MIGRATION_SET = "pytest_llmexp"
 

@@ -260,12 +260,13 @@ class Spool:
 
 
 class SpendLedger:
-    """The session's LLM calls and tokens so far, shared by its processes through a file."""
+    """The session's LLM calls, tokens and cost so far, shared by its processes through a
+    file."""
 
     def __init__(self, db_path: Path, session_id: str) -> None:
         self.path = spool_dir(db_path) / f"{session_id}.spend"
 
-    def _update(self, calls: int, tokens: int) -> tuple[int, int]:
+    def _update(self, calls: int, tokens: int, cost: float) -> tuple[int, int, float]:
         fd = _open(self.path, os.O_RDWR)
         try:
             try:
@@ -274,25 +275,28 @@ class SpendLedger:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except ImportError:  # pragma: no cover - Windows
                 pass
-            text = os.pread(fd, 64, 0).decode() or "0 0"
-            total_calls, total_tokens = (int(x) for x in text.split())
-            if calls or tokens:
+            text = os.pread(fd, 128, 0).decode() or "0 0 0"
+            fields = text.split()
+            total_calls, total_tokens = int(fields[0]), int(fields[1])
+            total_cost = float(fields[2]) if len(fields) > 2 else 0.0
+            if calls or tokens or cost:
                 total_calls += calls
                 total_tokens += tokens
-                data = f"{total_calls} {total_tokens}".encode()
+                total_cost += cost
+                data = f"{total_calls} {total_tokens} {total_cost!r}".encode()
                 os.pwrite(fd, data, 0)
                 os.ftruncate(fd, len(data))
-            return total_calls, total_tokens
+            return total_calls, total_tokens, total_cost
         finally:
             os.close(fd)
 
-    def add(self, calls: int, tokens: int) -> tuple[int, int]:
-        """Count ``calls`` and ``tokens`` more; the new totals."""
-        return self._update(calls, tokens)
+    def add(self, calls: int, tokens: int, cost: float = 0.0) -> tuple[int, int, float]:
+        """Count ``calls``, ``tokens`` and ``cost`` (US dollars) more; the new totals."""
+        return self._update(calls, tokens, cost)
 
-    def totals(self) -> tuple[int, int]:
-        """Calls and tokens counted so far."""
-        return self._update(0, 0)
+    def totals(self) -> tuple[int, int, float]:
+        """Calls, tokens and cost counted so far."""
+        return self._update(0, 0, 0.0)
 
 
 def spooled_sessions(directory: Path) -> dict[str, list[Path]]:

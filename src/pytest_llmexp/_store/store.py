@@ -286,8 +286,8 @@ class Store:
             conn.executemany(
                 "INSERT INTO experiment_runs (id, experiment_id, execution_index, worker, "
                 "nodeid, status, error_type, error_message, started_at, duration_s, retries, "
-                "run_data, case_id, replayed_from, attempt) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "run_data, case_id, replayed_from, attempt, variant, cost, judge_cost) "
+                f"VALUES ({', '.join('?' * 18)})",
                 [(r[0], self._experiment_id(session_id, r[1], r[2]), *r[3:]) for r in batch.runs],
             )
             # A later attempt (a rerun plugin's) supersedes the earlier ones of its execution:
@@ -295,9 +295,9 @@ class Store:
             conn.executemany(
                 "UPDATE experiment_runs SET status = 'rerun' WHERE experiment_id = ? AND "
                 "execution_index = ? AND coalesce(case_id, '') = coalesce(?, '') AND "
-                "attempt < ? AND status != 'rerun'",
+                "coalesce(variant, '') = coalesce(?, '') AND attempt < ? AND status != 'rerun'",
                 [
-                    (self._experiment_id(session_id, r[1], r[2]), r[3], r[13], r[15])
+                    (self._experiment_id(session_id, r[1], r[2]), r[3], r[13], r[16], r[15])
                     for r in batch.runs
                     if r[15] > 1
                 ],
@@ -324,8 +324,8 @@ class Store:
                 "INSERT OR IGNORE INTO message_log (id, run_id, bot_id, timestamp, model_name, "
                 "response_model, temperature, message_log, prompt_tokens, completion_tokens, "
                 "latency_ms, retries, finish_reason, error, error_type, truncated, cache_key, "
-                "request, replayed_from, seed, api, stream) "
-                f"VALUES ({', '.join('?' * 22)})",
+                "request, replayed_from, seed, api, stream, judge) "
+                f"VALUES ({', '.join('?' * 23)})",
                 [(*r[:2], bot_ids[r[2]], *r[3:]) for r in batch.calls],
             )
             conn.executemany(
@@ -369,8 +369,9 @@ def _shortfall(conn: sqlite3.Connection, experiment_id: int) -> dict[str, int] |
     counts = [
         int(ran)
         for _case, ran in conn.execute(
-            "SELECT coalesce(case_id, ''), count(DISTINCT CASE WHEN status != 'skipped' "
-            "THEN execution_index END) FROM experiment_runs WHERE experiment_id = ? GROUP BY 1",
+            "SELECT coalesce(variant, '') || ':' || coalesce(case_id, ''), count(DISTINCT CASE "
+            "WHEN status != 'skipped' THEN execution_index END) FROM experiment_runs "
+            "WHERE experiment_id = ? GROUP BY 1",
             (experiment_id,),
         )
     ]
