@@ -271,3 +271,56 @@ def test_the_conversation_shows_a_captured_calls_tool_calls(
     assert second.locator(".message pre.text").last.inner_text() == "Sunny, 22 C."
     assert errors == []
     context.close()
+
+
+def test_variants_open_side_by_side_in_the_report_matrix(
+    browser: Any, pytester: pytest.Pytester, run_session: Any
+) -> None:
+    from test_variants import NAMER, PRICES
+
+    pytester.makeini(PRICES)
+    pytester.makepyfile(test_namer=NAMER)
+    run = run_session("--llm-report", "report.html")
+    run.result.assert_outcomes(passed=8)
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto((pytester.path / "report.html").as_uri())
+    section = page.locator("section.experiment")
+    # The variants side by side, the cheapest that passes, and a cost chart per metric.
+    assert section.locator("table.variants th").all_inner_texts() == [
+        "metric (mean [95% CI])",
+        "model=fake-small",
+        "model=fake-large",
+    ]
+    assert "model=fake-large" in section.locator(".cheapest").inner_text()
+    charts = section.locator("figure.chart.cost")
+    assert charts.count() == 2  # judged, words
+    assert charts.nth(1).locator("circle.point").count() == 2
+    # Cases as rows, variants as columns; a click shows what each variant answered.
+    matrix = section.locator("table.matrix")
+    assert matrix.locator("tbody tr").all_inner_texts()[0].split("\t") == [
+        "topic=data",
+        "judged 1 · words 6",
+        "judged 1 · words 15",
+    ]
+    matrix.locator("tr.case").first.click()
+    panel = page.locator("#conversation")
+    assert panel.is_visible()
+    columns = panel.locator(".variant-column")
+    assert columns.locator("h3").all_inner_texts() == ["model=fake-small", "model=fake-large"]
+    small, large = (columns.nth(i).locator("pre.reply").all_inner_texts() for i in (0, 1))
+    # The variant's own answer, not its judge's.
+    assert small == ["Reply to: Name a data team"] * 2
+    assert all(text.startswith("Reply to: Name a data team (answered at length") for text in large)
+    # From there, one run's whole conversation, judge included.
+    columns.nth(1).locator("button.open-run").first.click()
+    heads = panel.locator(".call-head").all_inner_texts()
+    assert [("fake-large" in h, "judge" in h) for h in heads] == [(True, False), (False, True)]
+    # The run table filters by variant.
+    page.locator("#conversation .close").click()
+    section.locator("select[name=variant]").select_option("model=fake-small")
+    assert section.locator(".shown").inner_text() == "4 of 8 run(s)"
+    assert errors == []
+    context.close()

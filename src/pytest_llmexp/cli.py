@@ -169,6 +169,11 @@ def _read_commands(
         sub.add_argument("-n", "--limit", type=_positive, default=20, help="how many (20)")
     show = command("show", "an experiment's metric statistics, gates, and failing runs")
     show.add_argument("experiment", help="the experiment's name")
+    show.add_argument(
+        "--variant",
+        metavar="VARIANT",
+        help="only this variant, e.g. model=gpt-4o (default: every variant side by side)",
+    )
     session_of(show)
     runs = command("runs", "an experiment's runs, with their status and metric values")
     runs.add_argument("experiment", help="the experiment's name")
@@ -195,6 +200,14 @@ def _read_commands(
     compare.add_argument("current", metavar="CURRENT", help="the session compared with it")
     compare.add_argument(
         "--experiment", action="append", default=[], help="only this experiment (repeatable)"
+    )
+    compare.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="VARIANT",
+        help="only this variant, with the same variant of the baseline (repeatable; default: "
+        "every variant both ran)",
     )
     export = command("export", "one row per run, metrics as columns", json=False)
     export.add_argument("experiment", help="the experiment's name")

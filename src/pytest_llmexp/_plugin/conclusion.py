@@ -33,6 +33,10 @@ class Conclusion:
         self.report_error: str | None = None
         #: Where the HTML report went, or why none was written.
         self.report_note: str | None = None
+        #: Under GitHub Actions: the ``::error`` workflow commands to print, and why the job
+        #: summary was not written, if it was not.
+        self.annotations: list[str] = []
+        self.github_note: str | None = None
 
     def judge(
         self,
@@ -69,6 +73,7 @@ class Conclusion:
                     compare=settings.compare,
                     fail_on_regression=settings.fail_on_regression,
                     not_evaluable=not_evaluable,
+                    gate_variants=settings.gate_variants,
                 )
             save_verdict(store, verdict)
         except sqlite3.Error:
@@ -135,7 +140,10 @@ class Conclusion:
                 self.report_note = (
                     f"no experiment ran: no HTML report was written to {settings.report_html}"
                 )
-        if settings.report_json is None and settings.report_md is None:
+        from .github import on_github
+
+        github = on_github(settings.github) and status is not None
+        if settings.report_json is None and settings.report_md is None and not github:
             return
         from .._verdict.verdicts import SessionVerdict
         from .reports import build_report, to_json, to_markdown, write_report
@@ -160,6 +168,11 @@ class Conclusion:
         except OSError as exc:
             self.report_error = f"cannot write the report: {exc}"
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        if github:
+            from .github import append_job_summary, error_commands
+
+            self.github_note = append_job_summary(to_markdown(report))
+            self.annotations = error_commands(self.verdict or SessionVerdict())
 
     def _write_html(self, session: pytest.Session, store: Store, path: Path) -> None:
         from .._view.htmlreport import build_html

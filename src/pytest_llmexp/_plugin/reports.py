@@ -45,11 +45,17 @@ def failure_reasons(
         )
     reasons += verdict.unmatched
     for name, experiment in verdict.experiments.items():
+        not_gating = {v.variant for v in experiment.variants if not v.gating}
         for gate in experiment.gates:
+            if gate.variant is not None and gate.variant in not_gating:
+                continue
+            where = f" [{gate.variant}]" if gate.variant else ""
             if gate.verdict == "failed":
-                reasons.append(f"{name}: gate {gate.gate} failed (observed {gate.observed:.4g})")
+                reasons.append(
+                    f"{name}: gate {gate.gate}{where} failed (observed {gate.observed:.4g})"
+                )
             elif gate.verdict == "error":
-                reasons.append(f"{name}: gate {gate.gate}: {gate.detail}")
+                reasons.append(f"{name}: gate {gate.gate}{where}: {gate.detail}")
     if verdict.fail_on_regression:
         reasons += [f"{r} regressed" for r in verdict.regressions]
     if untolerated_failures:
@@ -70,7 +76,16 @@ def build_report(
         entry: dict[str, Any] = {"name": name, **summary}
         judged = verdict.experiments.get(name)
         if judged is not None:
-            entry.update(judged.as_json())
+            found = judged.as_json()
+            # Per variant: its statistics and cost (from the summary) with its verdict.
+            stored = entry.get("variants", {})
+            found["variants"] = {
+                variant: {**stored.get(variant, {}), **judged_variant}
+                for variant, judged_variant in found.get("variants", {}).items()
+            } or stored
+            if not found["variants"]:
+                del found["variants"]
+            entry.update(found)
         experiments.append(entry)
     return {
         "format": FORMAT,
@@ -108,7 +123,12 @@ def to_markdown(report: dict[str, Any]) -> str:
         counts = ", ".join(f"{count} {status}" for status, count in runs.items() if count)
         lines += [f"### {experiment['name']}", "", f"Runs: {counts or 'none'}", ""]
         metrics = experiment["metrics"]
-        if metrics:
+        variants = experiment.get("variants")
+        if variants:
+            from .._view.variantview import matrix_rows
+
+            lines += _table(*matrix_rows(variants))
+        elif metrics:
             rows = [
                 [m, *(_n(s[c]) for c in ("n", "mean", "std", "min", "max"))]
                 for m, s in metrics.items()
@@ -116,11 +136,24 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines += _table(["metric", "n", "mean", "std", "min", "max"], rows)
         gates = experiment.get("gates") or []
         if gates:
+            gating = {v: bool(d.get("gating", True)) for v, d in (variants or {}).items()}
             rows = [
-                [f"`{g['gate']}`", g["source"], _n(g["observed"]), g["verdict"], g["detail"]]
+                [
+                    *(
+                        [g["variant"] + ("" if gating.get(g["variant"]) else " (not gating)")]
+                        if variants
+                        else []
+                    ),
+                    f"`{g['gate']}`",
+                    g["source"],
+                    _n(g["observed"]),
+                    g["verdict"],
+                    g["detail"],
+                ]
                 for g in gates
             ]
-            lines += _table(["gate", "from", "observed", "verdict", "detail"], rows)
+            header = [*(["variant"] if variants else []), "gate", "from", "observed"]
+            lines += _table([*header, "verdict", "detail"], rows)
         elif experiment.get("gates_not_evaluated"):
             lines += [f"Gates not evaluated: {experiment['gates_not_evaluated']}", ""]
         if experiment.get("failures_tolerated"):
@@ -143,8 +176,46 @@ def to_markdown(report: dict[str, Any]) -> str:
                 )
         if experiment.get("unstable"):
             lines.append("")
-        lines += _comparison_markdown(experiment)
+        if variants:
+            lines += _variants_markdown(variants, experiment)
+        else:
+            lines += _comparison_markdown(experiment)
+            lines += _cost_markdown(experiment)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _cost_markdown(experiment: dict[str, Any]) -> list[str]:
+    from .._view.variantview import cost_line
+
+    text = cost_line(experiment.get("cost"))
+    return [text[0].upper() + text[1:] + ".", ""] if text else []
+
+
+def _variants_markdown(variants: dict[str, Any], experiment: dict[str, Any]) -> list[str]:
+    """Each variant compared with the first and with its baseline; cost; the cheapest."""
+    from .._view.variantview import cheapest_line, versus_header, versus_rows
+
+    lines: list[str] = []
+    first = next(iter(variants))
+    for variant, data in variants.items():
+        compared = data.get("versus_first")
+        if compared:
+            lines += [
+                f"`{variant}` compared with `{first}`, the first variant, over "
+                f"{compared[0]['unit']}:",
+                "",
+            ]
+            lines += _table(versus_header(first, variant), versus_rows(first, variant, compared))
+        if data.get("comparison") or data.get("no_comparison"):
+            lines += [f"Variant `{variant}`, against the baseline's:", ""]
+            lines += _comparison_markdown(data)
+    lines += _cost_markdown(experiment)
+    text = cheapest_line(
+        experiment.get("cheapest_passing_variant"), experiment.get("cheapest_note")
+    )
+    if text:
+        lines += [f"**{text[0].upper() + text[1:]}**", ""]
+    return lines
 
 
 def _comparison_markdown(experiment: dict[str, Any]) -> list[str]:

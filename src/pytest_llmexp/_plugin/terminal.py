@@ -184,7 +184,16 @@ def write_summary(
     terminal.write_sep("=", "LLM experiments")
     for name, summary in summaries.items():
         judged = verdict.experiments.get(name) if verdict is not None else None
-        _write_experiment(terminal, name, summary)
+        if "variants" in summary:
+            from .._view.variantview import matrix_lines
+
+            terminal.write_line(
+                _runs_line(name, summary["runs"]) + f", {len(summary['variants'])} variants"
+            )
+            for line in matrix_lines(summary["variants"]):
+                terminal.write_line(line)
+        else:
+            _write_experiment(terminal, name, summary)
         if judged is not None:
             for line, color in verdict_lines(judged):
                 terminal.write_line(line, **({color: True} if color else {}))
@@ -218,9 +227,12 @@ def verdict_lines(verdict: ExperimentVerdict) -> list[tuple[str, str | None]]:
     lines: list[tuple[str, str | None]] = []
     if verdict.not_evaluated:
         lines.append((f"  gates not evaluated: {verdict.not_evaluated}", "yellow"))
+    gating = {v.variant: v.gating for v in verdict.variants}
     for result in verdict.gates:
         label = {"passed": "passed", "failed": "FAILED", "error": "ERROR"}[result.verdict]
         text = f"  gate {label:6} {result.gate} ({result.gate.source})"
+        if result.variant is not None:
+            text += f" [{result.variant}" + ("" if gating[result.variant] else ", not gating") + "]"
         if result.observed is not None:
             text += f": observed {result.observed:.4g}"
         if result.detail:
@@ -255,6 +267,49 @@ def verdict_lines(verdict: ExperimentVerdict) -> list[tuple[str, str | None]]:
         lines.append((f"  no comparison: {verdict.no_comparison}", "yellow"))
     if verdict.comparison is not None:
         lines += _comparison_lines(verdict.comparison)
+    if verdict.variants:
+        lines += _variant_lines(verdict)
+    elif verdict.cost is not None:
+        from .._view.variantview import cost_line
+
+        spent = cost_line(verdict.cost)
+        if spent:
+            lines.append(("  " + spent, None))
+    return lines
+
+
+def _variant_lines(verdict: ExperimentVerdict) -> list[tuple[str, str | None]]:
+    """Each variant compared with the first and with its baseline; cost; the cheapest."""
+    from .._view.textview import table
+    from .._view.variantview import cheapest_line, cost_line, versus_header, versus_rows
+
+    lines: list[tuple[str, str | None]] = []
+    first = verdict.variants[0].variant or ""
+    colors = {"improved": "green", "regressed": "red"}
+    for part in verdict.variants:
+        if part.versus_first:
+            variant = part.variant or ""
+            unit = part.versus_first[0]["unit"]
+            lines.append(
+                (f"  {variant} compared with {first}, the first variant, over {unit}:", None)
+            )
+            rows = versus_rows(first, variant, part.versus_first)
+            text = table(versus_header(first, variant), rows, shrink=0)
+            lines.append(("    " + text[0], None))
+            for row, line in zip(part.versus_first, text[1:], strict=True):
+                lines.append(("    " + line, colors.get(row["verdict"])))
+        if part.no_comparison:
+            lines.append((f"  [{part.variant}] no comparison: {part.no_comparison}", "yellow"))
+        if part.comparison is not None:
+            compared = _comparison_lines(part.comparison)
+            lines.append((f"  [{part.variant}]" + compared[0][0][1:], None))
+            lines += compared[1:]
+    spent = cost_line(verdict.cost)
+    if spent:
+        lines.append(("  " + spent, None))
+    cheapest = cheapest_line(verdict.cheapest, verdict.cheapest_note)
+    if cheapest:
+        lines.append(("  " + cheapest, "green" if verdict.cheapest else "yellow"))
     return lines
 
 
@@ -337,6 +392,10 @@ def conclusion_lines(conclusion: Conclusion) -> list[tuple[str, str | None]]:
             lines.append((f"LLM verdict: passed ({gates} gate(s))", "green"))
     if conclusion.report_error is not None:
         lines.append((f"ERROR: {conclusion.report_error}", "red"))
+    if conclusion.github_note is not None:
+        lines.append((f"llmexp: {conclusion.github_note}", "yellow"))
+    # Workflow commands, uncolored: GitHub reads a line that starts with "::".
+    lines += [(command, None) for command in conclusion.annotations]
     return lines
 
 
@@ -395,6 +454,8 @@ def health_lines(health: Health | None) -> list[tuple[str, bool]]:
             caps.append(f"{health.calls} of {health.max_calls} calls")
         if health.max_tokens is not None:
             caps.append(f"{health.tokens} of {health.max_tokens} tokens")
+        if health.max_cost is not None:
+            caps.append(f"${health.cost:.4f} of ${health.max_cost:g} (--llm-max-cost)")
         lines.append(
             (
                 f"spend guard: {health.spend_skipped} run(s) skipped after the session used "

@@ -22,6 +22,7 @@ __all__ = [
     "BOOTSTRAP_SEED",
     "bootstrap_difference",
     "compare_experiments",
+    "compare_variants",
     "find_baseline",
     "metric_changes",
     "unified_diff",
@@ -59,8 +60,10 @@ def find_baseline(
           AND s.started_at <= (SELECT started_at FROM sessions WHERE id = ?)
         GROUP BY e.id
         HAVING sum(r.status IN ({evaluated})) > 0
-           AND count(DISTINCT coalesce(r.case_id, '') || ':' || r.execution_index)
-               = e.num_executions * count(DISTINCT coalesce(r.case_id, ''))
+           AND count(DISTINCT coalesce(r.variant, '') || '|' || coalesce(r.case_id, '') || ':'
+                     || r.execution_index)
+               = e.num_executions
+                 * count(DISTINCT coalesce(r.variant, '') || '|' || coalesce(r.case_id, ''))
         ORDER BY max(s.started_at) DESC LIMIT 1
         """,
         (name, session_id, session_id),
@@ -343,12 +346,28 @@ def bot_changes(
     return changes
 
 
+def compare_variants(
+    reference: ExperimentData, other: ExperimentData, gates: list[Gate]
+) -> list[dict[str, Any]]:
+    """Each metric of two variants of one session compared, ``other`` minus ``reference``:
+    paired over cases when both ran the same several cases, else over runs."""
+    metrics = sorted(set(reference.metric_names()) & set(other.metric_names()))
+    return [_compare_metric(reference, other, m, gates) for m in metrics]
+
+
 def compare_experiments(
-    conn: sqlite3.Connection, baseline_id: int, current: ExperimentData, gates: list[Gate]
+    conn: sqlite3.Connection,
+    baseline_id: int,
+    current: ExperimentData,
+    gates: list[Gate],
+    variant: str | None = None,
 ) -> dict[str, Any]:
-    """The comparison of ``current`` with the stored experiment ``baseline_id``; ``gates``
-    (the current experiment's) tell which way each metric improves."""
+    """The comparison of ``current`` with the stored experiment ``baseline_id`` (its runs of
+    the same ``variant``, if given); ``gates`` (the current experiment's) tell which way each
+    metric improves."""
     base = load_experiment(conn, baseline_id)
+    if variant is not None:
+        base = base.of_variant(variant)
     started, status, partial = conn.execute(
         "SELECT s.started_at, s.status, e.partial FROM sessions s JOIN experiments e "
         "ON e.session_id = s.id WHERE e.id = ?",
@@ -356,7 +375,7 @@ def compare_experiments(
     ).fetchone()
     if partial:
         status += ", partial"
-    metrics = sorted(set(base.kinds) & set(current.kinds))
+    metrics = sorted(set(base.metric_names()) & set(current.metric_names()))
     changed = metric_changes(conn, baseline_id, current.id)
     compared = [_compare_metric(base, current, m, gates) for m in metrics]
     for entry in compared:
@@ -367,8 +386,8 @@ def compare_experiments(
         "baseline_status": status,
         "metrics": compared,
         "metric_changes": changed,
-        "only_in_baseline": sorted(set(base.kinds) - set(current.kinds)),
-        "only_in_current": sorted(set(current.kinds) - set(base.kinds)),
+        "only_in_baseline": sorted(set(base.metric_names()) - set(current.metric_names())),
+        "only_in_current": sorted(set(current.metric_names()) - set(base.metric_names())),
         "prompts": prompt_changes(conn, baseline_id, current.id),
         "bots": bot_changes(conn, baseline_id, current.id),
     }

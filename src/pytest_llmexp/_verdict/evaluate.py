@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .gates import RUNS, Gate, compare, parse_gate
-from .stats import EVALUATED
+from .stats import EVALUATED, experiment_variants
 
 __all__ = [
     "ExperimentData",
@@ -36,6 +36,7 @@ class Run:
     execution_index: int
     status: str
     metrics: dict[str, float] = field(default_factory=dict)
+    variant: str | None = None
 
 
 @dataclass(slots=True)
@@ -53,7 +54,31 @@ class ExperimentData:
     code_gates: list[str]
     #: Metric name to what its @metric declares (gates, min, max, better, judge).
     specs: dict[str, dict[str, Any]]
+    #: The variants that ran, in the order declared (empty: the experiment has none).
+    variants: list[str] = field(default_factory=list)
+    #: The one variant this data holds (see :meth:`of_variant`).
+    variant: str | None = None
     _ordered: list[Run] | None = field(default=None, repr=False, compare=False)
+
+    def of_variant(self, variant: str) -> ExperimentData:
+        """The same experiment with only the runs of ``variant``."""
+        return ExperimentData(
+            self.id,
+            self.session_id,
+            self.name,
+            self.num_executions,
+            [r for r in self.runs if r.variant == variant],
+            self.kinds,
+            self.code_gates,
+            self.specs,
+            variant=variant,
+        )
+
+    def metric_names(self) -> set[str]:
+        """The metrics its runs recorded (all of the experiment's when it holds them all)."""
+        if self.variant is None:
+            return set(self.kinds)
+        return {name for run in self.runs for name in run.metrics}
 
     @property
     def evaluated(self) -> list[Run]:
@@ -78,9 +103,9 @@ class ExperimentData:
     def missing_executions(self) -> int:
         """Executions of the cases that ran that are not stored (a partial session: one test
         run from an IDE, ``-k``, ``-x``)."""
-        seen: dict[str | None, set[int]] = {}
+        seen: dict[tuple[str | None, str | None], set[int]] = {}
         for run in self.runs:
-            seen.setdefault(run.case_id, set()).add(run.execution_index)
+            seen.setdefault((run.variant, run.case_id), set()).add(run.execution_index)
         return sum(self.num_executions - len(indexes) for indexes in seen.values())
 
     def better(self, metric: str, gates: Iterable[Gate]) -> str:
@@ -103,13 +128,13 @@ def load_experiment(conn: sqlite3.Connection, experiment_id: int) -> ExperimentD
     runs: dict[str, Run] = {}
     code_gates: list[str] = []
     specs: dict[str, dict[str, Any]] = {}
-    for run_id, case, index, status in conn.execute(
-        "SELECT id, case_id, execution_index, status FROM experiment_runs "
+    for run_id, case, index, status, variant in conn.execute(
+        "SELECT id, case_id, execution_index, status, variant FROM experiment_runs "
         # An execution's earlier attempts (a rerun plugin's) are not evaluated: its last is.
         "WHERE experiment_id = ? AND status != 'rerun' ORDER BY execution_index, started_at",
         (experiment_id,),
     ):
-        runs[run_id] = Run(run_id, case, int(index), status)
+        runs[run_id] = Run(run_id, case, int(index), status, variant=variant)
     # What the runs declared is the same in most runs: SQLite reads it, Python merges each
     # distinct declaration once (in the order first stored).
     for gates, metric_specs in conn.execute(
@@ -141,6 +166,7 @@ def load_experiment(conn: sqlite3.Connection, experiment_id: int) -> ExperimentD
         kinds,
         code_gates,
         specs,
+        experiment_variants(conn, experiment_id),
     )
 
 
@@ -180,6 +206,8 @@ class GateResult:
     verdict: str
     observed: float | None = None
     detail: str = ""
+    #: The variant it judged (``None``: the experiment has none).
+    variant: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -197,6 +225,7 @@ class GateResult:
             "observed": self.observed,
             "verdict": self.verdict,
             "detail": self.detail,
+            "variant": self.variant,
         }
 
 
@@ -282,13 +311,14 @@ def evaluate_gate(gate: Gate, data: ExperimentData) -> GateResult:
             "error",
             detail=f"experiment {data.name!r} recorded no metric {gate.metric!r} (it recorded: "
             f"{known})",
+            variant=data.variant,
         )
     try:
         observed, which = _observe(gate, data)
     except _Unevaluable as exc:
-        return GateResult(gate, "error", detail=f"cannot be evaluated: {exc}")
+        return GateResult(gate, "error", detail=f"cannot be evaluated: {exc}", variant=data.variant)
     verdict = "passed" if compare(observed, gate.op, gate.threshold) else "failed"
-    return GateResult(gate, verdict, observed, which)
+    return GateResult(gate, verdict, observed, which, variant=data.variant)
 
 
 def unstable_metrics(data: ExperimentData, gates: list[Gate]) -> list[dict[str, Any]]:

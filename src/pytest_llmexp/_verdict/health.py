@@ -51,6 +51,9 @@ class Health:
     tokens: int = 0
     max_calls: int | None = None
     max_tokens: int | None = None
+    #: What the runs' calls cost at the session's prices, judges included, and the cap.
+    cost: float = 0.0
+    max_cost: float | None = None
     #: Runs the spend guard skipped.
     spend_skipped: int = 0
     #: Results that could not be stored.
@@ -83,6 +86,7 @@ def judge(
         error_budget=settings.error_budget,
         max_calls=settings.max_calls,
         max_tokens=settings.max_tokens,
+        max_cost=settings.max_cost,
     )
     for summary in summaries.values():
         runs = summary["runs"]
@@ -90,6 +94,8 @@ def judge(
         health.errored += runs["error"] + runs["crashed"]
         health.skipped += runs["skipped"]
         errors.update(summary["errors"])
+        cost = summary.get("cost") or {}
+        health.cost += (cost.get("total") or 0.0) + (cost.get("judges") or 0.0)
     code = Counter({kind: n for kind, n in errors.items() if kind in CODE_ERRORS})
     health.errored -= sum(code.values())
     health.errors = {kind: n for kind, n in errors.most_common() if kind not in CODE_ERRORS}

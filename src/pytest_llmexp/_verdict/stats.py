@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from typing import Any
@@ -9,7 +10,9 @@ from typing import Any
 __all__ = [
     "EVALUATED",
     "RUN_STATUSES",
+    "cost_summary",
     "experiment_summary",
+    "experiment_variants",
     "interval",
     "interval_from",
     "metric_moments",
@@ -40,20 +43,91 @@ def experiment_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str
         )
     }
     metrics = metric_moments(conn, experiment_id)
-    return {"runs": runs, "errors": errors, "metrics": metrics}
+    summary: dict[str, Any] = {"runs": runs, "errors": errors, "metrics": metrics}
+    cost = cost_summary(conn, experiment_id)
+    if cost["priced_runs"]:
+        summary["cost"] = cost
+    variants = experiment_variants(conn, experiment_id)
+    if variants:
+        summary["variants"] = {}
+        for variant in variants:
+            counts = dict.fromkeys(RUN_STATUSES, 0)
+            for status, count in conn.execute(
+                "SELECT status, count(*) FROM experiment_runs WHERE experiment_id = ? AND "
+                "variant = ? GROUP BY status",
+                (experiment_id, variant),
+            ):
+                counts[status] = count
+            entry: dict[str, Any] = {
+                "runs": counts,
+                "metrics": metric_moments(conn, experiment_id, variant),
+            }
+            cost = cost_summary(conn, experiment_id, variant)
+            if cost["priced_runs"]:
+                entry["cost"] = cost
+            summary["variants"][variant] = entry
+    return summary
 
 
-def metric_moments(conn: sqlite3.Connection, experiment_id: int) -> dict[str, dict[str, Any]]:
-    """Per metric over the experiment's evaluated runs: kind, n, mean, sample std, min and
-    max, by name, in one pass of SQL over the values: an experiment's values never reach
-    Python. The sums are taken around one of each metric's own values, so that the variance
-    keeps its precision when the mean is large next to the spread."""
+def experiment_variants(conn: sqlite3.Connection, experiment_id: int) -> list[str]:
+    """The experiment's variants in the order declared (those that ran), else as stored."""
+    declared: list[str] = []
+    for (text,) in conn.execute(
+        "SELECT DISTINCT json_extract(run_data, '$.variants') FROM experiment_runs "
+        "WHERE experiment_id = ? AND variant IS NOT NULL",
+        (experiment_id,),
+    ):
+        for variant in json.loads(text or "[]"):
+            if variant not in declared:
+                declared.append(variant)
+    ran = [
+        str(v)
+        for (v,) in conn.execute(
+            "SELECT variant FROM experiment_runs WHERE experiment_id = ? AND variant IS NOT "
+            "NULL GROUP BY variant ORDER BY min(rowid)",
+            (experiment_id,),
+        )
+    ]
+    return [v for v in declared if v in ran] + [v for v in ran if v not in declared]
+
+
+def cost_summary(
+    conn: sqlite3.Connection, experiment_id: int, variant: str | None = None
+) -> dict[str, Any]:
+    """What the experiment's runs (of one variant) cost: in all, per evaluated run, the
+    judges' calls apart, and how many evaluated runs have no known cost ("no price")."""
+    statuses = ", ".join("?" * len(EVALUATED))
+    where = "experiment_id = ? AND status != 'rerun'" + (" AND variant = ?" if variant else "")
+    params: tuple[Any, ...] = (experiment_id, variant) if variant else (experiment_id,)
+    priced, total, per_run, judges, unpriced = conn.execute(
+        f"SELECT count(cost), sum(cost), avg(CASE WHEN status IN ({statuses}) THEN cost END), "
+        f"sum(judge_cost), sum(status IN ({statuses}) AND cost IS NULL) "
+        f"FROM experiment_runs WHERE {where}",
+        (*EVALUATED, *EVALUATED, *params),
+    ).fetchone()
+    return {
+        "priced_runs": int(priced or 0),
+        "total": total,
+        "per_run": per_run,
+        "judges": judges,
+        "unpriced_runs": int(unpriced or 0),
+    }
+
+
+def metric_moments(
+    conn: sqlite3.Connection, experiment_id: int, variant: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per metric over the experiment's evaluated runs (of one variant): kind, n, mean,
+    sample std, min and max, by name, in one pass of SQL over the values: an experiment's
+    values never reach Python. The sums are taken around one of each metric's own values, so
+    that the variance keeps its precision when the mean is large next to the spread."""
     statuses = ", ".join("?" * len(EVALUATED))
     evaluated = (
         f"FROM experiment_runs r JOIN metrics m ON m.run_id = r.id "
         f"WHERE r.experiment_id = ? AND r.status IN ({statuses})"
+        + (" AND r.variant = ?" if variant else "")
     )
-    params = (experiment_id, *EVALUATED)
+    params = (experiment_id, *EVALUATED, *((variant,) if variant else ()))
     shifts: dict[str, float] = {}
     for name, value in conn.execute(f"SELECT m.name, m.value {evaluated} LIMIT 100", params):
         shifts.setdefault(name, value)

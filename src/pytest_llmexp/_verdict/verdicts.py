@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ExperimentError
+from .cost import cheapest_passing
 from .evaluate import (
     ExperimentData,
     GateResult,
@@ -52,14 +53,41 @@ class ExperimentVerdict:
     #: Why there is no comparison, when one was asked for.
     no_comparison: str | None = None
     unstable: list[dict[str, Any]] = field(default_factory=list)
+    #: The variant this verdict is of; an experiment with variants has one verdict each.
+    variant: str | None = None
+    variants: list[ExperimentVerdict] = field(default_factory=list)
+    #: Whether its gates decide the exit status (``--llm-gate-variant`` names others).
+    gating: bool = True
+    #: A variant compared with the first: per metric, as a baseline comparison's are.
+    versus_first: list[dict[str, Any]] | None = None
+    #: What its runs cost (see :func:`.stats.cost_summary`), if any has a price.
+    cost: dict[str, Any] | None = None
+    #: The cheapest variant whose gates all pass, and what the summary says of it.
+    cheapest: str | None = None
+    cheapest_note: str | None = None
 
     @property
     def regressed(self) -> list[str]:
         metrics = (self.comparison or {}).get("metrics", [])
-        return [m["metric"] for m in metrics if m["verdict"] == "regressed"]
+        own = [m["metric"] for m in metrics if m["verdict"] == "regressed"]
+        return own + [
+            f"{name} [{v.variant}]" for v in self.variants if v.gating for name in v.regressed
+        ]
 
     def as_json(self) -> dict[str, Any]:
+        data = self._as_json()
+        if self.variants:
+            data["variants"] = {v.variant: v._as_json() for v in self.variants}
+            data["cheapest_passing_variant"] = self.cheapest
+            data["cheapest_note"] = self.cheapest_note
+        return data
+
+    def _as_json(self) -> dict[str, Any]:
         return {
+            "variant": self.variant,
+            "gating": self.gating,
+            "versus_first": self.versus_first,
+            "cost": self.cost,
             "num_executions": self.num_executions,
             "cases": self.cases,
             "gates": [g.as_json() for g in self.gates],
@@ -128,6 +156,61 @@ def _judge_experiment(
     return verdict
 
 
+def _judge_variants(
+    conn: sqlite3.Connection,
+    data: ExperimentData,
+    gates: list[Gate],
+    not_evaluable: str | None,
+    gate_variants: tuple[str, ...],
+) -> ExperimentVerdict:
+    """An experiment with variants: each judged on its own runs, compared with the first,
+    and the whole passing when every variant that gates passes."""
+    from .compare import compare_variants
+    from .stats import cost_summary
+
+    verdict = ExperimentVerdict(
+        data.name, data.id, data.num_executions, len({r.case_id for r in data.runs})
+    )
+    verdict.failing_runs = sum(r.status in ("failed", "error", "crashed") for r in data.runs)
+    reference: ExperimentData | None = None
+    for variant in data.variants:
+        part = data.of_variant(variant)
+        judged = _judge_experiment(part, gates, not_evaluable)
+        judged.variant = variant
+        judged.gating = not gate_variants or variant in gate_variants
+        cost = cost_summary(conn, data.id, variant)
+        judged.cost = cost if cost["priced_runs"] or cost["unpriced_runs"] else None
+        if reference is None:
+            reference = part
+        else:
+            judged.versus_first = compare_variants(reference, part, gates)
+        for entry in judged.unstable:
+            entry["variant"] = variant
+        verdict.variants.append(judged)
+        verdict.gates += judged.gates
+        verdict.unstable += judged.unstable
+    gating = [v for v in verdict.variants if v.gating]
+    verdict.not_evaluated = next((v.not_evaluated for v in gating if v.not_evaluated), None)
+    if any(v.gate_passed is False for v in gating):
+        verdict.gate_passed = False
+    elif gating and all(v.gate_passed for v in gating):
+        verdict.gate_passed = True
+    failing = [v for v in gating if v.failing_runs]
+    verdict.tolerated = bool(failing) and all(v.tolerated for v in failing)
+    cost = cost_summary(conn, data.id)
+    verdict.cost = cost if cost["priced_runs"] else None
+    verdict.cheapest, verdict.cheapest_note = _cheapest(verdict.variants, bool(gates))
+    return verdict
+
+
+def _cheapest(variants: list[ExperimentVerdict], gated: bool) -> tuple[str | None, str]:
+    """The cheapest variant whose gates all pass (by cost per run), and what to say of it."""
+    return cheapest_passing(
+        ((v.variant or "", v.gate_passed, v.cost["per_run"] if v.cost else None) for v in variants),
+        gated,
+    )
+
+
 def judge_session(
     conn: sqlite3.Connection,
     session_id: str,
@@ -137,6 +220,7 @@ def judge_session(
     compare: str | None,
     fail_on_regression: bool,
     not_evaluable: str | None,
+    gate_variants: tuple[str, ...] = (),
 ) -> SessionVerdict:
     """Judge every experiment of the session from what the database holds.
 
@@ -145,6 +229,7 @@ def judge_session(
     """
     from .._util.lookup import resolve_session
     from .compare import compare_experiments, find_baseline
+    from .stats import cost_summary
 
     verdict = SessionVerdict(fail_on_regression=fail_on_regression)
     experiments = [
@@ -167,7 +252,12 @@ def judge_session(
         baseline_session = resolve_session(conn, compare)
     for data in experiments:
         applicable = applicable_gates(data, ini_gates, cli_gates)
-        result = _judge_experiment(data, applicable, not_evaluable)
+        if data.variants:
+            result = _judge_variants(conn, data, applicable, not_evaluable, gate_variants)
+        else:
+            result = _judge_experiment(data, applicable, not_evaluable)
+            cost = cost_summary(conn, data.id)
+            result.cost = cost if cost["priced_runs"] or cost["unpriced_runs"] else None
         if compare is not None:
             baseline = find_baseline(conn, data.name, session_id, baseline_session)
             if baseline is None:
@@ -176,10 +266,47 @@ def judge_session(
                     if baseline_session
                     else f"no earlier complete session of {data.name!r} in the database"
                 )
-            else:
+            elif not data.variants:
                 result.comparison = compare_experiments(conn, baseline, data, applicable)
+            else:
+                _compare_each_variant(conn, baseline, data, applicable, result)
         verdict.experiments[data.name] = result
+    variants_ran = {v for data in experiments for v in data.variants}
+    for variant in gate_variants:
+        if variant not in variants_ran:
+            verdict.unmatched.append(
+                f"--llm-gate-variant {variant}: no experiment of this session ran that variant "
+                f"(variants that ran: {', '.join(sorted(variants_ran)) or 'none'})"
+            )
     return verdict
+
+
+def _compare_each_variant(
+    conn: sqlite3.Connection,
+    baseline: int,
+    data: ExperimentData,
+    gates: list[Gate],
+    result: ExperimentVerdict,
+) -> None:
+    """Each variant compared with the same variant of the baseline."""
+    from .compare import compare_experiments
+
+    held = {
+        str(v)
+        for (v,) in conn.execute(
+            "SELECT DISTINCT variant FROM experiment_runs WHERE experiment_id = ? AND variant "
+            "IS NOT NULL",
+            (baseline,),
+        )
+    }
+    for part in result.variants:
+        assert part.variant is not None
+        if part.variant not in held:
+            part.no_comparison = f"the baseline did not run the variant {part.variant}"
+            continue
+        part.comparison = compare_experiments(
+            conn, baseline, data.of_variant(part.variant), gates, part.variant
+        )
 
 
 def check_compare_target(conn: sqlite3.Connection, compare: str | None) -> str | None:
@@ -207,13 +334,15 @@ def save_verdict(store: Store, verdict: SessionVerdict) -> None:
             )
             conn.executemany(
                 "INSERT INTO gate_results (experiment_id, gate, source, metric, statistic, op, "
-                "threshold, observed, verdict, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "threshold, observed, verdict, detail, variant) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         experiment.experiment_id,
                         *(g.as_json()[k] for k in _GATE_COLUMNS),
                         g.verdict,
                         g.detail or None,
+                        g.variant,
                     )
                     for g in experiment.gates
                 ],
@@ -222,7 +351,15 @@ def save_verdict(store: Store, verdict: SessionVerdict) -> None:
                 "UPDATE experiments SET gate_passed = ?, comparison = ? WHERE id = ?",
                 (
                     None if experiment.gate_passed is None else int(experiment.gate_passed),
-                    None if experiment.comparison is None else json.dumps(experiment.comparison),
+                    _stored_comparison(experiment),
                     experiment.experiment_id,
                 ),
             )
+
+
+def _stored_comparison(experiment: ExperimentVerdict) -> str | None:
+    """``experiments.comparison``: the baseline comparison, or each variant's by variant."""
+    if experiment.variants:
+        by_variant = {v.variant: v.comparison for v in experiment.variants if v.comparison}
+        return json.dumps({"variants": by_variant}) if by_variant else None
+    return None if experiment.comparison is None else json.dumps(experiment.comparison)

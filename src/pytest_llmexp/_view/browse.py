@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from .._util.lookup import find_experiment, nearest
+from .._verdict.cost import cheapest_passing
 from .._verdict.stats import RUN_STATUSES, experiment_summary, interval
 from ..errors import ExperimentError
 from .trends import SESSION_STATUS, metric_values
@@ -121,9 +122,13 @@ def experiments(
     return found
 
 
-def experiment_detail(conn: sqlite3.Connection, experiment_id: int) -> dict[str, Any]:
+def experiment_detail(
+    conn: sqlite3.Connection, experiment_id: int, variant: str | None = None
+) -> dict[str, Any]:
     """One experiment: per-metric statistics with their interval, values, gates, the runs that
-    did not pass with their reasons, and the stored comparison with a baseline."""
+    did not pass with their reasons, and the stored comparison with a baseline; with
+    variants, each variant's statistics, cost and gate verdict side by side, or those of
+    ``variant`` alone."""
     name, session_id, executions, gate_passed, stored, comparison, started, status = conn.execute(
         "SELECT e.name, e.session_id, e.num_executions, e.gate_passed, e.summary, "
         f"e.comparison, s.started_at, {SESSION_STATUS} FROM experiments e "
@@ -131,7 +136,19 @@ def experiment_detail(conn: sqlite3.Connection, experiment_id: int) -> dict[str,
         (experiment_id,),
     ).fetchone()
     summary = _summary(conn, experiment_id, stored)
-    values, _ = metric_values(conn, experiment_id)
+    variants: dict[str, Any] = summary.get("variants") or {}
+    if variant is not None:
+        if variant not in variants:
+            raise ExperimentError(
+                f"experiment {name!r} of session {session_id[:12]} has no variant {variant!r}; "
+                f"its variants: {', '.join(variants) or 'none (it ran without variants)'}"
+            )
+        summary = {**summary, **variants[variant]}
+        summary["errors"] = _errors(conn, experiment_id, variant)
+        stored_comparison = json.loads(comparison) if comparison else {}
+        found = stored_comparison.get("variants", {}).get(variant)
+        comparison = json.dumps(found) if found else None
+    values, _ = metric_values(conn, experiment_id, variant)
     for metric, stats in summary["metrics"].items():
         low, high = interval(values.get(metric, []), stats["kind"])
         stats.update(
@@ -141,18 +158,32 @@ def experiment_detail(conn: sqlite3.Connection, experiment_id: int) -> dict[str,
             values=values.get(metric, []),
         )
     gates = [
-        dict(zip(("gate", "source", "observed", "verdict", "detail"), row, strict=True))
+        dict(zip(("gate", "source", "observed", "verdict", "detail", "variant"), row, strict=True))
         for row in conn.execute(
-            "SELECT gate, source, observed, verdict, detail FROM gate_results "
-            "WHERE experiment_id = ? ORDER BY id",
-            (experiment_id,),
+            "SELECT gate, source, observed, verdict, detail, variant FROM gate_results "
+            "WHERE experiment_id = ? AND (? IS NULL OR variant = ?) ORDER BY id",
+            (experiment_id, variant, variant),
         )
     ]
     cases = conn.execute(
         "SELECT count(DISTINCT coalesce(case_id, '')) FROM experiment_runs WHERE experiment_id = ?",
         (experiment_id,),
     ).fetchone()[0]
+    not_passed = runs(conn, experiment_id, passed=False)
+    extra: dict[str, Any] = {}
+    if variant is not None:
+        not_passed = [r for r in not_passed if r["variant"] == variant]
+        gate_passed = None if not gates else all(g["verdict"] == "passed" for g in gates)
+        extra["variant"] = variant
+    elif variants:
+        extra["variants"] = _variant_verdicts(variants, gates)
+        extra["cheapest"] = _cheapest(extra["variants"], bool(gates))
+        # Each variant was compared with the same variant of its baseline.
+        by_variant = json.loads(comparison).get("variants", {}) if comparison else {}
+        extra["variant_comparisons"] = by_variant
+        comparison = None
     return {
+        **extra,
         "id": experiment_id,
         "name": name,
         "session_id": session_id,
@@ -166,9 +197,45 @@ def experiment_detail(conn: sqlite3.Connection, experiment_id: int) -> dict[str,
         "metrics": summary["metrics"],
         "gate_passed": gate_passed if gate_passed is None else bool(gate_passed),
         "gates": gates,
-        "not_passed": runs(conn, experiment_id, passed=False),
+        "not_passed": not_passed,
         "comparison": json.loads(comparison) if comparison else None,
+        **({"cost": summary["cost"]} if summary.get("cost") else {}),
     }
+
+
+def _errors(conn: sqlite3.Connection, experiment_id: int, variant: str) -> dict[str, int]:
+    return {
+        str(kind): int(count)
+        for kind, count in conn.execute(
+            "SELECT coalesce(error_type, status), count(*) FROM experiment_runs "
+            "WHERE experiment_id = ? AND variant = ? AND status IN ('error', 'crashed') "
+            "GROUP BY 1 ORDER BY 2 DESC, 1",
+            (experiment_id, variant),
+        )
+    }
+
+
+def _variant_verdicts(
+    variants: dict[str, Any], gates: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each variant's statistics and cost with its gate verdict (``None``: no gate)."""
+    verdicts = {}
+    for name, data in variants.items():
+        own = [g["verdict"] for g in gates if g["variant"] == name]
+        verdicts[name] = {**data, "gate_passed": all(v == "passed" for v in own) if own else None}
+    return verdicts
+
+
+def _cheapest(variants: dict[str, dict[str, Any]], gated: bool) -> dict[str, Any]:
+    """The variant with the lowest cost per run among those whose gates all pass."""
+    name, note = cheapest_passing(
+        (
+            (name, data["gate_passed"], (data.get("cost") or {}).get("per_run"))
+            for name, data in variants.items()
+        ),
+        gated,
+    )
+    return {"variant": name, "note": note}
 
 
 def prompt_history(
@@ -218,6 +285,22 @@ def prompt_history(
     return history
 
 
+def case_variant_means(
+    conn: sqlite3.Connection, experiment_id: int
+) -> dict[str, dict[str, dict[str, tuple[float, int]]]]:
+    """Per case, per variant, each metric's mean and count over the evaluated runs."""
+    found: dict[str, dict[str, dict[str, tuple[float, int]]]] = {}
+    for case, variant, metric, mean, n in conn.execute(
+        "SELECT coalesce(r.case_id, ''), r.variant, m.name, avg(m.value), count(*) "
+        "FROM experiment_runs r JOIN metrics m ON m.run_id = r.id WHERE r.experiment_id = ? "
+        "AND r.variant IS NOT NULL AND r.status IN ('passed', 'failed') "
+        "GROUP BY 1, 2, 3 ORDER BY 1, 3",
+        (experiment_id,),
+    ):
+        found.setdefault(case, {}).setdefault(variant, {})[metric] = (float(mean), int(n))
+    return found
+
+
 def runs(
     conn: sqlite3.Connection,
     experiment_id: int,
@@ -231,7 +314,9 @@ def runs(
     status = {None: "", True: " AND r.status = 'passed'", False: " AND r.status != 'passed'"}[
         passed
     ]
-    table_order = "coalesce(r.case_id, ''), r.execution_index, r.started_at"
+    table_order = (
+        "coalesce(r.variant, ''), coalesce(r.case_id, ''), r.execution_index, r.started_at"
+    )
     chosen, args = "", [experiment_id]
     if limit is not None:
         chosen = (
@@ -241,7 +326,7 @@ def runs(
         args += [experiment_id, limit]
     found = conn.execute(
         "SELECT id, case_id, execution_index, status, duration_s, error_type, "
-        f"error_message FROM experiment_runs r WHERE r.experiment_id = ?{status}{chosen} "
+        f"error_message, variant FROM experiment_runs r WHERE r.experiment_id = ?{status}{chosen} "
         f"ORDER BY {table_order}",
         args,
     ).fetchall()
@@ -275,8 +360,9 @@ def runs(
             "error_type": error_type,
             "error_message": message,
             "metrics": in_order(metrics.get(run_id, {}), order),
+            "variant": variant,
         }
-        for run_id, case, index, status, duration, error_type, message in found
+        for run_id, case, index, status, duration, error_type, message, variant in found
     ]
 
 
@@ -290,14 +376,16 @@ def _calls(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
     for row in conn.execute(
         "SELECT c.id, b.class_name, c.model_name, c.temperature, c.message_log, "
         "c.prompt_tokens, c.completion_tokens, c.latency_ms, c.retries, c.error_type, c.error, "
-        "c.replayed_from, b.kind, c.api, c.stream FROM message_log c "
+        "c.replayed_from, b.kind, c.api, c.stream, c.judge FROM message_log c "
         "LEFT JOIN bots b ON b.id = c.bot_id WHERE c.run_id = ? ORDER BY c.timestamp, c.rowid",
         (run_id,),
     ):
         call_id, bot, model, temperature, log, prompt_tokens, completion_tokens = row[:7]
-        latency, retries, error_type, error, replayed_from, kind, api, stream = row[7:]
+        latency, retries, error_type, error, replayed_from, kind, api, stream, judge = row[7:]
         if kind == "client":
             bot = f"{bot} (client, {api or 'chat.completions'}{', streamed' if stream else ''})"
+        if judge:
+            bot = f"{bot}, judge"
         calls.append(
             {
                 "id": call_id,
@@ -311,6 +399,7 @@ def _calls(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
                 "retries": retries,
                 "error": f"{error_type}: {error}" if error else None,
                 "replayed_from": replayed_from,
+                "judge": bool(judge),
             }
         )
     return calls
@@ -340,8 +429,9 @@ def run_detail(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
     versions, bot configurations and metric values."""
     row = conn.execute(
         "SELECT r.id, e.name, e.session_id, r.case_id, r.execution_index, r.status, r.worker, "
-        "r.started_at, r.duration_s, r.error_type, r.error_message, r.replayed_from "
-        "FROM experiment_runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = ?",
+        "r.started_at, r.duration_s, r.error_type, r.error_message, r.replayed_from, "
+        "r.variant, r.cost FROM experiment_runs r JOIN experiments e "
+        "ON e.id = r.experiment_id WHERE r.id = ?",
         (run_id,),
     ).fetchone()
     keys = (
@@ -357,6 +447,8 @@ def run_detail(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
         "error_type",
         "error_message",
         "replayed_from",
+        "variant",
+        "cost",
     )
     detail: dict[str, Any] = dict(zip(keys, row, strict=True))
     detail["metrics"] = {
@@ -390,7 +482,8 @@ def run_detail(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
             "SELECT o.id, o.attempt, o.status, o.error_type FROM experiment_runs r "
             "JOIN experiment_runs o ON o.experiment_id = r.experiment_id AND "
             "o.execution_index = r.execution_index AND "
-            "coalesce(o.case_id, '') = coalesce(r.case_id, '') WHERE r.id = ? "
+            "coalesce(o.case_id, '') = coalesce(r.case_id, '') AND "
+            "coalesce(o.variant, '') = coalesce(r.variant, '') WHERE r.id = ? "
             "ORDER BY o.attempt",
             (run_id,),
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 from .._util.files import write_private
 from .._util.lookup import find_experiment, find_run, find_session
+from ..errors import ExperimentError
 from . import browse, textview
 
 __all__ = ["COMMANDS", "Failed"]
@@ -75,11 +76,17 @@ def _experiments(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from . import variantview
+
     with _reading(args) as conn:
-        detail = browse.experiment_detail(
-            conn, find_experiment(conn, args.experiment, args.session)
-        )
-    return _emit(args, detail, textview.experiment_lines(detail))
+        try:
+            detail = browse.experiment_detail(
+                conn, find_experiment(conn, args.experiment, args.session), args.variant
+            )
+        except ExperimentError as exc:
+            raise Failed(str(exc)) from None
+    matrix = variantview.matrix_lines(detail["variants"], "") if detail.get("variants") else None
+    return _emit(args, detail, textview.experiment_lines(detail, matrix))
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -171,15 +178,36 @@ def _compare(args: argparse.Namespace) -> int:
                 f"sessions {base[:12]} and {current[:12]} have no experiment in common: "
                 "nothing to compare"
             )
-        result = {}
+        result: dict[str, Any] = {}
+        lines = [f"session {current[:12]} compared with baseline {base[:12]}", ""]
         for name in names:
             baseline_id = find_experiment(conn, name, base)
             data = load_experiment(conn, find_experiment(conn, name, current))
             gates = applicable_gates(data, (), ())
-            result[name] = compare_experiments(conn, baseline_id, data, gates)
-    lines = [f"session {current[:12]} compared with baseline {base[:12]}", ""]
-    for name, comparison in result.items():
-        lines += [f"{name}:", *textview.comparison_lines(comparison)]
+            if not data.variants and not args.variant:
+                result[name] = compare_experiments(conn, baseline_id, data, gates)
+                lines += [f"{name}:", *textview.comparison_lines(result[name])]
+                continue
+            # Each variant with the same variant of the baseline.
+            base_variants = load_experiment(conn, baseline_id).variants
+            wanted = args.variant or [v for v in data.variants if v in base_variants]
+            for variant in wanted:
+                if variant not in data.variants or variant not in base_variants:
+                    raise Failed(
+                        f"{name}: variant {variant!r} did not run in both sessions (baseline: "
+                        f"{', '.join(base_variants) or 'no variants'}; current: "
+                        f"{', '.join(data.variants) or 'no variants'})"
+                    )
+            if not wanted:
+                raise Failed(f"{name}: the two sessions ran no variant in common")
+            result[name] = {
+                variant: compare_experiments(
+                    conn, baseline_id, data.of_variant(variant), gates, variant
+                )
+                for variant in wanted
+            }
+            for variant, comparison in result[name].items():
+                lines += [f"{name} [{variant}]:", *textview.comparison_lines(comparison)]
     return _emit(args, {"baseline": base, "current": current, "experiments": result}, lines)
 
 
@@ -265,13 +293,19 @@ def _gate(args: argparse.Namespace) -> int:
     for name, judged in verdict.experiments.items():
         if judged.not_evaluated and judged.gates == []:
             reasons.append(f"{name}: gates not evaluated: {judged.not_evaluated}")
+        variant = [[r.variant or ""] if judged.variants else [] for r in judged.gates]
         rows = [
-            [r.gate.text, r.gate.source, textview.num(r.observed), r.verdict, r.detail]
-            for r in judged.gates
+            [*v, r.gate.text, r.gate.source, textview.num(r.observed), r.verdict, r.detail]
+            for v, r in zip(variant, judged.gates, strict=True)
         ]
-        reasons += [f"{name}: gate {r.gate.text} {r.verdict}" for r in judged.gates if not r.passed]
+        reasons += [
+            f"{name}: gate {r.gate.text}{f' [{r.variant}]' if r.variant else ''} {r.verdict}"
+            for r in judged.gates
+            if not r.passed
+        ]
         if rows:
-            header = ["GATE", "FROM", "OBSERVED", "VERDICT", "DETAIL"]
+            header = [*(["VARIANT"] if judged.variants else []), "GATE", "FROM", "OBSERVED"]
+            header += ["VERDICT", "DETAIL"]
             lines += [f"{name}:", *textview.table(header, rows)]
     gated = sum(len(v.gates) for v in verdict.experiments.values())
     if not gated and not reasons:

@@ -117,16 +117,111 @@ def _charts(detail: dict[str, Any], points: list[dict[str, Any]]) -> str:
 def _gates(detail: dict[str, Any]) -> str:
     if not detail["gates"]:
         return '<p class="empty">No gate was evaluated for this session.</p>'
+    by_variant = bool(detail.get("variants"))
     rows = "".join(
-        f'<tr class="gate {escape(g["verdict"])}"><td><code>{escape(g["gate"])}</code></td>'
+        f'<tr class="gate {escape(g["verdict"])}">'
+        + (f"<td>{escape(g['variant'] or _DASH)}</td>" if by_variant else "")
+        + f"<td><code>{escape(g['gate'])}</code></td>"
         f'<td>{escape(g["source"])}</td><td class="num">{escape(_num(g["observed"]))}</td>'
         f'<td><span class="badge {escape(g["verdict"])}">{escape(g["verdict"])}</span></td>'
         f"<td>{escape(g['detail'] or '')}</td></tr>"
         for g in detail["gates"]
     )
+    variant = "<th>variant</th>" if by_variant else ""
     return (
-        '<table class="gates"><thead><tr><th>gate</th><th>from</th><th>observed</th>'
+        f'<table class="gates"><thead><tr>{variant}<th>gate</th><th>from</th><th>observed</th>'
         f"<th>verdict</th><th>detail</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _variants_table(detail: dict[str, Any]) -> str:
+    """The variants side by side: each metric's mean and interval, runs, cost per run."""
+    from .variantview import matrix_rows
+
+    header, rows = matrix_rows(detail["variants"])
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join(
+        f"<tr><td>{escape(row[0])}</td>"
+        + "".join(f'<td class="num">{escape(cell)}</td>' for cell in row[1:])
+        + "</tr>"
+        for row in rows
+    )
+    cheapest = detail.get("cheapest") or {}
+    note = ""
+    if cheapest.get("note"):
+        which = escape(cheapest["variant"] or "none")
+        note = (
+            f'<p class="cheapest">Cheapest variant passing every gate: <strong>{which}</strong> '
+            f"({escape(cheapest['note'])})</p>"
+        )
+    return (
+        f'<table class="metrics variants"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+        f"</table>{note}"
+    )
+
+
+def _cost_charts(detail: dict[str, Any]) -> str:
+    """Per metric: each variant's mean and interval against its cost per run."""
+    from .._verdict.stats import interval_from
+    from .svgcharts import cost_svg
+
+    variants = detail["variants"]
+    metrics = sorted({m for v in variants.values() for m in v["metrics"]})
+    unpriced = [
+        v for v, data in variants.items() if (data.get("cost") or {}).get("per_run") is None
+    ]
+    figures = []
+    for metric in metrics:
+        points = []
+        for variant, data in variants.items():
+            stats = data["metrics"].get(metric)
+            per_run = (data.get("cost") or {}).get("per_run")
+            if stats is None or per_run is None:
+                continue
+            low, high = interval_from(stats["n"], stats["mean"], stats["std"], stats["kind"])
+            points.append(
+                {
+                    "variant": variant,
+                    "cost": per_run,
+                    "mean": stats["mean"],
+                    "low": low,
+                    "high": high,
+                }
+            )
+        caption = "mean and 95% interval against cost per run, one point per variant"
+        if unpriced:
+            caption += f"; no price, not shown: {', '.join(unpriced)}"
+        figures.append(
+            f'<div class="metric-charts" data-metric="{escape(metric)}">'
+            f'<figure class="chart cost">{cost_svg(metric, points)}'
+            f"<figcaption>{escape(caption)}</figcaption></figure></div>"
+        )
+    return "".join(figures)
+
+
+def _matrix(
+    name: str, means: dict[str, dict[str, dict[str, tuple[float, int]]]], variants: list[str]
+) -> str:
+    """Cases as rows, variants as columns, each cell the metric means of that case and
+    variant; a click opens the outputs of every variant for the case side by side."""
+    head = "<th>case</th>" + "".join(f"<th>{escape(v)}</th>" for v in variants)
+    rows = []
+    for case, by_variant in means.items():
+        cells = []
+        for variant in variants:
+            metrics = by_variant.get(variant, {})
+            text = " · ".join(f"{m} {num(mean)}" for m, (mean, _) in metrics.items()) or _DASH
+            cells.append(f'<td class="cell" data-variant="{escape(variant)}">{escape(text)}</td>')
+        rows.append(
+            f'<tr class="case" tabindex="0" data-experiment="{escape(name)}" '
+            f'data-case="{escape(case)}"><td>{escape(case or "(the only case)")}</td>'
+            + "".join(cells)
+            + "</tr>"
+        )
+    return (
+        f'<table class="matrix"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
+        '</table><p class="hint">Click a case to read what each variant answered, side by '
+        "side.</p>"
     )
 
 
@@ -138,13 +233,15 @@ def _run_table(name: str, runs: list[dict[str, Any]]) -> str:
     metrics = list(dict.fromkeys(m for r in runs for m in r["metrics"]))
     statuses = list(dict.fromkeys(r["status"] for r in runs))
     cases = list(dict.fromkeys(r["case"] or "" for r in runs))
+    variants = list(dict.fromkeys(r["variant"] for r in runs if r.get("variant")))
 
     def options(values: list[str], every: str) -> str:
         return f'<option value="">{every}</option>' + "".join(
             f'<option value="{escape(v)}">{escape(v or "(no case)")}</option>' for v in values
         )
 
-    head = "".join(f"<th>{escape(h)}</th>" for h in ("run", "case", "exec", "status", "time"))
+    columns = ("run", *(("variant",) if variants else ()), "case", "exec", "status", "time")
+    head = "".join(f"<th>{escape(h)}</th>" for h in columns)
     head += "".join(f'<th class="num">{escape(m)}</th>' for m in metrics) + "<th>error</th>"
     rows = []
     for r in runs:
@@ -152,8 +249,11 @@ def _run_table(name: str, runs: list[dict[str, Any]]) -> str:
         time = _DASH if r["duration_s"] is None else f"{r['duration_s']:.2f}s"
         rows.append(
             f'<tr class="run" tabindex="0" data-run="{escape(r["id"])}" '
-            f'data-status="{escape(r["status"])}" data-case="{escape(r["case"] or "")}">'
-            f"<td><code>{escape(r['id'][:12])}</code></td><td>{escape(r['case'] or _DASH)}</td>"
+            f'data-status="{escape(r["status"])}" data-case="{escape(r["case"] or "")}" '
+            f'data-variant="{escape(r.get("variant") or "")}">'
+            f"<td><code>{escape(r['id'][:12])}</code></td>"
+            + (f"<td>{escape(r.get('variant') or _DASH)}</td>" if variants else "")
+            + f"<td>{escape(r['case'] or _DASH)}</td>"
             f'<td class="num">{r["execution"]}</td>'
             f'<td><span class="badge {escape(r["status"])}">{escape(r["status"])}</span></td>'
             f'<td class="num">{time}</td>'
@@ -164,7 +264,14 @@ def _run_table(name: str, runs: list[dict[str, Any]]) -> str:
         f'<div class="filters" data-experiment="{escape(name)}">'
         f'<label>status <select class="filter" name="status">{options(statuses, "all")}</select>'
         f'</label><label>case <select class="filter" name="case">{options(cases, "all")}'
-        f'</select></label><span class="shown">{len(runs)} of {len(runs)} run(s)</span></div>'
+        "</select></label>"
+        + (
+            f'<label>variant <select class="filter" name="variant">{options(variants, "all")}'
+            "</select></label>"
+            if variants
+            else ""
+        )
+        + f'<span class="shown">{len(runs)} of {len(runs)} run(s)</span></div>'
         f'<table class="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
         '<p class="hint">Click a run to read its conversation.</p>'
     )
@@ -236,7 +343,12 @@ def _prompt_history(conn: sqlite3.Connection, latest_id: int) -> str:
 
 
 def _section(
-    conn: sqlite3.Connection, name: str, session: str | None, length: int, runs_data: dict[str, Any]
+    conn: sqlite3.Connection,
+    name: str,
+    session: str | None,
+    length: int,
+    runs_data: dict[str, Any],
+    matrix_data: dict[str, Any],
 ) -> str:
     experiment_id = find_experiment(conn, name, session)
     detail = browse.experiment_detail(conn, experiment_id)
@@ -247,6 +359,22 @@ def _section(
     runs = browse.runs(conn, experiment_id, limit=EMBEDDED_RUNS)
     for run in runs:
         runs_data[run["id"]] = browse.run_detail(conn, run["id"])
+    if detail.get("variants"):
+        # Which embedded runs the matrix opens, per case and variant.
+        cases: dict[str, dict[str, list[str]]] = {}
+        for run in runs:
+            by_case = cases.setdefault(run["case"] or "", {})
+            by_case.setdefault(run["variant"] or "", []).append(run["id"])
+        matrix_data[name] = {"variants": list(detail["variants"]), "cases": cases}
+        metrics_html = _variants_table(detail)
+        charts_html = _cost_charts(detail)
+        matrix_html = "<h3>Cases by variant</h3>" + _matrix(
+            name, browse.case_variant_means(conn, experiment_id), list(detail["variants"])
+        )
+    else:
+        metrics_html = _metrics_table(detail)
+        charts_html = _charts(detail, points)
+        matrix_html = ""
     counts = ", ".join(f"{c} {s}" for s, c in detail["runs"].items() if c) or "no run"
     verdict = {None: None, True: "passed", False: "failed"}[detail["gate_passed"]]
     anchor = "exp-" + "".join(c if c.isalnum() else "-" for c in name)
@@ -270,8 +398,8 @@ def _section(
         f"{escape(detail['started_at'][:16].replace('T', ' '))} UTC · {detail['cases']} case(s) "
         f"&times; {detail['num_executions']} execution(s) · {escape(counts)} · trend over "
         f"{len(points)} session(s)</p>{warning}"
-        f"<h3>Metrics</h3>{_metrics_table(detail)}"
-        f'<div class="charts">{_charts(detail, points)}</div>'
+        f"<h3>Metrics</h3>{metrics_html}"
+        f'<div class="charts">{charts_html}</div>{matrix_html}'
         f"<h3>Gates</h3>{_gates(detail)}"
         f"<h3>Runs</h3>{_left_out(name, total, len(runs))}{_run_table(name, runs)}"
         f"<h3>Prompt history</h3>{_prompt_history(conn, experiment_id)}"
@@ -289,8 +417,11 @@ def build_html(
 ) -> str:
     """The report over each experiment's latest session (or over ``session``)."""
     runs_data: dict[str, Any] = {}
+    matrix_data: dict[str, Any] = {}
     names = _experiment_names(conn, session, experiments or [])
-    sections = [_section(conn, name, session, trend_length, runs_data) for name in names]
+    sections = [
+        _section(conn, name, session, trend_length, runs_data, matrix_data) for name in names
+    ]
     toc = "".join(
         f'<a href="#exp-{escape("".join(c if c.isalnum() else "-" for c in n))}">{escape(n)}</a>'
         for n in names
@@ -301,6 +432,7 @@ def build_html(
         "@experiment test.</p>"
     )
     script = _asset("report.js")
+    data = _script_json({"runs": runs_data, "matrix": matrix_data})
     # Like a cassette, the report is a file people share: key-shaped text is masked.
     return redact(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -312,6 +444,6 @@ def build_html(
 <main>{body}</main>
 <aside id="conversation" hidden aria-live="polite"><button type="button" class="close"
 aria-label="close">&times;</button><div class="content"></div></aside>
-<script type="application/json" id="llmexp-data">{_script_json({"runs": runs_data})}</script>
+<script type="application/json" id="llmexp-data">{data}</script>
 <script>{script}</script></body></html>
 """)

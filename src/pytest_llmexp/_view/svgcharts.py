@@ -9,7 +9,7 @@ from collections import Counter
 from html import escape
 from typing import Any
 
-__all__ = ["distribution_svg", "trend_svg"]
+__all__ = ["cost_svg", "distribution_svg", "trend_svg"]
 
 _W, _H = 360, 190
 _LEFT, _RIGHT, _TOP, _BOTTOM = 44, 12, 22, 34
@@ -191,3 +191,63 @@ def trend_svg(metric: str, points: list[dict[str, Any]]) -> str:
         body.append(_text(_W - _RIGHT, _H - _BOTTOM + 16, last, "end", "tick"))
     body.append(_text(_W / 2, _H - 4, f"{len(points)} session(s), oldest first", "middle", "tick"))
     return _svg("trend", label, body)
+
+
+def cost_svg(metric: str, points: list[dict[str, Any]]) -> str:
+    """Each variant's cost per run (x) against the metric's mean with its 95% interval (y):
+    the lower right holds the cheap variants that do well."""
+    label = f"{metric}: mean and 95% interval against cost per run, one point per variant"
+    if not points:
+        return _svg("cost", label, [_text(_W / 2, _H / 2, "no variant has a price", "middle")])
+    xs = [p["cost"] for p in points]
+    # Room to the right of the dearest variant, so that its point is not on the edge.
+    xs.append(max(xs) * 1.15)
+    ys = [v for p in points for v in (p["mean"], p["low"], p["high"]) if v is not None]
+    x_ticks = _ticks(0.0, max(xs) or 1.0)
+    y_ticks = _ticks(min(ys), max(ys))
+    x_low, x_high = x_ticks[0], x_ticks[-1]
+    y_low, y_high = y_ticks[0], y_ticks[-1]
+
+    def x_of(value: float) -> float:
+        return _LEFT + (value - x_low) / ((x_high - x_low) or 1) * (_W - _LEFT - _RIGHT)
+
+    def y_of(value: float) -> float:
+        return _H - _BOTTOM - (value - y_low) / ((y_high - y_low) or 1) * (_H - _TOP - _BOTTOM)
+
+    body = [_text(_LEFT, 14, metric, "start", "title")]
+    body += _axes(_H - _TOP - _BOTTOM, [(t, _fmt(t)) for t in y_ticks], y_high, y_low)
+    step = (x_ticks[1] - x_ticks[0]) if len(x_ticks) > 1 else (x_high or 1.0)
+    digits = max(0, -math.floor(math.log10(step)))
+    for i, tick in enumerate(x_ticks):
+        anchor = "end" if i == len(x_ticks) - 1 else "middle"
+        body.append(_text(x_of(tick), _H - _BOTTOM + 16, f"${tick:.{digits}f}", anchor, "tick"))
+    for point in points:
+        x, y = x_of(point["cost"]), y_of(point["mean"])
+        interval = ""
+        if point["low"] is not None and point["high"] is not None:
+            interval = f" [{_fmt(round(point['low'], 4))}, {_fmt(round(point['high'], 4))}]"
+            body.append(
+                f'<line class="interval" x1="{x:.1f}" y1="{y_of(point["low"]):.1f}" '
+                f'x2="{x:.1f}" y2="{y_of(point["high"]):.1f}"/>'
+            )
+        tip = (
+            f"{point['variant']}: mean {_fmt(round(point['mean'], 4))}{interval}, "
+            f"${point['cost']:.6g} per run"
+        )
+        body.append(
+            f'<circle class="point variant" cx="{x:.1f}" cy="{y:.1f}" r="4">'
+            f"<title>{escape(tip)}</title></circle>"
+        )
+        # Labelled on the side with room, never across the title or off the chart.
+        right = x > _LEFT + (_W - _LEFT - _RIGHT) * 0.55
+        body.append(
+            _text(
+                x - 6 if right else x + 6,
+                max(y - 6, _TOP + 8),
+                point["variant"],
+                "end" if right else "start",
+                "tick",
+            )
+        )
+    body.append(_text(_W / 2, _H - 4, "US dollars per run", "middle", "tick"))
+    return _svg("cost", label, body)

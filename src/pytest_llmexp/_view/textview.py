@@ -148,9 +148,13 @@ def _reason(run: dict[str, Any]) -> str:
     return reason(run.get("error_type"), run.get("error_message"))
 
 
-def experiment_lines(detail: dict[str, Any]) -> list[str]:
+def experiment_lines(detail: dict[str, Any], matrix: list[str] | None = None) -> list[str]:
+    """``llmexp show``: ``matrix`` is the variants side by side, shown instead of the
+    metrics of the whole experiment."""
+    variant = f" [{detail['variant']}]" if detail.get("variant") else ""
     lines = [
-        f"{detail['name']}: session {detail['session_id'][:12]} ({detail['session_status']}), "
+        f"{detail['name']}{variant}: session {detail['session_id'][:12]} "
+        f"({detail['session_status']}), "
         f"started {_when(detail['started_at'])} UTC, {detail['cases']} case(s) x "
         f"{detail['num_executions']} execution(s)"
         + (
@@ -162,7 +166,9 @@ def experiment_lines(detail: dict[str, Any]) -> list[str]:
         f"runs: {_counts(detail['runs'])}",
         "",
     ]
-    if detail["metrics"]:
+    if matrix:
+        lines += [f"variants ({len(detail['variants'])}):", *matrix, ""]
+    elif detail["metrics"]:
         header = ["METRIC", "KIND", "N", "MEAN", "95% CI", "STD", "MIN", "MEDIAN", "MAX"]
         rows = [
             [
@@ -184,22 +190,46 @@ def experiment_lines(detail: dict[str, Any]) -> list[str]:
     if detail["gates"]:
         verdict = "passed" if detail["gate_passed"] else "FAILED"
         lines.append(f"gates: {verdict}")
+        by_variant = bool(matrix)
         rows = [
-            [g["gate"], g["source"], num(g["observed"]), g["verdict"], g["detail"] or ""]
+            [
+                *([g["variant"] or "-"] if by_variant else []),
+                g["gate"],
+                g["source"],
+                num(g["observed"]),
+                g["verdict"],
+                g["detail"] or "",
+            ]
             for g in detail["gates"]
         ]
-        lines += [*table(["GATE", "FROM", "OBSERVED", "VERDICT", "DETAIL"], rows), ""]
+        header = [*(["VARIANT"] if by_variant else []), "GATE", "FROM", "OBSERVED", "VERDICT"]
+        lines += [*table([*header, "DETAIL"], rows), ""]
     else:
         lines += ["gates: none evaluated", ""]
+    cheapest = detail.get("cheapest")
+    if cheapest:
+        which = cheapest["variant"] or "none"
+        lines += [f"cheapest variant passing every gate: {which} ({cheapest['note']})", ""]
     if detail["not_passed"]:
         lines.append(f"runs that did not pass ({len(detail['not_passed'])}):")
+        by_variant = any(r.get("variant") for r in detail["not_passed"])
         rows = [
-            [r["id"][:12], r["case"] or "-", str(r["execution"]), r["status"], _reason(r)]
+            [
+                r["id"][:12],
+                *([r["variant"] or "-"] if by_variant else []),
+                r["case"] or "-",
+                str(r["execution"]),
+                r["status"],
+                _reason(r),
+            ]
             for r in detail["not_passed"]
         ]
-        lines += [*table(["RUN", "CASE", "EXEC", "STATUS", "REASON"], rows), ""]
+        header = ["RUN", *(["VARIANT"] if by_variant else []), "CASE", "EXEC", "STATUS"]
+        lines += [*table([*header, "REASON"], rows), ""]
     if detail["comparison"]:
         lines += comparison_lines(detail["comparison"])
+    for variant, comparison in (detail.get("variant_comparisons") or {}).items():
+        lines += [f"[{variant}]", *comparison_lines(comparison)]
     return lines
 
 
@@ -254,10 +284,13 @@ def comparison_lines(comparison: dict[str, Any], *, diffs: bool = True) -> list[
 
 def runs_lines(name: str, session_id: str, found: list[dict[str, Any]]) -> list[str]:
     metrics = list(dict.fromkeys(m for r in found for m in r["metrics"]))
-    header = ["RUN", "CASE", "EXEC", "STATUS", "TIME", *metrics, "ERROR"]
+    by_variant = any(r.get("variant") for r in found)
+    header = ["RUN", *(["VARIANT"] if by_variant else []), "CASE", "EXEC", "STATUS", "TIME"]
+    header += [*metrics, "ERROR"]
     rows = [
         [
             r["id"][:12],
+            *([r["variant"] or "-"] if by_variant else []),
             r["case"] or "-",
             str(r["execution"]),
             r["status"],
@@ -287,6 +320,8 @@ def _short(value: Any) -> str:
 
 def run_lines(run: dict[str, Any]) -> list[str]:
     case = f" [{run['case']}]" if run["case"] else ""
+    if run.get("variant"):
+        case = f" [{run['variant']}]{case}"
     took = "" if run["duration_s"] is None else f", {run['duration_s']:.2f}s"
     lines = [
         f"run {run['id']} ({run['status']}): {run['experiment']}{case} execution "

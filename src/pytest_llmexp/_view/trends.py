@@ -19,17 +19,18 @@ __all__ = ["SESSION_STATUS", "metric_values", "trend"]
 
 
 def metric_values(
-    conn: sqlite3.Connection, experiment_id: int
+    conn: sqlite3.Connection, experiment_id: int, variant: str | None = None
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """Each metric's values over the evaluated runs, and its kind."""
+    """Each metric's values over the evaluated runs (of one variant), and its kind."""
     values: dict[str, list[float]] = {}
     kinds: dict[str, str] = {}
     placeholders = ", ".join("?" * len(EVALUATED))
+    only = " AND r.variant = ?" if variant is not None else ""
     for metric, value, kind in conn.execute(
         f"SELECT m.name, m.value, m.kind FROM metrics m JOIN experiment_runs r ON r.id = m.run_id "
-        f"WHERE r.experiment_id = ? AND r.status IN ({placeholders}) "
+        f"WHERE r.experiment_id = ? AND r.status IN ({placeholders}){only} "
         "ORDER BY m.name, r.case_id, r.execution_index",
-        (experiment_id, *EVALUATED),
+        (experiment_id, *EVALUATED, *(() if variant is None else (variant,))),
     ):
         values.setdefault(str(metric), []).append(float(value))
         kinds[metric] = kind if kinds.get(metric, kind) == kind else "float"

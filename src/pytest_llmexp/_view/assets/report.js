@@ -22,10 +22,13 @@
   function applyFilters(section) {
     var status = section.querySelector("select[name=status]").value;
     var kase = section.querySelector("select[name=case]").value;
+    var variantSelect = section.querySelector("select[name=variant]");
+    var variant = variantSelect ? variantSelect.value : "";
     var rows = section.querySelectorAll("tr.run");
     var shown = 0;
     rows.forEach(function (row) {
-      var ok = (!status || row.dataset.status === status) && (!kase || row.dataset.case === kase);
+      var ok = (!status || row.dataset.status === status) && (!kase || row.dataset.case === kase) &&
+        (!variant || row.dataset.variant === variant);
       row.hidden = !ok;
       if (ok) shown += 1;
     });
@@ -95,9 +98,75 @@
       content.appendChild(box);
     });
     panel.hidden = false;
+    panel.classList.remove("wide");
     panel.dataset.run = id;
     panel.querySelector(".close").focus();
   }
+
+  function lastReply(run) {
+    // The last answer of what is measured: a judge's verdict is not the variant's output.
+    for (var i = run.calls.length - 1; i >= 0; i--) {
+      if (run.calls[i].judge) continue;
+      var messages = run.calls[i].messages;
+      var last = messages[messages.length - 1];
+      if (last && last.role === "assistant") {
+        var text = last.content;
+        if (Array.isArray(text)) text = text.map(function (p) { return (p && p.text) || ""; }).join("\n");
+        if (!text && last.tool_calls) {
+          text = last.tool_calls.map(function (t) { var f = t["function"] || {}; return "calls " + f.name + "(" + (f.arguments || "") + ")"; }).join("\n");
+        }
+        return text || "";
+      }
+      if (run.calls[i].error) return "error: " + run.calls[i].error;
+    }
+    return run.error_message || "(no reply)";
+  }
+
+  function showCase(experiment, kase) {
+    var matrix = (data.matrix || {})[experiment];
+    if (!matrix) return;
+    var byVariant = matrix.cases[kase] || {};
+    content.replaceChildren();
+    content.appendChild(el("h2", null, experiment + " · " + (kase || "(the only case)")));
+    content.appendChild(el("p", "meta", "What each variant answered for this case, execution by execution."));
+    var grid = el("div", "side-by-side");
+    matrix.variants.forEach(function (variant) {
+      var column = el("div", "variant-column");
+      column.dataset.variant = variant;
+      column.appendChild(el("h3", null, variant));
+      var ids = byVariant[variant] || [];
+      if (!ids.length) column.appendChild(el("p", "empty", "No run of this variant is in the report."));
+      ids.forEach(function (id) {
+        var run = data.runs[id];
+        if (!run) return;
+        var box = el("div", "call");
+        var head = el("div", "call-head", "execution " + run.execution + " · ");
+        head.appendChild(el("span", "badge " + run.status, run.status));
+        var metrics = Object.keys(run.metrics).map(function (m) { return m + " " + fmt(run.metrics[m].value); });
+        if (metrics.length) head.appendChild(document.createTextNode(" · " + metrics.join(" · ")));
+        box.appendChild(head);
+        box.appendChild(el("pre", "text reply", lastReply(run)));
+        var open = el("button", "open-run", "conversation");
+        open.type = "button";
+        open.addEventListener("click", function () { showRun(id); });
+        box.appendChild(open);
+        column.appendChild(box);
+      });
+      grid.appendChild(column);
+    });
+    content.appendChild(grid);
+    panel.hidden = false;
+    panel.classList.add("wide");
+    panel.dataset.case = kase;
+    panel.querySelector(".close").focus();
+  }
+
+  document.querySelectorAll("tr.case").forEach(function (row) {
+    row.addEventListener("click", function () { showCase(row.dataset.experiment, row.dataset.case); });
+    row.addEventListener("keydown", function (event) {
+      if (event.key === "Enter") showCase(row.dataset.experiment, row.dataset.case);
+    });
+  });
 
   document.querySelectorAll("section.experiment").forEach(function (section) {
     section.querySelectorAll("select.filter").forEach(function (select) {
