@@ -102,8 +102,9 @@ def test_the_commands_are_found() -> None:
 def workspace(
     tmp_path_factory: pytest.TempPathFactory, _fake_server: FakeLLM
 ) -> tuple[Path, dict[str, str], dict[str, str]]:
-    """A copy of the repo's examples and configuration holding two real sessions, the
-    environment to run commands in, and the ids the docs' ids stand for."""
+    """A copy of the repo's examples and configuration holding two real sessions (of the
+    name_generator and tagline examples), the environment to run commands in, and the ids
+    the docs' ids stand for."""
     root = tmp_path_factory.mktemp("repo")
     shutil.copytree(ROOT / "examples", root / "examples")
     shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
@@ -137,6 +138,9 @@ def workspace(
                 "examples",
                 "--llm-experiment",
                 "name_generator",
+                # Variants, for the pages that show them.
+                "--llm-experiment",
+                "tagline",
                 "-p",
                 "no:cacheprovider",
                 "-q",

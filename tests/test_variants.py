@@ -164,7 +164,7 @@ def test_the_cheapest_variant_is_among_those_that_pass_every_gate() -> None:
     )
     assert cheapest_passing([("a", True, None)], gated=True) == (
         None,
-        "no passing variant has a price (a: no price)",
+        "no passing variant has a price: a",
     )
     # With no gate every variant passes, and it says so.
     assert cheapest_passing([("a", None, 0.3), ("b", None, 0.2)], gated=False) == (
@@ -446,3 +446,37 @@ def test_the_embedded_model_refuses_a_model_sweep() -> None:
     with pytest.raises(pytest.UsageError, match="--llm-temperature 0 --llm-temperature 1"):
         check_model_sweep(["local", "gpt-4o"], None)
     check_model_sweep(["a", "b"], None)
+
+
+@pytest.mark.local
+def test_the_tagline_example_sweeps_the_temperature_on_the_embedded_model(
+    local_session: Any, pytester: pytest.Pytester
+) -> None:
+    example = Path(__file__).parent.parent / "examples" / "test_tagline.py"
+    pytester.makepyfile(test_tagline=example.read_text())
+    # A price for the embedded model, as the docs page assumes one.
+    pytester.makeini("[pytest]\nllm_prices = gemma-3-270m-q4_k_m.gguf = 0.02 / 0.04\n")
+    run = local_session(
+        "--llm-temperature=0.2", "--llm-temperature=1.5", "--llm-num-executions=2"
+    )
+    run.result.assert_outcomes(passed=16)
+    assert run.db is not None
+    variants = [
+        r[0] for r in run.db.rows("SELECT DISTINCT variant FROM experiment_runs ORDER BY 1")
+    ]
+    assert variants == [
+        "style=plain,temperature=0.2",
+        "style=plain,temperature=1.5",
+        "style=punchy,temperature=0.2",
+        "style=punchy,temperature=1.5",
+    ]
+    # Every call went to the embedded model at its variant's temperature, and was priced.
+    calls = run.db.rows(
+        "SELECT r.variant, c.temperature, c.error FROM message_log c "
+        "JOIN experiment_runs r ON r.id = c.run_id"
+    )
+    assert len(calls) == 16 and all(c["error"] is None for c in calls)
+    assert all(c["variant"].endswith(f"temperature={c['temperature']:g}") for c in calls)
+    assert run.db.count("experiment_runs", "cost > 0") == 16
+    assert run.db.count("gate_results", "variant IS NOT NULL") == 4
+    assert "cost per run" in run.output

@@ -163,15 +163,16 @@ def to_markdown(report: dict[str, Any]) -> str:
                 "",
             ]
         for found in experiment.get("unstable", []):
+            where = f" [{found['variant']}]" if found.get("variant") else ""
             if found["kind"] == "threshold":
                 cases = ", ".join(c or "(the only case)" for c in found["cases"])
                 lines.append(
-                    f"- unstable: `{found['metric']}`: executions of {cases} fall on both "
+                    f"- unstable{where}: `{found['metric']}`: executions of {cases} fall on both "
                     f"sides of the threshold of `{' and '.join(found['gates'])}`"
                 )
             else:
                 lines.append(
-                    f"- unstable: `{found['metric']}` (an LLM judge): mean within-case std "
+                    f"- unstable{where}: `{found['metric']}` (an LLM judge): mean within-case std "
                     f"{found['spread']:.3g}"
                 )
         if experiment.get("unstable"):

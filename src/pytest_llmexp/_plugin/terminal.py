@@ -247,6 +247,7 @@ def verdict_lines(verdict: ExperimentVerdict) -> list[tuple[str, str | None]]:
             )
         )
     for found in verdict.unstable:
+        where = f" [{found['variant']}]" if found.get("variant") else ""
         if found["kind"] == "threshold":
             which = (
                 "its executions fall"
@@ -254,13 +255,13 @@ def verdict_lines(verdict: ExperimentVerdict) -> list[tuple[str, str | None]]:
                 else f"{len(found['cases'])} of {found['of_cases']} cases have executions"
             )
             text = (
-                f"  unstable: {found['metric']}: {which} on both sides of the threshold of "
-                f"{' and '.join(found['gates'])}"
+                f"  unstable{where}: {found['metric']}: {which} on both sides of the threshold "
+                f"of {' and '.join(found['gates'])}"
             )
         else:
             text = (
-                f"  unstable: {found['metric']} (an LLM judge) varies across executions of "
-                f"one case: mean within-case std {found['spread']:.3g}"
+                f"  unstable{where}: {found['metric']} (an LLM judge) varies across executions "
+                f"of one case: mean within-case std {found['spread']:.3g}"
             )
         lines.append((text, "yellow"))
     if verdict.no_comparison:

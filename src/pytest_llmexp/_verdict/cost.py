@@ -155,7 +155,7 @@ def cheapest_passing(
     priced = [row for row in passing if row[2] is not None]
     unpriced = ", ".join(row[0] for row in passing if row[2] is None)
     if not priced:
-        return None, f"no passing variant has a price ({unpriced}: no price)"
+        return None, f"no passing variant has a price: {unpriced}"
     name, _, per_run = min(priced, key=lambda row: row[2] or 0.0)
     note = f"{format_cost(per_run)} per run"
     note += f"; not ranked, no price: {unpriced}" if unpriced else ""

@@ -203,7 +203,8 @@ def interval_from(
         p = mean
         center = (p + z * z / (2 * n)) / (1 + z * z / n)
         half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-        return max(0.0, center - half), min(1.0, center + half)
+        # Rounded: at p = 0 or 1 the bound is 0 or 1 exactly, not 1e-17 away from it.
+        return max(0.0, round(center - half, 12)), min(1.0, round(center + half, 12))
     df = n - 1
     if df <= len(_T975):
         t = _T975[df - 1]

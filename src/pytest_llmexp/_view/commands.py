@@ -190,16 +190,14 @@ def _compare(args: argparse.Namespace) -> int:
                 continue
             # Each variant with the same variant of the baseline.
             base_variants = load_experiment(conn, baseline_id).variants
-            wanted = args.variant or [v for v in data.variants if v in base_variants]
-            for variant in wanted:
-                if variant not in data.variants or variant not in base_variants:
-                    raise Failed(
-                        f"{name}: variant {variant!r} did not run in both sessions (baseline: "
-                        f"{', '.join(base_variants) or 'no variants'}; current: "
-                        f"{', '.join(data.variants) or 'no variants'})"
-                    )
+            both = [v for v in data.variants if v in base_variants]
+            wanted = [v for v in args.variant if v in both] if args.variant else both
             if not wanted:
-                raise Failed(f"{name}: the two sessions ran no variant in common")
+                lines += [
+                    f"{name}: not compared: the two sessions ran no variant of it in common",
+                    "",
+                ]
+                continue
             result[name] = {
                 variant: compare_experiments(
                     conn, baseline_id, data.of_variant(variant), gates, variant
@@ -208,6 +206,13 @@ def _compare(args: argparse.Namespace) -> int:
             }
             for variant, comparison in result[name].items():
                 lines += [f"{name} [{variant}]:", *textview.comparison_lines(comparison)]
+        if not result:
+            raise Failed(
+                f"no experiment ran the variant(s) {', '.join(args.variant)} in both sessions "
+                f"{base[:12]} and {current[:12]}"
+                if args.variant
+                else f"sessions {base[:12]} and {current[:12]} have no variant in common"
+            )
     return _emit(args, {"baseline": base, "current": current, "experiments": result}, lines)
 
 

@@ -78,7 +78,8 @@ def versus_rows(reference: str, variant: str, compared: list[dict[str, Any]]) ->
 
 
 def versus_header(reference: str, variant: str) -> list[str]:
-    return ["metric", reference, variant, "diff", "95% CI", "verdict"]
+    """The line above the rows names both variants; the columns say which is which."""
+    return ["metric", "first", "this", "diff", "95% CI", "verdict"]
 
 
 def cost_line(cost: dict[str, Any] | None) -> str | None:
