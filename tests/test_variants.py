@@ -480,3 +480,33 @@ def test_the_tagline_example_sweeps_the_temperature_on_the_embedded_model(
     assert run.db.count("experiment_runs", "cost > 0") == 16
     assert run.db.count("gate_results", "variant IS NOT NULL") == 4
     assert "cost per run" in run.output
+
+
+def test_a_regression_and_a_failed_gate_become_error_commands_escaped() -> None:
+    from pytest_llmexp._plugin.github import error_commands
+    from pytest_llmexp._verdict.evaluate import GateResult
+    from pytest_llmexp._verdict.gates import parse_gate
+    from pytest_llmexp._verdict.verdicts import ExperimentVerdict, SessionVerdict
+
+    gate = parse_gate("score: mean >= 0.5", source="code", where="@experiment")
+    regressed = {"metrics": [{"metric": "score", "verdict": "regressed"}]}
+    watched = ExperimentVerdict(
+        "tagline", 1, variant="a,b", gating=False, comparison=regressed
+    )
+    shipped = ExperimentVerdict("tagline", 1, variant="x", comparison=regressed)
+    experiment = ExperimentVerdict(
+        "tagline",
+        1,
+        gates=[
+            GateResult(gate, "failed", 0.25, variant="a,b"),  # not gating: not annotated
+            GateResult(gate, "error", None, "cannot be evaluated: 50%\nof it", variant="x"),
+        ],
+        variants=[watched, shipped],
+    )
+    commands = error_commands(SessionVerdict(experiments={"tagline": experiment}))
+    assert commands == [
+        "::error title=LLM gate error%3A tagline::tagline: gate score: mean >= 0.5 [x] error "
+        "(cannot be evaluated: 50%25%0Aof it)",
+        "::error title=LLM regression%3A tagline::tagline.score [x] regressed against the "
+        "baseline session",
+    ]
