@@ -456,9 +456,7 @@ def test_the_tagline_example_sweeps_the_temperature_on_the_embedded_model(
     pytester.makepyfile(test_tagline=example.read_text())
     # A price for the embedded model, as the docs page assumes one.
     pytester.makeini("[pytest]\nllm_prices = gemma-3-270m-q4_k_m.gguf = 0.02 / 0.04\n")
-    run = local_session(
-        "--llm-temperature=0.2", "--llm-temperature=1.5", "--llm-num-executions=2"
-    )
+    run = local_session("--llm-temperature=0.2", "--llm-temperature=1.5", "--llm-num-executions=2")
     run.result.assert_outcomes(passed=16)
     assert run.db is not None
     variants = [
@@ -490,9 +488,7 @@ def test_a_regression_and_a_failed_gate_become_error_commands_escaped() -> None:
 
     gate = parse_gate("score: mean >= 0.5", source="code", where="@experiment")
     regressed = {"metrics": [{"metric": "score", "verdict": "regressed"}]}
-    watched = ExperimentVerdict(
-        "tagline", 1, variant="a,b", gating=False, comparison=regressed
-    )
+    watched = ExperimentVerdict("tagline", 1, variant="a,b", gating=False, comparison=regressed)
     shipped = ExperimentVerdict("tagline", 1, variant="x", comparison=regressed)
     experiment = ExperimentVerdict(
         "tagline",

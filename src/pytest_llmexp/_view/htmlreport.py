@@ -150,9 +150,10 @@ def _variants_table(detail: dict[str, Any]) -> str:
     note = ""
     if cheapest.get("note"):
         which = escape(cheapest["variant"] or "none")
+        found = "" if cheapest["variant"] else " none"
         note = (
-            f'<p class="cheapest">Cheapest variant passing every gate: <strong>{which}</strong> '
-            f"({escape(cheapest['note'])})</p>"
+            f'<p class="cheapest{found}">Cheapest variant passing every gate: '
+            f"<strong>{which}</strong> ({escape(cheapest['note'])})</p>"
         )
     return (
         f'<table class="metrics variants"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
@@ -170,6 +171,11 @@ def _cost_charts(detail: dict[str, Any]) -> str:
     unpriced = [
         v for v, data in variants.items() if (data.get("cost") or {}).get("per_run") is None
     ]
+    if len(unpriced) == len(variants):
+        return (
+            '<p class="empty">No variant has a price, so there is no chart of cost against '
+            "the metrics: give each model its price in the ini file (llm_prices).</p>"
+        )
     figures = []
     for metric in metrics:
         points = []
