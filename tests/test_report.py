@@ -61,6 +61,16 @@ def page(browser: Any, report: Path) -> Iterator[Any]:
     context.close()
 
 
+def open_report(browser: Any, path: Path) -> tuple[Any, Any, list[str]]:
+    """A report opened in a new context, and the script errors it raises."""
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(path.as_uri())
+    return context, page, errors
+
+
 def latest_runs(db: Database, name: str = "namer") -> list[Any]:
     return db.rows(
         "SELECT r.id, r.status, r.case_id FROM experiment_runs r JOIN experiments e "
@@ -248,11 +258,7 @@ def test_the_conversation_shows_a_captured_calls_tool_calls(
     weather(pytester, fake_llm)
     run = run_session("--llm-report", "report.html")
     run.result.assert_outcomes(passed=1)
-    context = browser.new_context(viewport={"width": 1300, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto((pytester.path / "report.html").as_uri())
+    context, page, errors = open_report(browser, pytester.path / "report.html")
     page.locator("tr.run").first.click()
     panel = page.locator("#conversation")
     assert panel.is_visible()
@@ -282,11 +288,7 @@ def test_variants_open_side_by_side_in_the_report_matrix(
     pytester.makepyfile(test_namer=NAMER)
     run = run_session("--llm-report", "report.html")
     run.result.assert_outcomes(passed=8)
-    context = browser.new_context(viewport={"width": 1300, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto((pytester.path / "report.html").as_uri())
+    context, page, errors = open_report(browser, pytester.path / "report.html")
     section = page.locator("section.experiment")
     # The variants side by side, the cheapest that passes, and a cost chart per metric.
     assert section.locator("table.variants th").all_inner_texts() == [

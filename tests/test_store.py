@@ -153,6 +153,16 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 9
 
 
+#: A session with one experiment and its one run, as rows of the first tables.
+ONE_RUN = (
+    "INSERT INTO sessions (id, kind, started_at, status) VALUES ('s', 'pytest', 't', 'x')",
+    "INSERT INTO experiments (id, session_id, name, num_executions, status) "
+    "VALUES (1, 's', 'e', 1, 'x')",
+    "INSERT INTO experiment_runs (id, experiment_id, execution_index, status, "
+    "started_at, run_data) VALUES ('r1', 1, 0, 'passed', 't', '{}')",
+)
+
+
 def test_the_per_run_tables_are_clustered_and_keep_their_rows(tmp_path: Path) -> None:
     from sqlite_utils import Database
 
@@ -162,11 +172,7 @@ def test_the_per_run_tables_are_clustered_and_keep_their_rows(tmp_path: Path) ->
     with sqlite3.connect(path) as conn:
         migrations.apply(Database(conn), stop_before="m005_cluster_run_tables")
         for statement in (
-            "INSERT INTO sessions (id, kind, started_at, status) VALUES ('s', 'pytest', 't', 'x')",
-            "INSERT INTO experiments (id, session_id, name, num_executions, status) "
-            "VALUES (1, 's', 'e', 1, 'x')",
-            "INSERT INTO experiment_runs (id, experiment_id, execution_index, status, "
-            "started_at, run_data) VALUES ('r1', 1, 0, 'passed', 't', '{}')",
+            *ONE_RUN,
             "INSERT INTO prompts (id, hash, function_name, module, role, template, created_at) "
             "VALUES (7, 'h', 'f', 'm', 'user', 't', 't')",
             "INSERT INTO bots (id, hash, class_name, model_name, params, created_at) "
@@ -269,11 +275,7 @@ def test_runs_calls_and_gate_results_stored_before_variants_have_none(tmp_path: 
     with sqlite3.connect(path) as conn:
         migrations.apply(Database(conn), stop_before="m009_add_variants_and_cost")
         for statement in (
-            "INSERT INTO sessions (id, kind, started_at, status) VALUES ('s', 'pytest', 't', 'x')",
-            "INSERT INTO experiments (id, session_id, name, num_executions, status) "
-            "VALUES (1, 's', 'e', 1, 'x')",
-            "INSERT INTO experiment_runs (id, experiment_id, execution_index, status, "
-            "started_at, run_data) VALUES ('r1', 1, 0, 'passed', 't', '{}')",
+            *ONE_RUN,
             "INSERT INTO bots (id, hash, class_name, model_name, params, created_at) "
             "VALUES (1, 'h', 'SimpleBot', 'm', '{}', 't')",
             "INSERT INTO message_log (id, bot_id, timestamp, model_name, message_log) "
