@@ -346,6 +346,9 @@ def test_llmexp_show_and_compare_take_a_variant(
     out = capsys.readouterr().out
     assert "variants (2):" in out
     assert "cheapest variant passing every gate: model=fake-large" in out
+    # The list of experiments does not average over variants.
+    assert llmexp(["--db", db_path, "experiments"]) == 0
+    assert "  2 variants" in capsys.readouterr().out
     assert (
         llmexp(["--db", db_path, "show", "namer", "--variant", "model=fake-small", "--json"]) == 0
     )

@@ -117,6 +117,8 @@ def experiments(
                 "runs": summary["runs"],
                 "gates": None if gate_passed is None else ("passed" if gate_passed else "failed"),
                 "means": {m: s["mean"] for m, s in summary["metrics"].items()},
+                # Means over several variants together say nothing: each has its own.
+                "variants": list(summary.get("variants") or {}),
             }
         )
     return found
