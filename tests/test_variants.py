@@ -347,8 +347,9 @@ def test_llmexp_show_and_compare_take_a_variant(
     assert "variants (2):" in out
     assert "cheapest variant passing every gate: model=fake-large" in out
     # The list of experiments does not average over variants.
-    assert llmexp(["--db", db_path, "experiments"]) == 0
-    assert "  2 variants" in capsys.readouterr().out
+    assert llmexp(["--db", db_path, "experiments", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)[0]
+    assert listed["variants"] == ["model=fake-small", "model=fake-large"]
     assert (
         llmexp(["--db", db_path, "show", "namer", "--variant", "model=fake-small", "--json"]) == 0
     )

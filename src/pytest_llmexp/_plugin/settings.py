@@ -256,9 +256,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("llm_fail_on_regression", "fail the session on a regression", "bool", False)
     parser.addini("llm_db", "the experiment database (default: message_log.db in the rootdir)")
     parser.addini("llm_model", "the model every bot calls instead of its own ('local': embedded)")
-    from .variants import add_variant_options
-
-    add_variant_options(parser)
+    _add_variant_options(parser, group)
     parser.addini("llm_base_url", "the OpenAI-compatible endpoint")
     parser.addini("llm_timeout", f"timeout of one LLM request in seconds ({DEFAULT_TIMEOUT:g})")
     parser.addini("llm_max_retries", f"retries of a failed LLM request ({DEFAULT_MAX_RETRIES})")
@@ -274,6 +272,82 @@ def add_options(parser: pytest.Parser) -> None:
         "llm_rate_limit_wait",
         f"the longest a call waits out rate limits, seconds ({DEFAULT_RATE_LIMIT_WAIT:g})",
     )
+
+
+def _add_variant_options(parser: pytest.Parser, group: Any) -> None:
+    """Variants of the command line, judges, prices, GitHub Actions (see ``variants``)."""
+    group.addoption(
+        "--llm-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="call every bot with model NAME instead of its own (ini: llm_model); repeat it to "
+        "run every selected experiment once per model, as variants (judges, bots called in a "
+        "@metric, keep their own model); 'local' is the embedded model, served by llama.cpp "
+        "on 127.0.0.1 (pytest-llmexp[local]).",
+    )
+    group.addoption(
+        "--llm-temperature",
+        action="append",
+        default=[],
+        metavar="T",
+        help="call every bot but judges with temperature T, from 0 to 2 (ini: "
+        "llm_temperature); repeat it to run each value as a variant.",
+    )
+    group.addoption(
+        "--llm-judge-model",
+        metavar="NAME",
+        help="the model of judges, bots called inside a @metric (ini: llm_judge_model; "
+        "default: each judge's own).",
+    )
+    group.addoption(
+        "--llm-max-cost",
+        metavar="DOLLARS",
+        help="spend guard: once the session's calls cost this many US dollars at the "
+        "llm_prices, runs not yet started are skipped (ini: llm_max_cost).",
+    )
+    group.addoption(
+        "--llm-gate-variant",
+        action="append",
+        default=[],
+        metavar="VARIANT",
+        help="only this variant's gates decide the exit status, e.g. model=gpt-4o "
+        "(repeatable; default: every variant's do).",
+    )
+    group.addoption(
+        "--llm-github",
+        metavar="on|off",
+        help="under GitHub Actions, append the verdict to the job summary and annotate "
+        "failed gates and regressions (ini: llm_github; default: on).",
+    )
+    parser.addini("llm_temperature", "the temperature every bot but judges calls with")
+    parser.addini("llm_judge_model", "the model of judges (bots called inside a @metric)")
+    parser.addini(
+        "llm_prices",
+        "US dollars per million tokens, one model a line: MODEL = INPUT / OUTPUT",
+        "linelist",
+    )
+    parser.addini("llm_max_cost", "spend guard: the session's cap in US dollars")
+    parser.addini("llm_github", "GitHub Actions job summary and annotations: on or off (on)")
+
+
+def _variants_given(config: pytest.Config) -> bool:
+    """Whether any option of variants, judges, prices or GitHub Actions is given: checking
+    them imports a module and the prices' parser, which a session without them skips."""
+    return any(config.getoption(n) for n in _VARIANT_OPTIONS) or any(
+        config.getini(n) for n in _VARIANT_INI
+    )
+
+
+#: The options and ini keys ``variants`` checks, besides several ``--llm-model``.
+_VARIANT_OPTIONS = (
+    "llm_temperature",
+    "llm_judge_model",
+    "llm_max_cost",
+    "llm_gate_variant",
+    "llm_github",
+)
+_VARIANT_INI = ("llm_temperature", "llm_judge_model", "llm_prices", "llm_max_cost", "llm_github")
 
 
 def _value(config: pytest.Config, name: str, *, ini: bool = True) -> tuple[str | None, str]:
@@ -345,9 +419,11 @@ def build_settings(config: pytest.Config) -> Settings:
     ini_model = str(config.getini("llm_model") or "").strip()
     if not models and ini_model:
         model, model_where = ini_model, "ini llm_model"
-    from .variants import variant_options
+    variants: dict[str, Any] = {}
+    if len(models) > 1 or _variants_given(config):
+        from .variants import variant_options
 
-    variants = variant_options(config, models)
+        variants = variant_options(config, models)
 
     base_url, where = _value(config, "llm_base_url")
     if base_url is not None:

@@ -1,4 +1,4 @@
-"""Variants of the command line, judges, prices and CI annotations: their options, checked.
+"""Variants of the command line, judges, prices and CI annotations: their options checked.
 
 ``--llm-model A --llm-model B`` (and ``--llm-temperature``) runs every selected experiment
 once per value, each a variant (``model=A``); a bot called inside a ``@metric`` is a judge
@@ -13,71 +13,10 @@ from typing import Any
 
 import pytest
 
-__all__ = [
-    "add_variant_options",
-    "sweep_label",
-    "variant_options",
-]
+__all__ = ["sweep_label", "variant_options"]
 
 #: What ``--llm-github`` takes.
 _SWITCH = {"on": True, "off": False}
-
-
-def add_variant_options(parser: pytest.Parser) -> None:
-    group = parser.getgroup("llmexp")
-    group.addoption(
-        "--llm-model",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="call every bot with model NAME instead of its own (ini: llm_model); repeat it to "
-        "run every selected experiment once per model, as variants (judges, bots called in a "
-        "@metric, keep their own model); 'local' is the embedded model, served by llama.cpp "
-        "on 127.0.0.1 (pytest-llmexp[local]).",
-    )
-    group.addoption(
-        "--llm-temperature",
-        action="append",
-        default=[],
-        metavar="T",
-        help="call every bot but judges with temperature T, from 0 to 2 (ini: "
-        "llm_temperature); repeat it to run each value as a variant.",
-    )
-    group.addoption(
-        "--llm-judge-model",
-        metavar="NAME",
-        help="the model of judges, bots called inside a @metric (ini: llm_judge_model; "
-        "default: each judge's own).",
-    )
-    group.addoption(
-        "--llm-max-cost",
-        metavar="DOLLARS",
-        help="spend guard: once the session's calls cost this many US dollars at the "
-        "llm_prices, runs not yet started are skipped (ini: llm_max_cost).",
-    )
-    group.addoption(
-        "--llm-gate-variant",
-        action="append",
-        default=[],
-        metavar="VARIANT",
-        help="only this variant's gates decide the exit status, e.g. model=gpt-4o "
-        "(repeatable; default: every variant's do).",
-    )
-    group.addoption(
-        "--llm-github",
-        metavar="on|off",
-        help="under GitHub Actions, append the verdict to the job summary and annotate "
-        "failed gates and regressions (ini: llm_github; default: on).",
-    )
-    parser.addini("llm_temperature", "the temperature every bot but judges calls with")
-    parser.addini("llm_judge_model", "the model of judges (bots called inside a @metric)")
-    parser.addini(
-        "llm_prices",
-        "US dollars per million tokens, one model a line: MODEL = INPUT / OUTPUT",
-        "linelist",
-    )
-    parser.addini("llm_max_cost", "spend guard: the session's cap in US dollars")
-    parser.addini("llm_github", "GitHub Actions job summary and annotations: on or off (on)")
 
 
 def _bad(where: str, value: str, expected: str) -> pytest.UsageError:

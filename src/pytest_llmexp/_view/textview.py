@@ -127,9 +127,7 @@ def experiments_lines(found: list[dict[str, Any]]) -> list[str]:
             e["session_status"],
             _pfe(e["runs"]),
             e["gates"] or "-",
-            f"{len(e['variants'])} variants"
-            if e.get("variants")
-            else _means(e["means"]),
+            f"{len(e['variants'])} variants" if e.get("variants") else _means(e["means"]),
         ]
         for e in found
     ]
