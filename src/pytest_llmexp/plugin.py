@@ -185,7 +185,8 @@ def _llmexp_variant(request: pytest.FixtureRequest) -> int:
 @pytest.fixture
 def llm_run(request: pytest.FixtureRequest) -> RunContext:
     """The current experiment run: ``run_id``, ``experiment``, ``execution_index``,
-    ``num_executions``, and ``set_metadata(key, value)`` to attach JSON-safe data to the run.
+    ``num_executions``, ``case_id``, ``variant``, and ``set_metadata(key, value)`` to attach
+    JSON-safe data to the run.
     """
     from ._run.recording import current_run
 
