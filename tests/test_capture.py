@@ -267,7 +267,7 @@ def test_a_retried_call_is_one_call_with_its_retries(fake_llm: FakeLLM, captured
 def test_failed_calls_are_classified_as_the_client_names_them(
     fake_llm: FakeLLM, captured: None, status: int, error_type: str
 ) -> None:
-    from pytest_llmexp._run.recording import classify_exception
+    from pytest_llmexp._run.outcome import classify_exception
 
     fake_llm.fail_next(status)
     with inside_run() as run, pytest.raises(openai.APIStatusError) as raised:

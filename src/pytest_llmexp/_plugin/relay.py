@@ -59,7 +59,7 @@ class RunState:
         """Fold one phase's outcome into the run's status; the most severe one wins."""
         if report.passed:
             return
-        from .._run.recording import classify_exception
+        from .._run.outcome import classify_exception
         from .._util.redact import redact
 
         excinfo = call.excinfo

@@ -9,8 +9,6 @@ inherit context variables) still record into it.
 from __future__ import annotations
 
 import json
-import re
-import sys
 import threading
 import time
 import weakref
@@ -21,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._util.clock import utcnow
 from .._util.ids import new_id
-from ..errors import ExperimentError, LLMExpError, MetricError
+from ..errors import ExperimentError, MetricError
 from .process import PROCESS
 
 if TYPE_CHECKING:
@@ -40,7 +38,6 @@ __all__ = [
     "RunContext",
     "abandon",
     "activate",
-    "classify_exception",
     "clip_messages",
     "current_run",
     "drain_orphans",
@@ -208,43 +205,16 @@ class RunContext(_Collected):
         with self._lock:
             self._metadata[key] = json.loads(text)
 
-    def calls(self) -> list[CallRecord]:
-        """The run's LLM calls so far."""
-        with self._lock:
-            return list(self._calls)
-
     def call_count(self) -> int:
         """How many LLM calls the run has made so far."""
         with self._lock:
             return len(self._calls)
 
-    def usage(self, *, live: bool = False) -> tuple[int, int]:
-        """The run's LLM calls so far, and their tokens (prompt + completion); ``live``: only
-        the calls that reached the endpoint, not those served from the cache."""
+    def calls(self, *, live: bool = False) -> list[CallRecord]:
+        """The run's LLM calls so far; ``live``: only those that reached the endpoint, not
+        those served from the cache."""
         with self._lock:
-            calls = [c for c in self._calls if not (live and c.replayed_from)]
-            tokens = sum((c.prompt_tokens or 0) + (c.completion_tokens or 0) for c in calls)
-            return len(calls), tokens
-
-    def live_cost(self) -> float:
-        """What the run's calls that reached the endpoint cost at the session's prices, the
-        judges' included (calls of unknown cost count nothing)."""
-        from .._verdict.cost import call_cost
-
-        prices = PROCESS.settings.prices
-        with self._lock:
-            costs = [
-                call_cost(
-                    prices,
-                    c.model_name,
-                    c.prompt_tokens,
-                    c.completion_tokens,
-                    failed=c.error is not None,
-                )
-                for c in self._calls
-                if not c.replayed_from
-            ]
-        return sum(c for c in costs if c is not None)
+            return [c for c in self._calls if not (live and c.replayed_from)]
 
     def start_json(self) -> str:
         """What the writer needs to record this run if its process dies before it ends."""
@@ -571,35 +541,3 @@ def _clip_part(part: Any, limit: int) -> Any:
         elif isinstance(value, str) and len(value) > limit:
             return {**part, field: value[:limit]}
     return part
-
-
-def classify_exception(exc: BaseException) -> tuple[str, str, str]:
-    """The run status, error type and message for an exception that ended a run.
-
-    An assertion (or any exception from the user's own code) is a ``failed`` run: the
-    experiment gave a verdict. An exception of ours, including wrapped LLM client errors,
-    is an ``error``: the run could not be evaluated.
-    """
-    if isinstance(exc, LLMExpError):
-        return "error", exc.error_type, str(exc)
-    message = str(exc)
-    if _is_client_error(exc):
-        # The code's own openai client failed (a timeout, a 429, refused credentials): as
-        # with a bot's call, the run could not be evaluated.
-        return "error", type(exc).__name__, message
-    if type(exc).__name__ == "Failed" and _TIMED_OUT.match(message):
-        # pytest-timeout (signal method) ends the test with pytest.fail(): the run did not
-        # finish, which says nothing of its quality.
-        return "error", "Timeout", message
-    return "failed", type(exc).__name__, message
-
-
-def _is_client_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is an ``openai`` client error (``openai.APIError`` and its kin),
-    known without importing ``openai``."""
-    module = sys.modules.get("openai")
-    return module is not None and isinstance(exc, module.APIError)
-
-
-#: How pytest-timeout words the failure it raises: "Timeout (>2.0s) from pytest-timeout."
-_TIMED_OUT = re.compile(r"Timeout \(>[0-9.]+s\) from pytest-timeout")

@@ -21,8 +21,9 @@ from .._util.defaults import (
 )
 from ..errors import ExperimentError
 from . import endpoint, process
+from .outcome import classify_exception
 from .process import PROCESS, RateLimits
-from .recording import RunContext, activate, classify_exception
+from .recording import RunContext, activate
 
 __all__ = ["Experiment"]
 

@@ -34,9 +34,17 @@ class SpendGuard:
         self.max_cost = max_cost
 
     def add_run(self, run: RunContext) -> None:
-        calls, tokens = run.usage(live=True)
-        if calls:
-            self.ledger.add(calls, tokens, run.live_cost() if self.max_cost is not None else 0.0)
+        live = run.calls(live=True)
+        if not live:
+            return
+        tokens = sum((c.prompt_tokens or 0) + (c.completion_tokens or 0) for c in live)
+        cost = 0.0
+        if self.max_cost is not None:
+            from .._verdict.cost import known_cost
+            from .process import PROCESS
+
+            cost = known_cost(PROCESS.settings.prices, live)
+        self.ledger.add(len(live), tokens, cost)
 
     def reached(self) -> str | None:
         """Why no further run may start, or ``None``."""

@@ -24,6 +24,7 @@ __all__ = [
     "call_cost",
     "cheapest_passing",
     "format_cost",
+    "known_cost",
     "parse_prices",
     "price_of",
     "run_costs",
@@ -105,6 +106,17 @@ def call_cost(
     return ((prompt_tokens or 0) * price.input + (completion_tokens or 0) * price.output) / 1e6
 
 
+def _cost_of(prices: Mapping[str, Price], call: Any) -> float | None:
+    """What one recorded call (``model_name``, token counts, ``error``) cost, if known."""
+    return call_cost(
+        prices,
+        call.model_name,
+        call.prompt_tokens,
+        call.completion_tokens,
+        failed=call.error is not None,
+    )
+
+
 def run_costs(
     prices: Mapping[str, Price], calls: Iterable[Any]
 ) -> tuple[float | None, float | None]:
@@ -115,17 +127,17 @@ def run_costs(
         return None, None
     totals: dict[bool, float | None] = {False: 0.0, True: 0.0}
     for call in calls:
-        cost = call_cost(
-            prices,
-            call.model_name,
-            call.prompt_tokens,
-            call.completion_tokens,
-            failed=call.error is not None,
-        )
+        cost = _cost_of(prices, call)
         judge = bool(call.judge)
         current = totals[judge]
         totals[judge] = None if cost is None or current is None else current + cost
     return totals[False], totals[True]
+
+
+def known_cost(prices: Mapping[str, Price], calls: Iterable[Any]) -> float:
+    """What ``calls`` cost, judges' included, counting only the calls whose cost is known
+    (the spend guard's measure: it cannot count what it cannot price)."""
+    return sum(cost for call in calls if (cost := _cost_of(prices, call)) is not None)
 
 
 def format_cost(dollars: float | None, *, unknown: str = "no price") -> str:
