@@ -23,7 +23,8 @@ from ._plugin.keys import (
     WORKERINPUT_SESSION,
     WRITER_KEY,
 )
-from ._plugin.settings import add_options, build_settings
+from ._plugin.options import add_options
+from ._plugin.settings import build_settings
 
 if TYPE_CHECKING:
     from ._run.recording import RunContext
@@ -114,15 +115,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     generate_executions(metafunc, settings.num_executions, settings.sweep)
 
 
+# Last, to see what other plugins kept (-k, --lf) in the order they left it (randomly).
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from ._plugin.collect import check_cli_gates, select_experiments
+    from ._plugin.collect import check_cli_gates, order_adaptive, select_experiments
 
     settings = config.stash[SETTINGS_KEY]
     try:
         select_experiments(
-            config, items, settings.experiments, settings.num_executions, settings.sweep
+            config,
+            items,
+            settings.experiments,
+            settings.num_executions,
+            settings.sweep,
+            settings.adaptive,
         )
         check_cli_gates(items, settings.cli_gates)
+        order_adaptive(items)
     except pytest.UsageError as exc:
         if not hasattr(config, "workerinput"):
             raise

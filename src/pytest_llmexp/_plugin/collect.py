@@ -25,6 +25,7 @@ __all__ = [
     "experiment",
     "generate_executions",
     "is_execution_id",
+    "order_adaptive",
     "select_experiments",
 ]
 
@@ -32,13 +33,14 @@ EXEC_FIXTURE = "_llmexp_execution"
 #: The indirect parameter of the command line's variants (``--llm-model A --llm-model B``).
 VARIANT_FIXTURE = "_llmexp_variant"
 MARKER_HELP = (
-    "experiment(num_executions=1, name=None, gates=(), concurrency=None, variants=()): run "
-    "the test num_executions times as an LLM experiment, each execution one recorded run; "
-    "gates: e.g. ['name_length: mean >= 5']; concurrency: executions in flight at once per "
-    "process; variants: parametrize arguments that are treatments compared side by side, "
-    "not cases, e.g. ['model']"
+    "experiment(num_executions=1, name=None, gates=(), concurrency=None, variants=(), "
+    "adaptive=None): run the test num_executions times as an LLM experiment, each execution "
+    "one recorded run; gates: e.g. ['name_length: mean >= 5']; concurrency: executions in "
+    "flight at once per process; variants: parametrize arguments that are treatments "
+    "compared side by side, not cases, e.g. ['model']; adaptive: num_executions is each "
+    "case's maximum, and executions stop once no gate's verdict can change"
 )
-_KNOWN_ARGS = ("num_executions", "name", "gates", "concurrency", "variants")
+_KNOWN_ARGS = ("num_executions", "name", "gates", "concurrency", "variants", "adaptive")
 # An execution's parameter id, exec-N, possibly joined by "-" with the ids of other parameters.
 _EXECUTION_ID = re.compile(r"\[(?:[^\]]*-)?exec-(\d+)(?:-[^\]]*)?\]$")
 
@@ -64,6 +66,10 @@ class ExperimentItem(NamedTuple):
     variant: str | None = None
     variants: tuple[str, ...] = ()
     overrides: dict[str, Any] | None = None
+    #: Its executions stop once their verdicts are settled; the cases of its variant that
+    #: the session runs (a round of the adaptive tests has one execution of each).
+    adaptive: bool = False
+    cases: int = 1
 
 
 def experiment(
@@ -72,6 +78,7 @@ def experiment(
     gates: Any = None,
     concurrency: int | None = None,
     variants: Any = None,
+    adaptive: bool | None = None,
     **unknown: Any,
 ) -> Any:
     """Run the decorated test ``num_executions`` times as the experiment ``name``.
@@ -82,6 +89,9 @@ def experiment(
     its executions in flight at once in each process (``--llm-concurrency`` overrides it).
     ``variants`` names parametrize arguments that are treatments, not cases: each value is a
     variant, and variants are compared side by side, each with its own statistics and gates.
+    ``adaptive=True`` makes ``num_executions`` each case's maximum: executions that can no
+    longer change a gate's verdict are skipped (``--llm-adaptive`` for every experiment;
+    ``adaptive=False`` keeps this one fixed).
     This is the same as ``@pytest.mark.experiment(...)``; both are checked at collection.
     """
     if (
@@ -90,6 +100,7 @@ def experiment(
         and gates is None
         and concurrency is None
         and variants is None
+        and adaptive is None
         and not unknown
     ):
         return pytest.mark.experiment(num_executions)  # bare @experiment
@@ -102,6 +113,8 @@ def experiment(
         kwargs["concurrency"] = concurrency
     if variants is not None:
         kwargs["variants"] = variants
+    if adaptive is not None:
+        kwargs["adaptive"] = adaptive
     return pytest.mark.experiment(**kwargs)
 
 
@@ -113,6 +126,8 @@ class _Spec(NamedTuple):
     declared: int | None = None
     concurrency: int | None = None
     variants: tuple[str, ...] = ()
+    #: ``adaptive=`` as declared (``None``: as the session says).
+    adaptive: bool | None = None
 
 
 def _spec(definition: pytest.Item | Any, override: int | None) -> _Spec | None:
@@ -152,6 +167,9 @@ def _mark_spec(mark: pytest.Mark, test: str, override: int | None) -> _Spec:
     concurrency = mark.kwargs.get("concurrency")
     if concurrency is not None:
         check_concurrency(concurrency, where)
+    adaptive = mark.kwargs.get("adaptive")
+    if adaptive is not None and not isinstance(adaptive, bool):
+        raise ExperimentError(f"{where}: adaptive must be True or False, got {adaptive!r}")
     return _Spec(
         name,
         override if override is not None else count,
@@ -159,6 +177,7 @@ def _mark_spec(mark: pytest.Mark, test: str, override: int | None) -> _Spec:
         count if override is not None and override != count else None,
         concurrency,
         _check_variants(mark.kwargs.get("variants", ()), where),
+        adaptive,
     )
 
 
@@ -324,6 +343,7 @@ def select_experiments(
     wanted: tuple[str, ...],
     override: int | None,
     sweep: tuple[dict[str, Any], ...] = (),
+    adaptive: bool = False,
 ) -> None:
     """Tag experiment items, check their names, and keep only the ``wanted`` experiments."""
     functions: dict[str, set[str]] = {}
@@ -363,6 +383,7 @@ def select_experiments(
             concurrency=spec.concurrency,
             variant=variant,
             overrides=overrides,
+            adaptive=adaptive if spec.adaptive is None else spec.adaptive,
         )
     # Each execution knows its experiment's variants in the declared order (the first is
     # the reference the others are compared with), whatever order the items run in.
@@ -399,3 +420,29 @@ def select_experiments(
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+def order_adaptive(items: list[pytest.Item]) -> None:
+    """Adaptive experiments run round by round: every case's execution 0, then every case's
+    execution 1... (a decision waits for a round to be complete, so running one case's
+    executions first would decide nothing early). Each execution learns how many cases its
+    variant runs. Other items keep their places; the order within a round is left as it was
+    (pytest-randomly's, say)."""
+    places = [
+        i
+        for i, item in enumerate(items)
+        if getattr(item.stash.get(ITEM_KEY, None), "adaptive", False)
+    ]
+    if not places:
+        return
+    cases: dict[tuple[str, str | None], set[str | None]] = {}
+    for i in places:
+        info = items[i].stash[ITEM_KEY]
+        cases.setdefault((info.name, info.variant), set()).add(info.case_id)
+    ordered = sorted(
+        (items[i] for i in places), key=lambda item: item.stash[ITEM_KEY].execution_index
+    )
+    for i, item in zip(places, ordered, strict=True):
+        info = item.stash[ITEM_KEY]
+        item.stash[ITEM_KEY] = info._replace(cases=len(cases[(info.name, info.variant)]))
+        items[i] = item

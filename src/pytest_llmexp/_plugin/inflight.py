@@ -244,12 +244,17 @@ class InFlight:
         return ahead
 
     def _top_up(self, item: pytest.Item, k: int) -> None:
-        while self._running < k:
+        # An adaptive experiment's decisions come with its reports: its bodies run at most K
+        # ahead of them, so that a decided case stops within K executions.
+        adaptive = item.stash[ITEM_KEY].adaptive
+        while self._running < k and not (adaptive and len(self._ahead) >= k):
             other = self._next_candidate(item, k)
             if other is None:
                 return
-            if self.relay.refuses_new_run() is not None:
-                return  # the spend guard or the spool: what has not started does not start
+            if self.relay.refuses_new_run() is not None or self.relay.decided(other):
+                # The spend guard, the spool, or its case decided: it does not start here
+                # (its own setup skips it).
+                return
             self._start(other, item)
 
     def _body_ended(self, state: RunState) -> None:

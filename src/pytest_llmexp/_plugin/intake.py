@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .._store.batch import Batch
+from .adaptive import is_adaptive
 from .collect import case_id, execution_index, is_execution_id
 from .keys import REPORT_PREFIX
 
@@ -85,6 +86,8 @@ class Intake:
         self._started: dict[str, dict[str, Any]] = {}
         #: Experiment name and size by test function, from those reports.
         self._experiment_of: dict[str, tuple[str, int]] = {}
+        #: Given each arriving run of an adaptive experiment (its JSON), to decide on.
+        self.on_adaptive: Callable[[str], None] | None = None
 
     def take_report(self, report: pytest.TestReport) -> None:
         """Store what a test report carries: a finished run, calls outside runs, a crash."""
@@ -106,6 +109,8 @@ class Intake:
         run = getattr(report, f"{REPORT_PREFIX}run", None)
         if run is not None:
             self._started.pop(report.nodeid, None)
+            if self.on_adaptive is not None and is_adaptive(run):
+                self.on_adaptive(run)
             self.write("run", run, spooled=spooled, unspooled=spooled is None)
             # Stored: pytest keeps every report to the session's end, a run's JSON need not.
             del report.llmexp_run

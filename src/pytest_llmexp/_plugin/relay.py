@@ -20,6 +20,7 @@ from .keys import (
     ITEM_KEY,
     REPORT_PREFIX,
     RUN_KEY,
+    SETTINGS_KEY,
     WORKEROUTPUT_CALLS,
     WORKEROUTPUT_CALLS_SPOOLED,
     WORKEROUTPUT_SPOOL_LINES,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from .._run.recording import RunContext
     from .._run.spend import SpendGuard
     from .._store.records import RunRecord
-    from .._store.spool import Kind, Spool
+    from .._store.spool import Decisions, Kind, Spool
     from .inflight import InFlight
 
 __all__ = ["NOT_STARTED", "RunRelay", "RunState", "run_section"]
@@ -158,10 +159,19 @@ def _new_state(item: pytest.Item, worker: str) -> RunState:
         variant=info.variant,
         variants=info.variants,
         overrides=info.overrides,
+        adaptive=_adaptive(item) if info.adaptive else None,
         # pytest-rerunfailures counts the attempts of a test on the item.
         attempt=max(int(getattr(item, "execution_count", 1) or 1), 1),
     )
     return RunState(run)
+
+
+def _adaptive(item: pytest.Item) -> dict[str, Any]:
+    """What an adaptive execution's run carries for the controller's decisions."""
+    return {
+        "cases": item.stash[ITEM_KEY].cases,
+        "confidence": item.config.stash[SETTINGS_KEY].adaptive_confidence,
+    }
 
 
 def _mask(report: pytest.TestReport) -> None:
@@ -196,6 +206,8 @@ class RunRelay:
         self.inflight: InFlight | None = None
         #: Prompt keys and bot hashes whose definitions a spooled run of this process carried.
         self._defined: set[tuple[str, str, str] | str] = set()
+        #: The cases of adaptive experiments decided so far (when this process runs any).
+        self.decisions: Decisions | None = None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(
@@ -233,6 +245,13 @@ class RunRelay:
             return self.spool.failure
         return None if self.spend is None else self.spend.reached()
 
+    def decided(self, item: pytest.Item) -> str | None:
+        """Why an adaptive execution need not run (its case is decided), or ``None``."""
+        info = item.stash[ITEM_KEY]
+        if self.decisions is None or not info.adaptive:
+            return None
+        return self.decisions.stopped(info.name, info.variant, info.case_id)
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         state = item.stash.get(RUN_KEY, None)
@@ -254,6 +273,12 @@ class RunRelay:
                 f"pytest-llmexp: not started: the spool cannot be written "
                 f"({self.spool.failure}); a run's result would be kept nowhere"
             )
+        reason = self.decided(item)
+        if reason is not None:
+            from .._verdict.stats import DECIDED
+
+            state.skip_kind = DECIDED
+            pytest.skip(reason)
         if self.spend is None:
             return
         reason = self.spend.reached()

@@ -156,6 +156,11 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines += _table([*header, "verdict", "detail"], rows)
         elif experiment.get("gates_not_evaluated"):
             lines += [f"Gates not evaluated: {experiment['gates_not_evaluated']}", ""]
+        if experiment.get("adaptive"):
+            from .._view.adaptiveview import adaptive_lines
+
+            first, *rest = adaptive_lines(experiment["adaptive"], experiment.get("adaptive_note"))
+            lines += [first.capitalize() + ".", "", *(f"- {r.strip()}" for r in rest), ""]
         if experiment.get("failures_tolerated"):
             lines += [
                 f"{experiment['failing_runs']} failing run(s) tolerated by the passing gates "

@@ -194,6 +194,12 @@ def write_summary(
                 terminal.write_line(line)
         else:
             _write_experiment(terminal, name, summary)
+        if "adaptive" in summary:
+            from .._view.adaptiveview import adaptive_lines
+
+            note = judged.adaptive_note if judged is not None else None
+            for line in adaptive_lines(summary["adaptive"], note):
+                terminal.write_line("  " + line, yellow=line.startswith("  every"))
         if judged is not None:
             for line, color in verdict_lines(judged):
                 terminal.write_line(line, **({color: True} if color else {}))
@@ -326,6 +332,8 @@ def _comparison_lines(comparison: dict[str, Any]) -> list[tuple[str, str | None]
             None,
         )
     ]
+    if comparison.get("adaptive"):
+        lines.append(("    " + comparison["adaptive"], "yellow"))
     rows = [("metric", "baseline", "current", "diff", "95% CI", "n (base/cur)", "verdict")]
     for m in comparison["metrics"]:
         ci = "-" if m["ci_low"] is None else f"[{m['ci_low']:+.3g}, {m['ci_high']:+.3g}]"

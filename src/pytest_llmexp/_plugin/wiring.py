@@ -239,6 +239,12 @@ def register_run_hooks(config: pytest.Config, items: list[pytest.Item]) -> None:
     relay = make_relay(config)
     if not manager.hasplugin("llmexp-relay"):
         manager.register(relay, "llmexp-relay")
+    if relay.decisions is None and any(
+        getattr(item.stash.get(ITEM_KEY, None), "adaptive", False) for item in items
+    ):
+        from .._store.spool import Decisions
+
+        relay.decisions = Decisions(settings.db_path, config.stash[WHO_KEY][0])
     if relay.inflight is None and _in_flight(config, items):
         from .inflight import InFlight
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .._store.recovery import Ingested
     from .._store.store import Store
     from .._verdict.health import Health
+    from .adaptive import AdaptiveController
     from .settings import Settings
     from .signals import SigtermAsInterrupt
 
@@ -68,6 +69,11 @@ class Writer:
         #: Sessions killed earlier whose spools this session ingested.
         self.recovered: list[Ingested] = []
         self.intake = Intake(self._begun_store, self.session_id)
+        self.intake.on_adaptive = self._decide
+        #: Decides when adaptive experiments' cases stop (made with the first such run).
+        self.adaptive: AdaptiveController | None = None
+        #: Why decisions stopped being made (the decision file could not be written).
+        self.adaptive_failure: str | None = None
         #: Installed when the session begins.
         self.sigterm: SigtermAsInterrupt | None = None
         self.conclusion = Conclusion(settings, self.session_id)
@@ -82,6 +88,25 @@ class Writer:
         self.left_behind: list[Path] = []
         #: Seconds the session's calls waited on rate limits, and the answers that were one.
         self.rate_totals: Totals | None = None
+
+    def _decide(self, payload: str) -> None:
+        """An arriving run of an adaptive experiment: decide what stops, for every process."""
+        if self.adaptive_failure is not None:
+            return
+        if self.adaptive is None:
+            from .._store.spool import Decisions
+            from .adaptive import AdaptiveController
+
+            self.adaptive = AdaptiveController(
+                Decisions(self.settings.db_path, self.session_id),
+                self.settings.ini_gates,
+                self.settings.cli_gates,
+            )
+        try:
+            self.adaptive.take(payload)
+        except OSError as exc:
+            # Nothing is stopped from here on: every execution runs, as without adaptivity.
+            self.adaptive_failure = f"{self.adaptive.decisions.path}: {exc}"
 
     def _begun_store(self) -> Store:
         self.begin()
@@ -267,11 +292,17 @@ class Writer:
                 interrupted=interrupted,
                 lost=intake.unstored,
             )
+            verdict = self.conclusion.verdict
             self.store.finish_session(
                 self.session_id,
                 status=status,
                 exitstatus=int(session.exitstatus),
                 health=self.health.as_json(),
+                notes={
+                    name: {"adaptive_note": v.adaptive_note}
+                    for name, v in (verdict.experiments.items() if verdict else ())
+                    if v.adaptive_note
+                },
             )
             with self.store.reading() as conn:
                 self.cache_line = cache_line(conn, self.session_id)

@@ -101,6 +101,7 @@ class RunContext(_Collected):
         variant: str | None = None,
         variants: tuple[str, ...] = (),
         overrides: dict[str, Any] | None = None,
+        adaptive: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.run_id = new_id()
@@ -122,6 +123,9 @@ class RunContext(_Collected):
         self.declared_executions = declared_executions
         #: Which attempt of its execution this is (a rerun plugin runs a failed one again).
         self.attempt = attempt
+        #: Its experiment's executions stop once settled: how many cases a round has, and
+        #: how sure a decision must be (``None``: not adaptive).
+        self.adaptive = adaptive
         self.started_at = utcnow()
         self._t0 = time.perf_counter()
         self._metrics: dict[str, MetricRecord] = {}
@@ -277,6 +281,7 @@ class RunContext(_Collected):
                 gates=self.gates,
                 declared_executions=self.declared_executions,
                 attempt=self.attempt,
+                adaptive=self.adaptive,
                 metric_specs=dict(self._metric_specs),
                 replayed_from=self.replayed_from,
             )

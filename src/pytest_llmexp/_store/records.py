@@ -185,6 +185,8 @@ class RunRecord(Recording):
     #: The executions the code declares, when the session ran another number
     #: (``--llm-num-executions``).
     declared_executions: int | None = None
+    #: Adaptive executions (``--llm-adaptive``): the cases a round has, the confidence.
+    adaptive: dict[str, Any] | None = None
     metric_specs: dict[str, MetricSpec] = Field(default_factory=dict)
     #: The stored run whose generations this run replayed (``--llm-replay-from``).
     replayed_from: str | None = None
@@ -231,4 +233,6 @@ class RunRecord(Recording):
             data["declared_executions"] = self.declared_executions
         if self.variants:
             data["variants"] = self.variants
+        if self.adaptive is not None:
+            data["adaptive"] = self.adaptive
         return data

@@ -7,6 +7,7 @@ In ``<database>-spool/`` (created owner-only when a session first needs it):
 - ``<session>.<worker>.jsonl``: one line per finished run (or batch of calls made outside
   runs), appended by the process that ran it with one ``write`` call.
 - ``<session>.spend``: the session's LLM calls and tokens so far, for the spend guard.
+- ``<session>.decided``: the cases of adaptive experiments that run no more executions.
 - ``<session>.<worker>.reserve``: space set aside (see :class:`Reserve`) so that when the
   disk fills up, the run that found it full is still spooled and the session still ends.
 
@@ -31,6 +32,7 @@ from typing import Any, Literal
 
 __all__ = [
     "RESERVE_BYTES",
+    "Decisions",
     "Reserve",
     "SessionLock",
     "SpendLedger",
@@ -48,7 +50,7 @@ __all__ = [
 
 Kind = Literal["run", "calls"]
 SpoolLine = tuple[Kind, dict[str, Any]]
-_SUFFIXES = (".lock", ".jsonl", ".spend", ".cassette", ".reserve", ".rate")
+_SUFFIXES = (".lock", ".jsonl", ".spend", ".cassette", ".reserve", ".rate", ".decided")
 #: Space set aside per process: a few runs' lines, or a session's last writes.
 RESERVE_BYTES = 64 * 1024
 #: The errors of a write that found no room: a full disk, a file-size limit, a quota.
@@ -354,3 +356,39 @@ def remove_empty(directory: Path) -> None:
     """Remove the spool directory if no session has files in it."""
     with suppress(OSError):  # absent, or other sessions' files are there
         directory.rmdir()
+
+
+class Decisions:
+    """The cases of adaptive experiments that run no more executions, and why: appended by
+    the writer's process as it decides, read by every process before it starts a run (see
+    :mod:`.._plugin.adaptive`). One JSON line per case, each written whole by one append."""
+
+    def __init__(self, db_path: Path, session_id: str) -> None:
+        self.path = spool_dir(db_path) / f"{session_id}.decided"
+        self._read = 0
+        self._stopped: dict[tuple[str, str | None, str | None], str] = {}
+
+    def add(self, experiment: str, variant: str | None, case: str | None, reason: str) -> None:
+        line = json.dumps({"e": experiment, "v": variant, "c": case, "r": reason}) + "\n"
+        fd = _open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def stopped(self, experiment: str, variant: str | None, case: str | None) -> str | None:
+        """Why this case runs no more executions, or ``None``."""
+        try:
+            size = os.stat(self.path).st_size
+        except OSError:
+            return None
+        if size > self._read:
+            with open(self.path, "rb") as file:
+                file.seek(self._read)
+                data = file.read(size - self._read)
+            end = data.rfind(b"\n") + 1  # a line being written is read next time
+            for line in data[:end].splitlines():
+                entry = json.loads(line)
+                self._stopped[(entry["e"], entry["v"], entry["c"])] = entry["r"]
+            self._read += end
+        return self._stopped.get((experiment, variant, case))

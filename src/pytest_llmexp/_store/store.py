@@ -21,7 +21,7 @@ from .._util.defaults import DEFAULT_DB
 from .._util.ids import new_id
 from .._util.jsontext import compact_json as _json
 from .._util.redact import redact
-from .._verdict.stats import experiment_summary, session_spend
+from .._verdict.stats import DECIDED, experiment_summary, session_spend
 from ..errors import StoreError
 from .batch import DefinitionIds
 from .provenance import environment_versions, git_sha
@@ -181,13 +181,16 @@ class Store:
         status: str,
         exitstatus: int | None,
         health: dict[str, Any] | None = None,
+        notes: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        """Mark the session and its experiments finished, with their summaries."""
+        """Mark the session and its experiments finished, with their summaries (and what
+        ``notes`` adds to an experiment's: the verdict's remarks on it)."""
         with self.transaction() as conn:
             from .._verdict.compare import used
 
-            for experiment_id, _name in self._experiments(session_id):
+            for experiment_id, name in self._experiments(session_id):
                 summary = experiment_summary(conn, experiment_id)
+                summary.update((notes or {}).get(name, {}))
                 summary["used"] = used(conn, experiment_id)
                 shortfall = _shortfall(conn, experiment_id)
                 if shortfall is not None:
@@ -370,12 +373,13 @@ def _shortfall(conn: sqlite3.Connection, experiment_id: int) -> dict[str, int] |
         int(ran)
         for _case, ran in conn.execute(
             "SELECT coalesce(variant, '') || ':' || coalesce(case_id, ''), count(DISTINCT CASE "
-            "WHEN status != 'skipped' THEN execution_index END) FROM experiment_runs "
+            "WHEN status != 'skipped' OR error_type IS ? THEN execution_index END) "
+            "FROM experiment_runs "
             "WHERE experiment_id = ? GROUP BY 1",
-            (experiment_id,),
+            (DECIDED, experiment_id),
         )
     ]
-    if all(ran >= planned for ran in counts):
+    if all(ran >= planned for ran in counts):  # adaptive stops count: they were not needed
         return None
     return {"runs": sum(counts), "planned": planned * len(counts)}
 

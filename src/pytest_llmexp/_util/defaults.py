@@ -8,6 +8,7 @@ from ..errors import ExperimentError
 
 __all__ = [
     "CACHE_MODES",
+    "DEFAULT_CONFIDENCE",
     "DEFAULT_DB",
     "DEFAULT_ERROR_BUDGET",
     "DEFAULT_MAX_RETRIES",
@@ -27,6 +28,8 @@ __all__ = [
 #: The share of runs that may error (infrastructure) before the session fails.
 DEFAULT_ERROR_BUDGET = 0.1
 DEFAULT_DB = "message_log.db"
+#: How sure an early verdict of adaptive executions must be (``--llm-adaptive-confidence``).
+DEFAULT_CONFIDENCE = 0.95
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 2
 #: The longest one call waits out rate limits (429s, 503s with Retry-After), in seconds.

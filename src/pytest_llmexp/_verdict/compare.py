@@ -380,7 +380,15 @@ def compare_experiments(
     compared = [_compare_metric(base, current, m, gates) for m in metrics]
     for entry in compared:
         entry["metric_changed"] = entry["metric"] in changed
+    adaptive = [side for side, data in (("the baseline", base), ("this session", current))
+                if data.adaptive]  # fmt: skip
     return {
+        "adaptive": (
+            f"{' and '.join(adaptive)} stopped cases once their verdicts were settled "
+            "(adaptive): compared on the executions that ran"
+            if adaptive
+            else None
+        ),
         "baseline_session": base.session_id,
         "baseline_started_at": started,
         "baseline_status": status,

@@ -58,6 +58,9 @@ class ExperimentData:
     variants: list[str] = field(default_factory=list)
     #: The one variant this data holds (see :meth:`of_variant`).
     variant: str | None = None
+    #: Its executions stopped once its verdicts were settled (``--llm-adaptive``): a mean
+    #: over the experiment is the mean of its cases' means, whatever each case ran.
+    adaptive: bool = False
     _ordered: list[Run] | None = field(default=None, repr=False, compare=False)
 
     def of_variant(self, variant: str) -> ExperimentData:
@@ -72,6 +75,7 @@ class ExperimentData:
             self.code_gates,
             self.specs,
             variant=variant,
+            adaptive=self.adaptive,
         )
 
     def metric_names(self) -> set[str]:
@@ -157,6 +161,11 @@ def load_experiment(conn: sqlite3.Connection, experiment_id: int) -> ExperimentD
     ):
         runs[run_id].metrics[metric] = float(value)
         kinds[metric] = kind if kinds.get(metric, kind) == kind else "float"
+    adaptive = conn.execute(
+        "SELECT 1 FROM experiment_runs WHERE experiment_id = ? "
+        "AND json_extract(run_data, '$.adaptive') IS NOT NULL LIMIT 1",
+        (experiment_id,),
+    ).fetchone()
     return ExperimentData(
         experiment_id,
         str(session_id),
@@ -167,6 +176,7 @@ def load_experiment(conn: sqlite3.Connection, experiment_id: int) -> ExperimentD
         code_gates,
         specs,
         experiment_variants(conn, experiment_id),
+        adaptive=adaptive is not None,
     )
 
 
@@ -294,6 +304,8 @@ def _observe(gate: Gate, data: ExperimentData) -> tuple[float, str]:
     if stat.startswith(("pass^", "pass@")):
         return _pass_k(cases, int(stat[5:]), every=stat[4] == "^"), ""
     if not stat.startswith("each_case."):
+        if data.adaptive and stat in ("mean", "pass_rate"):
+            return statistics.fmean(statistics.fmean(v) for v in cases.values()), ""
         return _statistic(stat, [v for values in cases.values() for v in values]), ""
     per_case = {case: _statistic(gate.base, values) for case, values in cases.items()}
     failing = [c for c, v in per_case.items() if not compare(v, gate.op, gate.threshold)]

@@ -8,8 +8,10 @@ import sqlite3
 from typing import Any
 
 __all__ = [
+    "DECIDED",
     "EVALUATED",
     "RUN_STATUSES",
+    "adaptive_summary",
     "cost_summary",
     "experiment_summary",
     "experiment_variants",
@@ -22,6 +24,8 @@ __all__ = [
 RUN_STATUSES = ("passed", "failed", "error", "skipped", "crashed", "rerun")
 #: Run statuses whose metrics count in aggregates: the run was evaluated.
 EVALUATED = ("passed", "failed")
+#: The error type of an adaptive execution skipped because its case was decided.
+DECIDED = "AdaptiveStop"
 
 
 def experiment_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str, Any]:
@@ -47,6 +51,9 @@ def experiment_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str
     cost = cost_summary(conn, experiment_id)
     if cost["priced_runs"]:
         summary["cost"] = cost
+    adaptive = adaptive_summary(conn, experiment_id)
+    if adaptive is not None:
+        summary["adaptive"] = adaptive
     variants = experiment_variants(conn, experiment_id)
     if variants:
         summary["variants"] = {}
@@ -67,6 +74,50 @@ def experiment_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str
                 entry["cost"] = cost
             summary["variants"][variant] = entry
     return summary
+
+
+def adaptive_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str, Any] | None:
+    """An adaptive experiment's executions: how many ran and were not needed, the LLM calls
+    that saved (at the calls per run of those that ran), and per case what ran and why it
+    stopped; ``None`` for an experiment that is not adaptive."""
+    row = conn.execute(
+        "SELECT json_extract(run_data, '$.adaptive.confidence') FROM experiment_runs "
+        "WHERE experiment_id = ? AND json_extract(run_data, '$.adaptive') IS NOT NULL LIMIT 1",
+        (experiment_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    cases = []
+    for variant, case, ran, stopped, reason in conn.execute(
+        "SELECT variant, case_id, sum(status NOT IN ('skipped', 'rerun')), "
+        "sum(error_type IS ?), max(CASE WHEN error_type IS ? THEN error_message END) "
+        "FROM experiment_runs WHERE experiment_id = ? GROUP BY variant, case_id "
+        "ORDER BY min(rowid)",
+        (DECIDED, DECIDED, experiment_id),
+    ):
+        cases.append(
+            {
+                "variant": variant,
+                "case": case,
+                "executions": int(ran),
+                "not_needed": int(stopped),
+                "stopped": reason,
+            }
+        )
+    ran = sum(c["executions"] for c in cases)
+    not_needed = sum(c["not_needed"] for c in cases)
+    (calls,) = conn.execute(
+        "SELECT count(c.id) FROM message_log c JOIN experiment_runs r ON r.id = c.run_id "
+        "WHERE r.experiment_id = ? AND r.status NOT IN ('skipped', 'rerun')",
+        (experiment_id,),
+    ).fetchone()
+    return {
+        "confidence": row[0],
+        "executions": ran,
+        "not_needed": not_needed,
+        "calls_saved": round(not_needed * calls / ran) if ran else 0,
+        "cases": cases,
+    }
 
 
 def experiment_variants(conn: sqlite3.Connection, experiment_id: int) -> list[str]:

@@ -65,6 +65,8 @@ class ExperimentVerdict:
     #: The cheapest variant whose gates all pass, and what the summary says of it.
     cheapest: str | None = None
     cheapest_note: str | None = None
+    #: Adaptive, yet no execution could be skipped: why (a gate that cannot be decided early).
+    adaptive_note: str | None = None
 
     @property
     def regressed(self) -> list[str]:
@@ -98,6 +100,7 @@ class ExperimentVerdict:
             "comparison": self.comparison,
             "no_comparison": self.no_comparison,
             "unstable": self.unstable,
+            "adaptive_note": self.adaptive_note,
         }
 
 
@@ -137,6 +140,7 @@ def _judge_experiment(
     )
     verdict.failing_runs = sum(r.status in ("failed", "error", "crashed") for r in data.runs)
     verdict.unstable = unstable_metrics(data, gates)
+    verdict.adaptive_note = _adaptive_note(data, gates)
     missing = data.missing_executions()
     if not_evaluable is None and missing:
         not_evaluable = (
@@ -156,6 +160,21 @@ def _judge_experiment(
     return verdict
 
 
+def _adaptive_note(data: ExperimentData, gates: list[Gate]) -> str | None:
+    """Why an adaptive experiment runs every execution, if it must."""
+    if not data.adaptive:
+        return None
+    if not gates:
+        return "every execution runs: it has no gate to decide"
+    from .adaptive import unsupported
+
+    for gate in gates:
+        why = unsupported(gate, data.kinds.get(gate.metric), data.specs.get(gate.metric, {}))
+        if why is not None:
+            return f"every execution runs: {why}"
+    return None
+
+
 def _judge_variants(
     conn: sqlite3.Connection,
     data: ExperimentData,
@@ -172,6 +191,7 @@ def _judge_variants(
         data.name, data.id, data.num_executions, len({r.case_id for r in data.runs})
     )
     verdict.failing_runs = sum(r.status in ("failed", "error", "crashed") for r in data.runs)
+    verdict.adaptive_note = _adaptive_note(data, gates)
     reference: ExperimentData | None = None
     for variant in data.variants:
         part = data.of_variant(variant)

@@ -14,7 +14,7 @@ from typing import Any
 
 from .._util.lookup import find_experiment, nearest
 from .._verdict.cost import cheapest_passing
-from .._verdict.stats import RUN_STATUSES, experiment_summary, interval
+from .._verdict.stats import DECIDED, RUN_STATUSES, experiment_summary, interval
 from ..errors import ExperimentError
 from .trends import SESSION_STATUS, metric_values
 
@@ -171,7 +171,8 @@ def experiment_detail(
         "SELECT count(DISTINCT coalesce(case_id, '')) FROM experiment_runs WHERE experiment_id = ?",
         (experiment_id,),
     ).fetchone()[0]
-    not_passed = runs(conn, experiment_id, passed=False)
+    # Executions an adaptive experiment did not need are its summary's, not failures.
+    not_passed = [r for r in runs(conn, experiment_id, passed=False) if r["error_type"] != DECIDED]
     extra: dict[str, Any] = {}
     if variant is not None:
         not_passed = [r for r in not_passed if r["variant"] == variant]
@@ -202,6 +203,8 @@ def experiment_detail(
         "not_passed": not_passed,
         "comparison": json.loads(comparison) if comparison else None,
         **({"cost": summary["cost"]} if summary.get("cost") else {}),
+        **({"adaptive": summary["adaptive"]} if summary.get("adaptive") else {}),
+        "adaptive_note": summary.get("adaptive_note"),
     }
 
 

@@ -283,6 +283,36 @@ def _run_table(name: str, runs: list[dict[str, Any]]) -> str:
     )
 
 
+def _adaptive(detail: dict[str, Any]) -> str:
+    """An adaptive experiment: what ran and was not needed, and per case how many of its
+    executions ran and why it stopped."""
+    adaptive = detail.get("adaptive")
+    if not adaptive:
+        return ""
+    from .adaptiveview import adaptive_lines, stop_phrase
+
+    lines = adaptive_lines(adaptive, detail.get("adaptive_note"))
+    notes = "".join(f"<li>{escape(line.strip())}</li>" for line in lines[1:])
+    by_variant = any(c["variant"] for c in adaptive["cases"])
+    rows = []
+    for case in adaptive["cases"]:
+        if case["stopped"]:
+            after, phrase = stop_phrase(case["stopped"])
+            why = f"decided after {after}: {phrase}" if after is not None else phrase
+        else:
+            why = "ran every execution"
+        cells = [case["variant"] or "-"] if by_variant else []
+        cells += [case["case"] or "(the only case)", str(case["executions"]), why]
+        rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
+    head = ["variant"] if by_variant else []
+    head += ["case", "executions run", "why it stopped"]
+    return (
+        f"<h3>Adaptive executions</h3><p>{escape(lines[0])}</p><ul>{notes}</ul>"
+        "<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def _left_out(name: str, total: int, shown: int) -> str:
     if shown == total:
         return ""
@@ -406,7 +436,7 @@ def _section(
         f"{len(points)} session(s)</p>{warning}"
         f"<h3>Metrics</h3>{metrics_html}"
         f'<div class="charts">{charts_html}</div>{matrix_html}'
-        f"<h3>Gates</h3>{_gates(detail)}"
+        f"<h3>Gates</h3>{_gates(detail)}{_adaptive(detail)}"
         f"<h3>Runs</h3>{_left_out(name, total, len(runs))}{_run_table(name, runs)}"
         f"<h3>Prompt history</h3>{_prompt_history(conn, experiment_id)}"
         "</section>"

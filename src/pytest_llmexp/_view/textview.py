@@ -166,6 +166,10 @@ def experiment_lines(detail: dict[str, Any], matrix: list[str] | None = None) ->
         f"runs: {_counts(detail['runs'])}",
         "",
     ]
+    if detail.get("adaptive"):
+        from .adaptiveview import adaptive_lines
+
+        lines += [*adaptive_lines(detail["adaptive"], detail.get("adaptive_note")), ""]
     if matrix:
         lines += [f"variants ({len(detail['variants'])}):", *matrix, ""]
     elif detail["metrics"]:
@@ -263,6 +267,8 @@ def comparison_lines(comparison: dict[str, Any], *, diffs: bool = True) -> list[
         shrink=4,
     )
     lines += [metric_changed_line(name) for name in comparison.get("metric_changes", [])]
+    if comparison.get("adaptive"):
+        lines.append(comparison["adaptive"])
     for change in comparison["prompts"]:
         lines.append(
             f"prompt {change['prompt']} changed: {', '.join(change['from']) or '-'} -> "
