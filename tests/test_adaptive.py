@@ -242,7 +242,9 @@ def test_settled_cases_stop_early_and_the_rest_run_to_the_maximum(
     # As a model would, the server takes a moment: the runs are not all done at once.
     fake_llm.latency = 0.02
     pytester.makepyfile(test_adaptive_x=EXPERIMENTS)
-    run = run_session("--llm-adaptive", "--llm-report-json", "report.json", "-rs")
+    run = run_session(
+        "--llm-adaptive", "--llm-report-json", "report.json", "--llm-report", "report.html", "-rs"
+    )
     db = run.db
     assert db is not None
     # The gate of "never" is decided failing early, and fails the session.
@@ -293,6 +295,11 @@ def test_settled_cases_stop_early_and_the_rest_run_to_the_maximum(
     assert never_report["adaptive"]["not_needed"] == 20 - never
     assert f"{20 - never} not needed" in run.output
     assert "decided after" in run.output
+    # The HTML report: per case, the executions that ran and why it stopped.
+    html = (pytester.path / "report.html").read_text()
+    assert "<h3>Adaptive executions</h3>" in html
+    assert f"<td>always</td><td>{always}</td><td>decided after " in html
+    assert "<td>coin</td><td>20</td><td>ran every execution</td>" in html
 
 
 def test_a_comparison_says_when_a_side_was_adaptive(

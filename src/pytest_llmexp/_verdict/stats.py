@@ -151,7 +151,10 @@ def cost_summary(
     where = "experiment_id = ? AND status != 'rerun'" + (" AND variant = ?" if variant else "")
     params: tuple[Any, ...] = (experiment_id, variant) if variant else (experiment_id,)
     priced, total, per_run, judges, unpriced = conn.execute(
-        f"SELECT count(cost), sum(cost), avg(CASE WHEN status IN ({statuses}) THEN cost END), "
+        # A skipped run (the spend guard, an adaptive stop) cost nothing: it is not a run
+        # that was priced.
+        "SELECT count(CASE WHEN status != 'skipped' THEN cost END), sum(cost), "
+        f"avg(CASE WHEN status IN ({statuses}) THEN cost END), "
         f"sum(judge_cost), sum(status IN ({statuses}) AND cost IS NULL) "
         f"FROM experiment_runs WHERE {where}",
         (*EVALUATED, *EVALUATED, *params),

@@ -36,12 +36,15 @@ def adaptive_lines(adaptive: dict[str, Any], note: str | None = None) -> list[st
         if case["stopped"]:
             after, phrase = stop_phrase(case["stopped"])
             groups.setdefault((case["variant"], phrase), []).append(after or case["executions"])
-    cases = len(adaptive["cases"])
+    cases: dict[str | None, int] = {}
+    for case in adaptive["cases"]:
+        cases[case["variant"]] = cases.get(case["variant"], 0) + 1
     for (variant, phrase), afters in groups.items():
         low, high = min(afters), max(afters)
         when = f"after {low}" if low == high else f"after {low} to {high}"
         where = f"[{variant}] " if variant else ""
-        share = f"{len(afters)} of {cases} case{'s' if cases != 1 else ''}"
+        of = cases[variant]
+        share = f"{len(afters)} of {of} case{'s' if of != 1 else ''}"
         lines.append(f"  {where}decided {when} executions ({share}): {phrase}")
     if not groups:
         lines.append("  no case was settled before its last execution")
