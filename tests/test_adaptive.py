@@ -271,6 +271,16 @@ def test_settled_cases_stop_early_and_the_rest_run_to_the_maximum(
         for row in stopped
     )
     assert db.count("experiment_runs", "status = 'skipped' AND error_type != 'AdaptiveStop'") == 0
+    if mode == "serial":
+        # Round by round: every case's exec-0, then every case's exec-1...
+        order = [
+            row[0]
+            for row in db.rows(
+                "SELECT r.execution_index FROM experiment_runs r JOIN experiments e "
+                "ON e.id = r.experiment_id WHERE e.name = 'steady' ORDER BY r.rowid"
+            )
+        ]
+        assert order == sorted(order) and order[:4] == [0, 0, 1, 1]
     # Kept fixed in code; its gate cannot be decided early: both ran every execution.
     assert _executed(db, "fixed") == 6 and _executed(db, "wordy") == 6
     summaries = {
