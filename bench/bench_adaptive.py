@@ -1,6 +1,6 @@
 """Benchmark 8, adaptive executions (``--llm-adaptive``), by simulation: no LLM, no pytest.
 
-Each scenario is an experiment of CASES cases × EXECUTIONS executions whose metric values
+Each scenario is an experiment of CASES cases x EXECUTIONS executions whose metric values
 are drawn from known distributions. The same draws are judged twice through the plugin's
 own code: fixed (every execution runs) and adaptive (executions handed out round by round,
 as ``--llm-adaptive`` orders them, each one fed to ``_verdict.adaptive.Monitor`` and the
@@ -19,18 +19,14 @@ checked at the end; the exit status is 1 if one is not met.
 from __future__ import annotations
 
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from pytest_llmexp._verdict.adaptive import Monitor  # noqa: E402
-from pytest_llmexp._verdict.evaluate import ExperimentData, Run, evaluate_gate  # noqa: E402
-from pytest_llmexp._verdict.gates import RUNS, compare, parse_gate  # noqa: E402
+from pytest_llmexp._verdict.adaptive import Monitor
+from pytest_llmexp._verdict.evaluate import ExperimentData, Run, evaluate_gate
+from pytest_llmexp._verdict.gates import RUNS, compare, parse_gate
 
 Draw = Callable[[random.Random, int], float]
 
