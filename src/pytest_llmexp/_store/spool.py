@@ -388,7 +388,8 @@ class Decisions:
                 data = file.read(size - self._read)
             end = data.rfind(b"\n") + 1  # a line being written is read next time
             for line in data[:end].splitlines():
-                entry = json.loads(line)
-                self._stopped[(entry["e"], entry["v"], entry["c"])] = entry["r"]
+                with suppress(ValueError, KeyError, TypeError):  # not ours: run, as without
+                    entry = json.loads(line)
+                    self._stopped[(entry["e"], entry["v"], entry["c"])] = str(entry["r"])
             self._read += end
         return self._stopped.get((experiment, variant, case))
