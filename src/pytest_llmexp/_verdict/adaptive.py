@@ -338,7 +338,7 @@ class Monitor:
         return self._stops()
 
     def _stops(self) -> list[Stop]:
-        if len(self._trackers) < len(self.gates) or len(self.executions) < self.cases:
+        if len(self.executions) < self.cases or any(g not in self._trackers for g in self.gates):
             return []  # a gate not seen yet, or a case not run yet, could change everything
         found = []
         for case, count in self.executions.items():

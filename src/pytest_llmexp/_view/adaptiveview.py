@@ -48,10 +48,10 @@ def adaptive_lines(adaptive: dict[str, Any], note: str | None = None) -> list[st
         lines.append(f"  {where}decided {when} executions ({share}): {phrase}")
     if not groups:
         lines.append("  no case was settled before its last execution")
-    ran: dict[str | None, set[int]] = {}
+    per_case: dict[str | None, set[int]] = {}
     for case in adaptive["cases"]:
-        ran.setdefault(case["variant"], set()).add(case["executions"])
-    if any(len(counts) > 1 for counts in ran.values()):
+        per_case.setdefault(case["variant"], set()).add(case["executions"])
+    if any(len(counts) > 1 for counts in per_case.values()):
         lines.append(
             "  cases ran different numbers of executions: a gate's mean over the experiment "
             "is the mean of its cases' means (the metrics' means are over runs)"
