@@ -119,20 +119,21 @@ SCENARIOS = [
 ]
 
 
+def _outcome(metric: str, value: float) -> tuple[str, dict[str, float]]:
+    """A run's status and metric values, for a value of ``metric`` (of ``runs``: 1 passed)."""
+    if metric == RUNS:
+        return ("passed" if value else "failed"), {}
+    return "passed", {metric: value}
+
+
 def _data(values: dict[int, list[float]], metric: str, kind: str, adaptive: bool) -> ExperimentData:
-    runs = []
-    for case, case_values in values.items():
-        for index, value in enumerate(case_values):
-            status, metrics = "passed", {}
-            if metric == RUNS:
-                status = "passed" if value else "failed"
-            else:
-                metrics = {metric: value}
-            runs.append(Run(f"{case}-{index}", f"c{case}", index, status, metrics))
-    return ExperimentData(
-        1, "s", "sim", 20, runs, {metric: kind} if metric != RUNS else {}, [], {},
-        adaptive=adaptive,
-    )  # fmt: skip
+    runs = [
+        Run(f"{case}-{index}", f"c{case}", index, *_outcome(metric, value))
+        for case, case_values in values.items()
+        for index, value in enumerate(case_values)
+    ]
+    kinds = {metric: kind} if metric != RUNS else {}
+    return ExperimentData(1, "s", "sim", 20, runs, kinds, [], {}, adaptive=adaptive)
 
 
 def simulate(s: Scenario, experiments: int, confidence: float, seed: int) -> dict[str, float]:
@@ -154,11 +155,7 @@ def simulate(s: Scenario, experiments: int, confidence: float, seed: int) -> dic
                     continue
                 value = draws[case][index]
                 kept[case].append(value)
-                if gate.metric == RUNS:
-                    status, metrics = ("passed" if value else "failed"), {}
-                else:
-                    status, metrics = "passed", {gate.metric: value}
-                monitor.add(f"c{case}", status, metrics, kinds, specs)
+                monitor.add(f"c{case}", *_outcome(gate.metric, value), kinds, specs)
         ran += sum(len(v) for v in kept.values())
         adaptive = evaluate_gate(gate, _data(kept, gate.metric, s.kind, True))
         wrong_adaptive += adaptive.passed != truth

@@ -126,8 +126,7 @@ def test_a_gate_that_cannot_be_decided_early_says_why(
             monitor.add(None, "passed", {metric: 5.0}, {metric: kind or "int"}, {metric: spec})
             == []
         )
-    if metric != "runs":
-        assert monitor.why_all is not None and why in monitor.why_all
+    assert monitor.why_all is not None and why in monitor.why_all
 
 
 def test_supported_gates_on_bounded_metrics_can_be_decided() -> None:
@@ -352,8 +351,8 @@ def test_cmp(case):
     assert ran < 24
     assert comparison["metrics"][0]["n_current"] == 2  # over cases, paired
     db_path = str(pytester.path / "message_log.db")
-    assert llmexp(["--db", db_path, "compare", session, db.one(
-        "SELECT id FROM sessions WHERE id != ?", session)]) == 0  # fmt: skip
+    baseline = db.one("SELECT id FROM sessions WHERE id != ?", session)
+    assert llmexp(["--db", db_path, "compare", session, baseline]) == 0
     out = capsys.readouterr().out
     assert "the baseline stopped cases once their verdicts were settled (adaptive)" in out
     assert llmexp(["--db", db_path, "show", "cmp"]) == 0
@@ -427,3 +426,38 @@ def test_bad():
     assert result.ret == 2
     text = "\n".join(result.outlines + result.errlines)
     assert "@experiment on test_bad: adaptive must be True or False, got 'yes'" in text
+
+
+def test_when_decisions_cannot_be_written_every_execution_runs(
+    pytester: pytest.Pytester, run_session: Any, mode: str
+) -> None:
+    pytester.makeconftest(
+        """
+from pytest_llmexp._store import spool
+
+def pytest_configure(config):
+    def refuse(self, *args):
+        raise OSError(28, "No space left on device")
+    spool.Decisions.add = refuse
+"""
+    )
+    pytester.makepyfile(
+        test_full="""
+from pytest_llmexp import SimpleBot, experiment, metric
+
+@metric
+def ok(reply) -> bool:
+    return False
+
+@experiment(num_executions=12, adaptive=True, gates=["ok: pass_rate >= 0.8"])
+def test_full():
+    ok(SimpleBot("You answer.", model_name="fake-small")("Say no"))
+"""
+    )
+    run = run_session()
+    assert run.result.ret == 1  # the gate still fails, on every execution
+    assert run.db is not None
+    assert _executed(run.db, "full") == 12
+    assert run.db.count("experiment_runs", "status = 'skipped'") == 0
+    assert "warning: adaptive decisions stopped, so every later execution ran" in run.output
+    assert "No space left on device" in run.output

@@ -247,8 +247,10 @@ class RunRelay:
 
     def decided(self, item: pytest.Item) -> str | None:
         """Why an adaptive execution need not run (its case is decided), or ``None``."""
+        if self.decisions is None:
+            return None
         info = item.stash[ITEM_KEY]
-        if self.decisions is None or not info.adaptive:
+        if not info.adaptive:
             return None
         return self.decisions.stopped(info.name, info.variant, info.case_id)
 

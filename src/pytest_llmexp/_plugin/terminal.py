@@ -69,6 +69,12 @@ def write_session_end(terminal: pytest.TerminalReporter, writer: Writer) -> None
             terminal.write_line(writer.cache_line)
         for line, red in health_lines(writer.health):
             terminal.write_line(line, red=red, yellow=not red, bold=red)
+        if writer.adaptive_failure is not None:
+            terminal.write_line(
+                f"warning: adaptive decisions stopped, so every later execution ran: the "
+                f"decision file could not be written ({writer.adaptive_failure})",
+                yellow=True,
+            )
     for line, color in [*conclusion_lines(writer.conclusion), *storage_lines(writer)]:
         terminal.write_line(line, **({color: True} if color else {}))
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .gates import RUNS, Gate
+from .stats import EVALUATED
 
 __all__ = ["SUPPORTED", "Monitor", "Stop", "unsupported"]
 
@@ -46,7 +47,6 @@ SUPPORTED = ("mean", "pass_rate", "each_case.mean", "each_case.pass_rate", "pass
 #: The largest part of what a bet may lose that one bet stakes (the ``c`` of the paper):
 #: below 1, so that one value can never take all the wealth.
 STAKE = 0.75
-EVALUATED = ("passed", "failed")
 
 
 class Wealth:

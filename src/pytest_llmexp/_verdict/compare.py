@@ -380,8 +380,8 @@ def compare_experiments(
     compared = [_compare_metric(base, current, m, gates) for m in metrics]
     for entry in compared:
         entry["metric_changed"] = entry["metric"] in changed
-    adaptive = [side for side, data in (("the baseline", base), ("this session", current))
-                if data.adaptive]  # fmt: skip
+    sides = (("the baseline", base), ("this session", current))
+    adaptive = [side for side, data in sides if data.adaptive]
     return {
         "adaptive": (
             f"{' and '.join(adaptive)} stopped cases once their verdicts were settled "
