@@ -134,18 +134,27 @@ def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def local_session(
-    pytester: pytest.Pytester, mode: str, _model_cache: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[..., Run]]:
-    """Like ``run_session``, with no API key and no endpoint set: the embedded local model."""
+def local_env(_model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No API key, endpoint or database set: sessions run on the embedded local model."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("LLMEXP_DB", raising=False)
     monkeypatch.setenv("LLMEXP_CACHE_DIR", str(_model_cache))
+    # The suite runs on two xdist workers on two CPUs. llama.cpp's threads wait for each other
+    # in a busy loop: beside the other worker, the tagline sweep took 114 s on two threads and
+    # 15 s on one (9 s on two, alone).
+    monkeypatch.setenv("LLMEXP_LOCAL_THREADS", "1")
     # Under an outer ``-n``, an inner serial session would inherit the outer worker's
     # variables and take itself for an xdist worker (the tests' process checks read them).
     for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def local_session(
+    pytester: pytest.Pytester, mode: str, local_env: None
+) -> Iterator[Callable[..., Run]]:
+    """Like ``run_session``, on the embedded local model (see ``local_env``)."""
     opened: list[Database] = []
     yield _session_runner(pytester, mode, opened)
     for database in opened:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -128,6 +129,45 @@ def test_bad_arguments_are_refused() -> None:
         LocalServer(startup_timeout=0, command=["x"], model=MODEL)
     with pytest.raises(ValueError, match="a custom command needs the model it serves"):
         LocalServer(command=["x"])
+
+
+def test_the_thread_count_comes_from_the_argument_the_environment_or_the_cpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LLMEXP_LOCAL_THREADS", raising=False)
+    for env, argument, expected in [
+        (None, None, os.cpu_count()),
+        ("", None, os.cpu_count()),
+        (" 3 ", None, 3),
+        ("3", 2, 2),
+    ]:
+        if env is not None:
+            monkeypatch.setenv("LLMEXP_LOCAL_THREADS", env)
+        server = LocalServer(command=["x"], model=MODEL, threads=argument)
+        try:
+            assert server.threads == expected
+            # What llama.cpp is started with.
+            assert f"--threads={expected}" in server._argv(5, 6, Path("model.gguf"))
+        finally:
+            server.stop()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "2 3"])
+def test_a_bad_thread_count_in_the_environment_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("LLMEXP_LOCAL_THREADS", value)
+    message = f"LLMEXP_LOCAL_THREADS: expected a whole number of threads, 1 or more, got {value!r}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        LocalServer(command=["x"], model=MODEL)
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, "2"])
+def test_a_bad_thread_count_argument_is_refused(value: object) -> None:
+    with pytest.raises(
+        ValueError, match=re.escape(f"threads must be a whole number, 1 or more, got {value!r}")
+    ):
+        LocalServer(command=["x"], model=MODEL, threads=value)  # type: ignore[arg-type]
 
 
 def test_missing_packages_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,6 +41,10 @@ def servers(parent=None):
         if b"pytest_llmexp._local.main" in argv and ppid == parent:
             found.append(int(entry.name))
     return found
+
+def threads(pid):
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\\0")
+    return [a.partition("=")[2] for a in argv if a.startswith("--threads=")]
 """
 
 EXPERIMENT = """
@@ -65,6 +69,7 @@ def test_titles(llm_run):
     servers = llama_procs.servers()
     assert len(servers) == 1, f"one server per session, found {servers}"
     llm_run.set_metadata("server_pid", servers[0])
+    llm_run.set_metadata("server_threads", llama_procs.threads(servers[0]))
     llm_run.set_metadata("base_url", endpoint.settings().base_url)
     hello = SimpleBot(model_name="gpt-4o-mini", temperature=0, max_tokens=8)("Say hello")
     assert isinstance(hello.content, str)
@@ -123,6 +128,8 @@ def test_experiment_runs_on_the_local_model(local_session, pytester: pytest.Pyte
         json.loads(r[0])["metadata"] for r in db.rows("SELECT run_data FROM experiment_runs")
     ]
     assert len({m["server_pid"] for m in metadata}) == 1, "both runs used one server"
+    # LLMEXP_LOCAL_THREADS (set by the local_env fixture) reached llama.cpp.
+    assert [m["server_threads"] for m in metadata] == [["1"], ["1"]]
     assert len({m["base_url"] for m in metadata}) == 1
     pid = metadata[0]["server_pid"]
     assert not alive(pid), f"the server {pid} outlived its session"
@@ -231,7 +238,7 @@ def test_a_bot_in_a_plain_test_starts_the_model_at_its_first_call(
 
 @pytest.mark.local
 def test_the_readme_example_runs_as_written_on_the_embedded_model(
-    pytester: pytest.Pytester, _model_cache: Path, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, local_env: None
 ) -> None:
     import re
 
@@ -239,9 +246,6 @@ def test_the_readme_example_runs_as_written_on_the_embedded_model(
     example = re.search(r"```python\n(# test_naming.py\n.*?)```", readme, re.S)
     assert example is not None
     pytester.makepyfile(test_naming=example.group(1))
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLMEXP_DB", "PYTEST_XDIST_WORKER"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("LLMEXP_CACHE_DIR", str(_model_cache))
     # The README's command: pytest --llm-experiment name_generator -n 10
     result = pytester.runpytest_subprocess(
         "--llm-experiment", "name_generator", "-n", "10", "-p", "no:cacheprovider", timeout=600
@@ -337,6 +341,19 @@ def test_a_corrupt_cached_model_is_assembled_again(
     assert llama.model_path() == cached
     assert llama._sha256(cached) == sha
     assert [p.name for p in cached.parent.iterdir()] == [model], "no temporary file is left"
+
+
+def test_a_bad_thread_count_for_the_local_model_is_a_usage_error(
+    local_session, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMEXP_LOCAL_THREADS", "all")
+    pytester.makepyfile(test_plain="def test_plain(): pass")
+    result = local_session().result
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: LLMEXP_LOCAL_THREADS: expected a whole number of threads, 1 or more, got 'all'"]
+    )
+    assert not (pytester.path / "message_log.db").exists()
 
 
 # What the plugin decides, and says, without needing the model installed.

@@ -42,6 +42,7 @@ __all__ = [
     "local_model",
     "missing_packages",
     "model_path",
+    "threads_from_env",
 ]
 
 #: The value of ``--llm-model`` (ini ``llm_model``) that selects the embedded model.
@@ -104,6 +105,19 @@ def cache_dir() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base, "pytest-llmexp")
+
+
+def threads_from_env() -> int | None:
+    """``LLMEXP_LOCAL_THREADS``, the CPU threads the model computes with, if it is set."""
+    raw = os.environ.get("LLMEXP_LOCAL_THREADS", "").strip()
+    if not raw:
+        return None
+    threads = int(raw) if raw.isdigit() else 0
+    if threads < 1:
+        raise ValueError(
+            f"LLMEXP_LOCAL_THREADS: expected a whole number of threads, 1 or more, got {raw!r}"
+        )
+    return threads
 
 
 def _sha256(path: Path) -> str:
@@ -172,9 +186,14 @@ class LocalServer:
             raise ValueError(f"startup_timeout must be > 0 seconds, got {startup_timeout!r}")
         if (command is None) != (model is None):
             raise ValueError("a custom command needs the model it serves, and only then")
+        if threads is not None and (type(threads) is not int or threads < 1):
+            raise ValueError(f"threads must be a whole number, 1 or more, got {threads!r}")
         self.model = model or local_model()
         self.n_ctx = n_ctx
-        self.threads = threads or os.cpu_count() or 1
+        #: llama.cpp's threads: every CPU unless ``threads`` or ``LLMEXP_LOCAL_THREADS`` say
+        #: fewer. Its threads wait for each other in a busy loop, so on CPUs shared with other
+        #: work a request takes many times as long as on fewer threads.
+        self.threads = threads or threads_from_env() or os.cpu_count() or 1
         self.startup_timeout = startup_timeout
         self._command = command
         # Bound now, so no other process can take the port before the server does; not

@@ -193,7 +193,11 @@ def start_local(config: pytest.Config, client: ClientSettings) -> ClientSettings
     from .localmodel import LocalModelPlugin, LocalXdistHooks
 
     settings = config.stash[SETTINGS_KEY]
-    local = LocalModelPlugin(LocalServer(), needed=settings.cache != "replay")
+    try:
+        server = LocalServer()
+    except ValueError as exc:  # LLMEXP_LOCAL_THREADS
+        raise pytest.UsageError(str(exc)) from None
+    local = LocalModelPlugin(server, needed=settings.cache != "replay")
     config.stash[LOCAL_KEY] = local
     config.pluginmanager.register(local, "llmexp-local")
     if config.pluginmanager.hasplugin("xdist"):
