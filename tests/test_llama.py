@@ -152,7 +152,7 @@ def test_the_thread_count_comes_from_the_argument_the_environment_or_the_cpus(
             server.stop()
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "2 3"])
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "2 3", "²"])
 def test_a_bad_thread_count_in_the_environment_is_refused(
     monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:

@@ -112,7 +112,7 @@ def threads_from_env() -> int | None:
     raw = os.environ.get("LLMEXP_LOCAL_THREADS", "").strip()
     if not raw:
         return None
-    threads = int(raw) if raw.isdigit() else 0
+    threads = int(raw) if raw.isdecimal() else 0  # isdigit() takes "²", int() does not
     if threads < 1:
         raise ValueError(
             f"LLMEXP_LOCAL_THREADS: expected a whole number of threads, 1 or more, got {raw!r}"

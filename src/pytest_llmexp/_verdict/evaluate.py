@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .gates import RUNS, Gate, compare, parse_gate
-from .stats import EVALUATED, experiment_variants
+from .stats import EVALUATED, adaptive_confidence, experiment_variants
 
 __all__ = [
     "ExperimentData",
@@ -161,11 +161,6 @@ def load_experiment(conn: sqlite3.Connection, experiment_id: int) -> ExperimentD
     ):
         runs[run_id].metrics[metric] = float(value)
         kinds[metric] = kind if kinds.get(metric, kind) == kind else "float"
-    adaptive = conn.execute(
-        "SELECT 1 FROM experiment_runs WHERE experiment_id = ? "
-        "AND json_extract(run_data, '$.adaptive') IS NOT NULL LIMIT 1",
-        (experiment_id,),
-    ).fetchone()
     return ExperimentData(
         experiment_id,
         str(session_id),
@@ -176,7 +171,7 @@ def load_experiment(conn: sqlite3.Connection, experiment_id: int) -> ExperimentD
         code_gates,
         specs,
         experiment_variants(conn, experiment_id),
-        adaptive=adaptive is not None,
+        adaptive=adaptive_confidence(conn, experiment_id) is not None,
     )
 
 

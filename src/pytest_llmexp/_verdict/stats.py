@@ -11,6 +11,7 @@ __all__ = [
     "DECIDED",
     "EVALUATED",
     "RUN_STATUSES",
+    "adaptive_confidence",
     "adaptive_summary",
     "cost_summary",
     "experiment_summary",
@@ -80,12 +81,8 @@ def adaptive_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str, 
     """An adaptive experiment's executions: how many ran and were not needed, the LLM calls
     that saved (at the calls per run of those that ran), and per case what ran and why it
     stopped; ``None`` for an experiment that is not adaptive."""
-    row = conn.execute(
-        "SELECT json_extract(run_data, '$.adaptive.confidence') FROM experiment_runs "
-        "WHERE experiment_id = ? AND json_extract(run_data, '$.adaptive') IS NOT NULL LIMIT 1",
-        (experiment_id,),
-    ).fetchone()
-    if row is None:
+    confidence = adaptive_confidence(conn, experiment_id)
+    if confidence is None:
         return None
     cases = []
     for variant, case, ran, stopped, reason in conn.execute(
@@ -112,12 +109,22 @@ def adaptive_summary(conn: sqlite3.Connection, experiment_id: int) -> dict[str, 
         (experiment_id,),
     ).fetchone()
     return {
-        "confidence": row[0],
+        "confidence": confidence,
         "executions": ran,
         "not_needed": not_needed,
         "calls_saved": round(not_needed * calls / ran) if ran else 0,
         "cases": cases,
     }
+
+
+def adaptive_confidence(conn: sqlite3.Connection, experiment_id: int) -> float | None:
+    """The confidence an adaptive experiment decided at; ``None`` for one that is not."""
+    row = conn.execute(
+        "SELECT json_extract(run_data, '$.adaptive.confidence') FROM experiment_runs "
+        "WHERE experiment_id = ? AND json_extract(run_data, '$.adaptive') IS NOT NULL LIMIT 1",
+        (experiment_id,),
+    ).fetchone()
+    return None if row is None else float(row[0])
 
 
 def experiment_variants(conn: sqlite3.Connection, experiment_id: int) -> list[str]:
